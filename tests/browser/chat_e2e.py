@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Browser end-to-end tests for the web chat client (GET /) and the API docs (GET /docs).
+
+Usage: chat_e2e.py BASE_URL_REPLICA_1 BASE_URL_REPLICA_2 [--only chat|docs] [--screenshots DIR]
+
+Normally started by tests/browser/run.sh, which builds the whole cluster (PostgreSQL database,
+private Redis, two chat-server replicas). Needs /usr/bin/chromium and /usr/bin/chromedriver
+(Debian packages chromium, chromium-driver); override with CHROME_BIN / CHROMEDRIVER_BIN.
+
+Tests:
+  test_chat_two_replicas   user A (desktop window) on replica 1 and user B (phone-sized window)
+                           on replica 2 chat live in one room: history, presence, typing,
+                           markup rendered as text, cross-replica delivery, reload/resume.
+  test_docs_offline        /docs (Swagger UI) renders its operations with every non-loopback
+                           host unreachable; the chat page also loads with nothing external.
+Prints "N passed, N failed" last; exit code 0 only if every test passed.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException, WebDriverException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+CHROME = os.environ.get("CHROME_BIN", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
+WAIT = float(os.environ.get("E2E_WAIT_SECS", "20"))
+MIN_DOC_OPERATIONS = int(os.environ.get("E2E_MIN_DOC_OPERATIONS", "20"))
+
+BASE_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Only loopback is reachable: every other host name fails to resolve and every
+# proxied request goes to a dead local port.
+OFFLINE_ARGS = [
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+    # NB: "<-loopback>" would *remove* the implicit loopback bypass and send 127.0.0.1 to the
+    # dead proxy too (ERR_PROXY_CONNECTION_FAILED); bypass loopback explicitly instead.
+    "--proxy-bypass-list=127.0.0.1;localhost",
+]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Browser:
+    """A headless Chromium with its own fresh profile directory."""
+
+    def __init__(self, name, window="1280,900", extra_args=()):
+        self.name = name
+        self.profile = tempfile.mkdtemp(prefix=f"chat-e2e-{name}-")
+        opts = Options()
+        opts.binary_location = CHROME
+        for a in BASE_ARGS + list(extra_args):
+            opts.add_argument(a)
+        opts.add_argument(f"--user-data-dir={self.profile}")
+        opts.add_argument(f"--window-size={window}")
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        service = Service(executable_path=CHROMEDRIVER)
+        try:
+            self.d = webdriver.Chrome(service=service, options=opts)
+        except Exception:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
+        self.d.set_page_load_timeout(40)
+        self.d.set_script_timeout(20)
+
+    # ---- helpers -------------------------------------------------------------------
+    def js(self, script, *args):
+        return self.d.execute_script(script, *args)
+
+    def wait(self, cond, what, timeout=WAIT):
+        """Wait until cond(driver) is truthy; fail with a readable message."""
+        try:
+            return WebDriverWait(self.d, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+        except TimeoutException:
+            raise AssertionError(f"[{self.name}] timed out after {timeout:.0f}s waiting for: {what}") from None
+
+    def el(self, css):
+        return self.d.find_element(By.CSS_SELECTOR, css)
+
+    def visible(self, css, timeout=WAIT):
+        def cond(d):
+            els = d.find_elements(By.CSS_SELECTOR, css)
+            return els[0] if els and els[0].is_displayed() and els[0].is_enabled() else None
+        return self.wait(cond, f"{css} visible and enabled", timeout)
+
+    def fill(self, css, text):
+        e = self.visible(css)
+        e.clear()
+        e.send_keys(text)
+        return e
+
+    def click(self, css):
+        self.visible(css).click()
+
+    def text_of(self, css):
+        return self.js("var e=document.querySelector(arguments[0]); return e ? e.textContent : null;", css)
+
+    def messages(self):
+        """Confirmed messages shown in #messages, in DOM order."""
+        return self.js("""
+            return Array.from(document.querySelectorAll('#messages .message[data-seq]')).map(function (e) {
+              var a = e.querySelector('.message-author'), c = e.querySelector('.message-content');
+              return {seq: Number(e.getAttribute('data-seq')), author: a ? a.textContent : null,
+                      content: c ? c.textContent : null};
+            });""")
+
+    def wait_message(self, content, author=None, timeout=WAIT):
+        def cond(_):
+            for m in self.messages():
+                if m["content"] == content and (author is None or m["author"] == author):
+                    return m
+            return None
+        return self.wait(cond, f"message {content!r} in #messages", timeout)
+
+    def online_usernames(self):
+        return self.js("""return Array.from(document.querySelectorAll('#online-users [data-username]'))
+                              .map(function (e) { return e.getAttribute('data-username'); });""")
+
+    def screenshot(self, path):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.d.save_screenshot(path)
+            log(f"[{self.name}] screenshot {path}")
+        except WebDriverException as e:
+            log(f"[{self.name}] screenshot failed: {e}")
+
+    def dump_console(self):
+        try:
+            for entry in self.d.get_log("browser"):
+                log(f"[{self.name} console] {entry.get('level')} {entry.get('message')}")
+        except Exception:
+            pass
+
+    def assert_no_alert(self):
+        try:
+            alert = self.d.switch_to.alert
+            text = alert.text
+            alert.dismiss()
+            raise AssertionError(f"[{self.name}] a JavaScript alert fired ({text!r}): markup was executed")
+        except NoAlertPresentException:
+            pass
+
+    def quit(self):
+        try:
+            self.d.quit()
+        except Exception:
+            pass
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# ---- app flows -------------------------------------------------------------------------
+
+def register(b, base, username, email, password, first=None):
+    b.d.get(base + "/")
+    b.visible("#register-username")
+    b.fill("#register-username", username)
+    b.fill("#register-email", email)
+    b.fill("#register-password", password)
+    if first:
+        b.fill("#register-first-name", first)
+    b.click("#register-submit")
+
+
+def wait_signed_in(b, username):
+    b.wait(lambda d: b.js("return document.getElementById('app').getAttribute('data-view')") == "chat"
+           and b.text_of("#me-username") == username,
+           f"chat view for {username}")
+
+
+def wait_room_live(b, room):
+    b.wait(lambda d: b.js("return document.getElementById('current-room').getAttribute('data-room')") == room,
+           f"#current-room == {room}")
+    b.wait(lambda d: b.js("return document.getElementById('connection-status').getAttribute('data-state')")
+           == "connected", "WebSocket ready (#connection-status[data-state=connected])")
+
+
+def send(b, text):
+    b.fill("#message-input", text)
+    b.click("#message-send")
+
+
+def check_seqs(b):
+    seqs = [m["seq"] for m in b.messages()]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), \
+        f"[{b.name}] messages are not in strictly increasing seq order / have duplicates: {seqs}"
+    return seqs
+
+
+def test_chat_two_replicas(base_a, base_b, shots):
+    sfx = uuid.uuid4().hex[:8]
+    ua, ub = f"alice_{sfx}", f"bob_{sfx}"
+    pw = "correct horse battery " + sfx
+    room = f"e2e-{sfx}"
+    hello = f"hello from alice {sfx}"
+    markup = "<b>bold</b><img src=x onerror=alert(1)>"
+    reply = f"hi alice, bob here {sfx}"
+
+    a = b = None
+    try:
+        a = Browser("A", window="1280,900")
+        b = Browser("B", window="412,915")   # phone-sized: the room list is a drawer
+
+        log(f"A registers {ua} on {base_a}")
+        register(a, base_a, ua, f"{ua}@example.com", pw, first="Alice")
+        wait_signed_in(a, ua)
+
+        log(f"A creates room {room}")
+        a.fill("#room-name", room)
+        a.fill("#room-topic", "browser end-to-end test")
+        a.click("#room-create")
+        wait_room_live(a, room)
+        assert a.wait(lambda d: ua in a.online_usernames(), "A sees herself online")
+
+        log("A sends a message")
+        send(a, hello)
+        m1 = a.wait_message(hello, author=ua)
+        log(f"A sees her message confirmed with seq {m1['seq']}")
+
+        log(f"B tries to register with A's username on {base_b}: expects a field error")
+        register(b, base_b, ua, f"other_{sfx}@example.com", pw)
+        err = b.wait(lambda d: b.text_of('#register-form .field-error[data-field="username"]')
+                     or b.text_of("#register-error"), "an error for the taken username")
+        field_err = b.text_of('#register-form .field-error[data-field="username"]')
+        log(f"B sees error: field={field_err!r} form={b.text_of('#register-error')!r}")
+        assert field_err, f"duplicate username error was not shown next to the username field (got {err!r})"
+
+        log(f"B registers {ub}")
+        b.fill("#register-username", ub)
+        b.fill("#register-email", f"{ub}@example.com")
+        b.fill("#register-password", pw)
+        b.click("#register-submit")
+        wait_signed_in(b, ub)
+
+        log("B opens the room drawer and joins the room")
+        b.click("#sidebar-toggle")
+        b.fill("#room-name", room)
+        b.click("#room-join")
+        wait_room_live(b, room)
+
+        log("B sees A's message from history")
+        mb = b.wait_message(hello, author=ua)
+        assert mb["seq"] == m1["seq"], f"seq differs between sessions: {mb} vs {m1}"
+
+        log("B sees A online; A sees B join (presence across replicas)")
+        b.wait(lambda d: ua in b.online_usernames(), f"{ua} in B's #online-users")
+        a.wait(lambda d: ub in a.online_usernames(), f"{ub} in A's #online-users (presence join)")
+
+        log("A types; B sees the typing indicator")
+        a.fill("#message-input", "typ")
+        a.d.find_element(By.CSS_SELECTOR, "#message-input").send_keys("ing")
+        b.wait(lambda d: ua in (b.text_of("#typing-indicator") or ""), "typing indicator naming A", timeout=5)
+        log(f"B typing indicator: {b.text_of('#typing-indicator')!r}")
+
+        log("A sends markup; B must see it as literal text")
+        send(a, markup)
+        mm = b.wait_message(markup, author=ua)
+        time.sleep(1.0)   # give a would-be onerror handler time to fire
+        for s in (a, b):
+            s.assert_no_alert()
+            s.wait_message(markup, author=ua)
+            injected = s.js("""var l = document.getElementById('messages');
+                               return l.querySelectorAll('b, img, script').length;""")
+            assert injected == 0, f"[{s.name}] markup in a message created {injected} element(s) in #messages"
+        el = b.d.find_element(By.CSS_SELECTOR, f'#messages .message[data-seq="{mm["seq"]}"] .message-content')
+        assert el.text == markup, f"rendered text {el.text!r} != raw {markup!r}"
+        assert el.get_attribute("textContent") == markup
+        assert mm["seq"] > m1["seq"]
+
+        log("B replies; A receives it live (replica 2 -> replica 1)")
+        send(b, reply)
+        a.wait_message(reply, author=ub)
+        b.wait_message(reply, author=ub)
+        b.wait(lambda d: not b.js("return document.querySelectorAll('#messages .message.pending').length"),
+               "B's pending message confirmed")
+        seqs_a, seqs_b = check_seqs(a), check_seqs(b)
+        assert seqs_a == seqs_b, f"A and B show different seqs: {seqs_a} vs {seqs_b}"
+
+        log("B reloads the page: session and room are restored, nothing duplicated")
+        b.d.refresh()
+        wait_signed_in(b, ub)
+        wait_room_live(b, room)
+        for text, who in ((hello, ua), (markup, ua), (reply, ub)):
+            b.wait_message(text, author=who)
+        assert check_seqs(b) == seqs_b, f"after reload B shows {check_seqs(b)}, expected {seqs_b}"
+        b.wait(lambda d: ua in b.online_usernames(), f"{ua} online after reload")
+        b.assert_no_alert()
+        log(f"final seqs {seqs_b}")
+    except BaseException:
+        for s in (a, b):
+            if s:
+                s.dump_console()
+        raise
+    finally:
+        if a:
+            a.screenshot(os.path.join(shots, "a.png"))
+        if b:
+            b.screenshot(os.path.join(shots, "b.png"))
+        for s in (a, b):
+            if s:
+                s.quit()
+
+
+def test_docs_offline(base, shots):
+    d = None
+    try:
+        d = Browser("docs", window="1280,1600", extra_args=OFFLINE_ARGS)
+        log("checking that the network really is cut off")
+        d.d.get(base + "/healthz")
+        outside = d.d.execute_async_script("""
+            var done = arguments[arguments.length - 1];
+            fetch('http://example.com/', {mode: 'no-cors'}).then(function () { done('reachable'); },
+                                                                 function (e) { done('blocked: ' + e); });""")
+        assert outside.startswith("blocked"), f"the browser can reach the internet ({outside}); test is not offline"
+
+        log(f"loading {base}/docs")
+        d.d.get(base + "/docs")
+        d.wait(lambda _: len(d.d.find_elements(By.CSS_SELECTOR, ".opblock")) > 0, ".opblock elements in /docs",
+               timeout=40)
+        time.sleep(1.0)   # let Swagger UI finish rendering every tag section
+        n = len(d.d.find_elements(By.CSS_SELECTOR, ".opblock"))
+        title = d.js("var t=document.querySelector('.info .title'); return t ? t.textContent : document.title;")
+        log(f"/docs renders {n} operations (title {title!r}) at {d.d.current_url}")
+        external = d.js("""return performance.getEntriesByType('resource').map(function (e) { return e.name; })
+                             .filter(function (u) { return !/^https?:\\/\\/(127\\.0\\.0\\.1|localhost)(:|\\/)/.test(u)
+                                                           && !/^(data|blob):/.test(u); });""")
+        if external:
+            log(f"note: /docs tried to load non-local resources (they failed offline): {external}")
+        d.screenshot(os.path.join(shots, "docs.png"))
+        assert n >= MIN_DOC_OPERATIONS, f"/docs shows only {n} operations, expected at least {MIN_DOC_OPERATIONS}"
+
+        log("the chat page also loads offline with nothing fetched from elsewhere")
+        d.d.get(base + "/")
+        d.visible("#register-username")
+        external = d.js("""return performance.getEntriesByType('resource').map(function (e) { return e.name; })
+                             .filter(function (u) { return u.indexOf(location.origin) !== 0 && !/^(data|blob):/.test(u); });""")
+        assert not external, f"the chat page requested non-local resources: {external}"
+    except BaseException:
+        if d:
+            d.dump_console()
+        raise
+    finally:
+        if d:
+            d.quit()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("base_a", help="base URL of replica 1, e.g. http://127.0.0.1:8081")
+    ap.add_argument("base_b", nargs="?", help="base URL of replica 2 (default: same as replica 1)")
+    ap.add_argument("--only", choices=["chat", "docs"])
+    ap.add_argument("--screenshots", default=os.environ.get("E2E_SCREENSHOTS", "target/browser-screenshots"))
+    args = ap.parse_args()
+    base_a = args.base_a.rstrip("/")
+    base_b = (args.base_b or args.base_a).rstrip("/")
+    os.makedirs(args.screenshots, exist_ok=True)
+
+    tests = []
+    if args.only in (None, "chat"):
+        tests.append(("test_chat_two_replicas", lambda: test_chat_two_replicas(base_a, base_b, args.screenshots)))
+    if args.only in (None, "docs"):
+        tests.append(("test_docs_offline", lambda: test_docs_offline(base_a, args.screenshots)))
+
+    passed = failed = 0
+    for name, fn in tests:
+        log(f"=== {name}")
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            log(f"PASS {name} ({time.time() - t0:.1f}s)")
+        except Exception as e:
+            failed += 1
+            traceback.print_exc()
+            log(f"FAIL {name} ({time.time() - t0:.1f}s): {e}")
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
