@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -390,7 +390,7 @@ async fn tick(t: &mut Option<Interval>) {
 pub async fn socket_task(
     spec: SocketSpec,
     shared: Arc<Shared>,
-    mut ctl: watch::Receiver<Phase>,
+    ctl: watch::Receiver<Phase>,
     sem: Arc<Semaphore>,
     events: mpsc::UnboundedSender<ConnectEvent>,
 ) -> SocketOutcome {
@@ -431,9 +431,11 @@ pub async fn socket_task(
     };
     drop(events);
     out.connected = true;
+    // one long-lived waiter for phase changes (re-created only when it fires)
+    let mut phases: PhaseFuture = Box::pin(next_phase(ctl.clone()));
     let mut reconnects = 0u32;
     loop {
-        match run_socket(&mut ws, &spec, &shared, &mut ctl, &mut st).await {
+        match run_socket(&mut ws, &spec, &shared, &ctl, &mut phases, &mut st).await {
             End::Done => {
                 let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
                 out.alive = true;
@@ -488,42 +490,88 @@ async fn run_socket(
     ws: &mut Ws,
     spec: &SocketSpec,
     shared: &Shared,
-    ctl: &mut watch::Receiver<Phase>,
+    ctl: &watch::Receiver<Phase>,
+    phases: &mut PhaseFuture,
     st: &mut SockState,
 ) -> End {
     // a resumed socket may have missed a phase change while reconnecting
-    if let Some(end) = apply_phase(*ctl.borrow_and_update(), spec, shared, st) {
+    if let Some(end) = apply_phase(*ctl.borrow(), spec, shared, st) {
         return end;
     }
     loop {
+        // biased: the timer first (sends must not starve behind a busy socket), then
+        // the socket, then the (rarely firing) phase changes.
         tokio::select! {
-            changed = ctl.changed() => {
-                if changed.is_err() {
-                    return End::Done;
-                }
-                let phase = *ctl.borrow_and_update();
-                if let Some(end) = apply_phase(phase, spec, shared, st) {
-                    return end;
-                }
-            }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => on_text(t.as_str(), spec.room, shared, st),
-                Some(Ok(Message::Binary(_))) => {
-                    shared.frames.binary.fetch_add(1, Relaxed);
-                }
-                Some(Ok(Message::Close(f))) => return End::Closed(close_reason(&f)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return End::Closed(classify(&e)),
-                None => return End::Closed("eof".into()),
-            },
+            biased;
             _ = tick(&mut st.ticker), if st.ticker.is_some() => {
                 if let Err(e) = send_due(ws, spec, shared, st).await {
                     shared.send_errors.fetch_add(1, Relaxed);
                     return End::Closed(classify(&e));
                 }
             }
+            msg = ws.next() => {
+                if let Some(end) = on_msg(msg, spec.room, shared, st) {
+                    return end;
+                }
+                // handle whatever else is already buffered before selecting again
+                for _ in 0..BATCH {
+                    match ws.next().now_or_never() {
+                        Some(msg) => {
+                            if let Some(end) = on_msg(msg, spec.room, shared, st) {
+                                return end;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+            (rx, phase) = &mut *phases => {
+                *phases = Box::pin(next_phase(rx));
+                let Some(phase) = phase else {
+                    return End::Done;
+                };
+                if let Some(end) = apply_phase(phase, spec, shared, st) {
+                    return end;
+                }
+            }
         }
     }
+}
+
+type PhaseFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (watch::Receiver<Phase>, Option<Phase>)> + Send>,
+>;
+
+/// Waits for the next phase; owns the receiver so that the waiter stays registered
+/// across select iterations. `None`: the controller is gone.
+async fn next_phase(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, Option<Phase>) {
+    let p = match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => None,
+    };
+    (rx, p)
+}
+
+/// Frames handled per wake-up before the select loop runs again.
+const BATCH: usize = 32;
+
+fn on_msg(
+    msg: Option<Result<Message, tungstenite::Error>>,
+    room: usize,
+    shared: &Shared,
+    st: &mut SockState,
+) -> Option<End> {
+    match msg {
+        Some(Ok(Message::Text(t))) => on_text(t.as_str(), room, shared, st),
+        Some(Ok(Message::Binary(_))) => {
+            shared.frames.binary.fetch_add(1, Relaxed);
+        }
+        Some(Ok(Message::Close(f))) => return Some(End::Closed(close_reason(&f))),
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Some(End::Closed(classify(&e))),
+        None => return Some(End::Closed("eof".into())),
+    }
+    None
 }
 
 fn apply_phase(

@@ -509,3 +509,26 @@ async fn idle_mode_opens_sockets_and_reads_rss() {
     assert!(stdout.contains("50 sockets open"), "{stdout}");
     assert!(stdout.contains("KiB per socket"), "{stdout}");
 }
+
+/// Manual cost check of the bench itself at scale against the mock, e.g.
+/// `CHAT_BENCH_ARGS="run --rooms 20 --clients 100 --rate 20 --duration 10s" cargo test -p chat-bench --release --test mock_server -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore]
+async fn manual_scale_against_mock() {
+    let (addr, _mock) = start(Faults::default()).await;
+    let args = std::env::var("CHAT_BENCH_ARGS").unwrap_or_else(|_| "run".into());
+    let url = format!("http://{addr}");
+    let mut full: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    full.extend(["--url".into(), url, "--prefix".into(), "scale".into()]);
+    if full[0] == "idle" {
+        full.extend(["--pid".into(), std::process::id().to_string()]);
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(&full)
+        .output()
+        .await
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+}
