@@ -1,1 +1,119 @@
-fn main() {}
+//! `chat-server`: configuration from the environment, then `serve`, `migrate` or `admin`.
+
+use std::process::ExitCode;
+
+use chat::{
+    AppState,
+    config::{AdminCommand, Cli, Command},
+};
+use clap::Parser;
+use migration::MigratorTrait;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    // A `.env` file is optional; real environment variables win.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line, no backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    config.validate()?;
+    let _telemetry = chat::telemetry::init(&config.log_format)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = chat::state::connect_db(&config).await?;
+            migration::Migrator::up(&db, None).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    username,
+                    email,
+                    password,
+                },
+        } => {
+            let db = chat::state::connect_db(&config).await?;
+            if config.auto_migrate {
+                migration::Migrator::up(&db, None).await?;
+            }
+            let hasher = chat::auth::PasswordHasher::new(1);
+            let id = chat::admin::ensure_admin(
+                &db,
+                &hasher,
+                &username,
+                &email,
+                password.expose_secret(),
+            )
+            .await?;
+            println!("admin `{username}` ready (id {id})");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: chat::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let bind = config.bind_addr;
+    let mode = if config.is_cluster() {
+        "cluster (Redis fan-out)"
+    } else {
+        "embedded (in-process fan-out)"
+    };
+    let state = AppState::build(config, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode, "listening");
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        shutdown.cancel();
+    });
+    chat::run(state, listener).await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

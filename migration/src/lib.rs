@@ -1,1 +1,17 @@
+//! Schema migrations, applied by `chat-server migrate` (or at start with `AUTO_MIGRATE=true`).
+//!
+//! Every migration must run unchanged on SQLite and PostgreSQL, so they use SeaQuery's
+//! portable builders only. A merged migration is never edited; add a new one.
 
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_initial::Migration)]
+    }
+}

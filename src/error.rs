@@ -1,0 +1,342 @@
+//! The one error type that reaches HTTP, in the shape of SPEC §3:
+//! `{"error": {"code", "message", "fields"?}}`.
+//!
+//! Clients branch on the stable `code`. Server-side failures are logged once, with their
+//! cause, inside the request span; the client only ever sees "internal error".
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::{FromRequest, Request, rejection::PathRejection, rejection::QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Field name → messages, as in `"fields": {"username": ["is already taken"]}`.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: unparseable JSON, wrong types, bad query or path parameters.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        fields: Option<FieldErrors>,
+    },
+    /// 401 with a specific code (`unauthenticated`, `invalid_credentials`, `invalid_token`, …).
+    #[error("{1}")]
+    Unauthorized(&'static str, &'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409 naming the fields that clash.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        fields: FieldErrors,
+    },
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("expected a JSON body with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("{message}")]
+    Validation {
+        message: String,
+        fields: FieldErrors,
+    },
+    #[error("too many requests, retry in {0} s")]
+    RateLimited(u64),
+    /// 503: a dependency (database, Redis) is down. The cause is logged, not shown.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn unauthenticated() -> Self {
+        Self::Unauthorized("unauthenticated", "authentication required")
+    }
+
+    pub fn invalid_token() -> Self {
+        Self::Unauthorized("invalid_token", "the token is invalid, expired or revoked")
+    }
+
+    pub fn invalid_credentials() -> Self {
+        Self::Unauthorized("invalid_credentials", "wrong login or password")
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            fields: None,
+        }
+    }
+
+    /// A 422 for one field.
+    pub fn invalid_field(field: &str, message: &str) -> Self {
+        let mut fields = FieldErrors::new();
+        fields.insert(field.to_owned(), vec![message.to_owned()]);
+        Self::Validation {
+            message: "validation failed".into(),
+            fields,
+        }
+    }
+
+    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let fields = FieldErrors::from([(field.to_owned(), vec![message.clone()])]);
+        Self::Conflict {
+            message: format!("{field} {message}"),
+            fields,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::Unauthorized(code, _) => code,
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict { .. } => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Validation { .. } => "validation_failed",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(..) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The wire shape of an error, also used by the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldErrors>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            Self::Unavailable(e) => tracing::warn!(error = %e, "dependency unavailable"),
+            _ => {}
+        }
+        let fields = match &self {
+            Self::BadRequest { fields, .. } => fields.clone(),
+            Self::Validation { fields, .. } | Self::Conflict { fields, .. } => Some(fields.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                fields,
+            },
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        if let Self::RateLimited(secs) = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match e {
+            // The pool could not hand out a connection, or the server went away: a dependency
+            // is down, not a bug.
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(e.into()),
+            _ => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Internal(e)
+    }
+}
+
+impl From<validator::ValidationErrors> for ApiError {
+    fn from(errors: validator::ValidationErrors) -> Self {
+        let mut fields = FieldErrors::new();
+        for (field, errs) in errors.field_errors() {
+            let messages = errs
+                .iter()
+                .map(|e| {
+                    e.message
+                        .as_ref()
+                        .map_or_else(|| e.code.to_string(), ToString::to_string)
+                })
+                .collect();
+            fields.insert(field.to_string(), messages);
+        }
+        Self::Validation {
+            message: "validation failed".into(),
+            fields,
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request(format!("invalid path parameter: {}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request(format!("invalid query parameter: {}", r.body_text()))
+    }
+}
+
+/// `on_unique("username", "is already taken")`: turn a unique-key clash into a 409 naming the field.
+pub fn on_unique(
+    field: &'static str,
+    message: &'static str,
+) -> impl Fn(sea_orm::DbErr) -> ApiError {
+    move |e| match e.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => ApiError::conflict(field, message),
+        _ => ApiError::from(e),
+    }
+}
+
+/// Our JSON body extractor: like `axum::Json`, but every rejection is an [`ApiError`] and a
+/// type error names the offending field (`fields: {"limit": ["invalid type: …"]}`).
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
+                }
+            })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parse JSON with the path of any type error, for a precise 400.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        } else {
+            let fields = FieldErrors::from([(path.clone(), vec![inner.to_string()])]);
+            ApiError::BadRequest {
+                message: format!("invalid value for `{path}`"),
+                fields: Some(fields),
+            }
+        }
+    })
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Fallback for unknown routes, in the same error shape.
+pub async fn not_found_fallback() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for MaybeJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        if !has_type {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(|v| Self(Some(v)))
+    }
+}
+
+/// `axum::extract::Path` with rejections in our error shape (400).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` with rejections in our error shape (400).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);

@@ -1,0 +1,357 @@
+//! `/api/v1/auth/*` (SPEC §4): register, login, refresh, logout.
+
+use std::{net::SocketAddr, sync::LazyLock};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::post,
+};
+use chrono::{Duration, Utc};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use validator::Validate;
+
+use crate::{
+    auth::CurrentUser,
+    error::{ApiError, FieldErrors, Json, MaybeJson},
+    model::User,
+    state::AppState,
+    store::{self, sessions::Rotation},
+    ws::protocol,
+};
+
+pub static USERNAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_.\-]+$").expect("literal regex"));
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+}
+
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+pub struct RegisterRequest {
+    /// 3–32 of `[A-Za-z0-9_.-]`, unique case-insensitively.
+    #[validate(
+        required(message = "is required"),
+        length(min = 3, max = 32, message = "must be 3 to 32 characters"),
+        regex(path = *USERNAME_RE, message = "may contain only letters, digits, `_`, `.` and `-`")
+    )]
+    pub username: Option<String>,
+    #[validate(
+        required(message = "is required"),
+        email(message = "is not a valid email address"),
+        length(max = 254, message = "is too long")
+    )]
+    pub email: Option<String>,
+    #[validate(
+        required(message = "is required"),
+        length(min = 8, max = 128, message = "must be 8 to 128 characters")
+    )]
+    pub password: Option<String>,
+    /// When given, must equal `password`.
+    pub password_confirm: Option<String>,
+    #[validate(length(max = 100, message = "must be at most 100 characters"))]
+    pub first_name: Option<String>,
+    #[validate(length(max = 100, message = "must be at most 100 characters"))]
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Username or email.
+    pub login: Option<String>,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct LogoutRequest {
+    /// The refresh token of the session to end (defaults to the access token's session).
+    pub refresh: Option<String>,
+    /// End every session of the user.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub token_type: &'static str,
+    /// Seconds until `access` expires.
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisterResponse {
+    pub user: User,
+    pub tokens: Tokens,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    #[serde(flatten)]
+    pub tokens: Tokens,
+    pub user: User,
+}
+
+/// Run the derive validation and extra checks, reporting every offending field at once.
+pub fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), ApiError> {
+    if let Err(errors) = v.validate()
+        && let ApiError::Validation { fields, .. } = ApiError::from(errors)
+    {
+        for (k, mut msgs) in fields {
+            extra.entry(k).or_default().append(&mut msgs);
+        }
+    }
+    if extra.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation {
+            message: "validation failed".into(),
+            fields: extra,
+        })
+    }
+}
+
+fn check_auth_rate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+) -> Result<(), ApiError> {
+    let ip = super::client_ip(state, headers, peer);
+    state.auth_limiter.check_key(&ip).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::RateLimited(wait.as_secs().max(1))
+    })
+}
+
+/// Issue an access token and start (or continue) a refresh family.
+async fn issue(
+    state: &AppState,
+    user: &User,
+    family: Option<(String, String)>,
+) -> Result<Tokens, ApiError> {
+    let (refresh, family) = match family {
+        Some(pair) => pair,
+        None => {
+            let issued =
+                store::sessions::start(&state.db, user.id, state.config.refresh_token_ttl_secs)
+                    .await?;
+            (issued.token, issued.family)
+        }
+    };
+    let access = state
+        .keys
+        .issue_access(user.id, &user.username, user.roles.clone(), &family)?;
+    Ok(Tokens {
+        access: access.token,
+        refresh,
+        token_type: "Bearer",
+        expires_in: access.expires_in,
+    })
+}
+
+/// `POST /api/v1/auth/register`: create an account and log it in.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = RegisterResponse), (status = 409, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_auth_rate(&state, &headers, Some(&peer))?;
+    let mut extra = FieldErrors::new();
+    if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
+        && p != c
+    {
+        extra.insert(
+            "password_confirm".into(),
+            vec!["does not match password".into()],
+        );
+    }
+    validate_all(&body, extra)?;
+    let (Some(username), Some(email), Some(password)) = (body.username, body.email, body.password)
+    else {
+        return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
+    };
+    let hash = state.hasher.hash(password).await?;
+    let user = store::users::create(
+        &state.db,
+        store::users::NewUser {
+            username,
+            email,
+            password_hash: hash,
+            first_name: body.first_name,
+            last_name: body.last_name,
+            roles: vec!["user".into()],
+        },
+    )
+    .await?;
+    let tokens = issue(&state, &user, None).await?;
+    tracing::info!(user_id = user.id, "registered");
+    Ok((StatusCode::CREATED, Json(RegisterResponse { user, tokens })))
+}
+
+/// `POST /api/v1/auth/login`: `login` (or `username`/`email`) and `password`.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    check_auth_rate(&state, &headers, Some(&peer))?;
+    let login = body
+        .login
+        .or(body.username)
+        .or(body.email)
+        .filter(|l| !l.is_empty());
+    let mut fields = FieldErrors::new();
+    if login.is_none() {
+        fields.insert("login".into(), vec!["is required".into()]);
+    }
+    if body.password.as_deref().is_none_or(str::is_empty) {
+        fields.insert("password".into(), vec!["is required".into()]);
+    }
+    let (Some(login), Some(password)) = (login, body.password) else {
+        return Err(ApiError::Validation {
+            message: "validation failed".into(),
+            fields,
+        });
+    };
+    if !fields.is_empty() {
+        return Err(ApiError::Validation {
+            message: "validation failed".into(),
+            fields,
+        });
+    }
+    let found = store::users::find_for_login(&state.db, &login).await?;
+    let (user, hash) = match found {
+        Some((u, h)) => (Some(u), Some(h)),
+        None => (None, None),
+    };
+    // Unknown users are verified against a dummy hash: same code, about the same time.
+    let ok = state.hasher.verify(password, hash).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::invalid_credentials());
+    };
+    let tokens = issue(&state, &user, None).await?;
+    Ok(Json(LoginResponse { tokens, user }))
+}
+
+/// `POST /api/v1/auth/refresh`: rotate a refresh token.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Json<Tokens>, ApiError> {
+    let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::invalid_field("refresh", "is required"));
+    };
+    match store::sessions::rotate(&state.db, &token, state.config.refresh_token_ttl_secs).await? {
+        Rotation::Rotated { user_id, issued } => {
+            let user = store::users::find(&state.db, user_id)
+                .await?
+                .ok_or_else(ApiError::invalid_token)?;
+            Ok(Json(
+                issue(&state, &user, Some((issued.token, issued.family))).await?,
+            ))
+        }
+        Rotation::Reused { user_id, family } => {
+            tracing::warn!(
+                user_id,
+                "refresh token reuse detected; session family revoked"
+            );
+            revoke_sessions(&state, user_id, &[family], false).await?;
+            Err(ApiError::invalid_token())
+        }
+        Rotation::Invalid => Err(ApiError::invalid_token()),
+    }
+}
+
+/// Deny the access tokens of `families` until they would have expired and close their sockets
+/// on every replica (4001).
+pub async fn revoke_sessions(
+    state: &AppState,
+    user_id: i64,
+    families: &[String],
+    all: bool,
+) -> Result<(), ApiError> {
+    let until = Utc::now() + Duration::seconds(state.keys.access_ttl_secs + 60);
+    let keys: Vec<String> = families.iter().map(|f| format!("sid:{f}")).collect();
+    state
+        .deny
+        .deny(&keys, until)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let envelopes: Vec<_> = if all {
+        vec![protocol::revoke(user_id, None, true)]
+    } else {
+        families
+            .iter()
+            .map(|f| protocol::revoke(user_id, Some(f.clone()), false))
+            .collect()
+    };
+    for env in envelopes {
+        if let Err(e) = state.bus.publish(env).await {
+            tracing::warn!(error = %e, "revocation not published; sockets close when their token expires");
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/auth/logout`: end this session (or, with `all`, every session).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Option<LogoutRequest>),
+    security(("bearer" = [])), responses((status = 204), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    MaybeJson(body): MaybeJson<LogoutRequest>,
+) -> Result<StatusCode, ApiError> {
+    let body = body.unwrap_or_default();
+    let until = Utc::now() + Duration::seconds(state.keys.access_ttl_secs + 60);
+    state
+        .deny
+        .deny(&[format!("jti:{}", user.jti)], until)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if body.all {
+        let mut families = store::sessions::revoke_all(&state.db, user.id, None).await?;
+        families.push(user.sid.clone());
+        revoke_sessions(&state, user.id, &families, true).await?;
+    } else {
+        let mut families = vec![user.sid.clone()];
+        if let Some(refresh) = body.refresh.as_deref()
+            && let Some(f) = store::sessions::family_of(&state.db, refresh, user.id).await?
+            && f != user.sid
+        {
+            families.push(f);
+        }
+        for f in &families {
+            store::sessions::revoke_family(&state.db, f).await?;
+        }
+        revoke_sessions(&state, user.id, &families, false).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,61 @@
+//! Probes and metrics (SPEC §9): `/healthz` (the process serves), `/readyz` (database answers,
+//! bus live, not draining), `/metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use sea_orm::ConnectionTrait;
+use serde_json::json;
+
+use crate::{bus::BusState, state::AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /healthz`
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when ready for traffic, else 503 with the failing parts.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db_ok = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.db.execute_unprepared("SELECT 1"),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let bus = state.bus.state();
+    let draining = state.draining.load(Ordering::Acquire);
+    let ready = db_ok && bus != BusState::Down && !draining;
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "db": if db_ok { "up" } else { "down" },
+        "bus": bus,
+        "draining": draining,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::telemetry::metrics::record_db_pool(&state.db);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,287 @@
+//! `/api/v1/users*` (SPEC §5): the caller's profile, the directory, and admin operations.
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, put},
+};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use validator::Validate;
+
+use super::auth::{revoke_sessions, validate_all};
+use crate::{
+    auth::CurrentUser,
+    error::{ApiError, FieldErrors, Json, Path, Query},
+    model::{Page, PublicUser, User},
+    state::AppState,
+    store,
+    ws::protocol,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/users/me", get(get_me).patch(update_me).delete(delete_me))
+        .route("/users/me/password", put(change_password))
+        .route("/users", get(list_users))
+        .route(
+            "/users/{id}",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
+}
+
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+pub struct UpdateMeRequest {
+    #[validate(
+        email(message = "is not a valid email address"),
+        length(max = 254, message = "is too long")
+    )]
+    pub email: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+}
+
+/// Distinguish an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+pub struct ChangePasswordRequest {
+    #[validate(required(message = "is required"))]
+    pub current_password: Option<String>,
+    #[validate(
+        required(message = "is required"),
+        length(min = 8, max = 128, message = "must be 8 to 128 characters")
+    )]
+    pub new_password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteMeRequest {
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateUserRequest {
+    /// Any of `user`, `admin`.
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListUsersQuery {
+    /// Substring of the username, case-insensitive.
+    pub q: Option<String>,
+    /// 1–100, default 20.
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+}
+
+/// `GET /api/v1/users/me`
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn get_me(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(
+        store::users::find(&state.db, me.id)
+            .await?
+            .ok_or_else(ApiError::invalid_token)?,
+    ))
+}
+
+/// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`.
+#[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
+    responses((status = 200, body = User), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Json(body): Json<UpdateMeRequest>,
+) -> Result<Json<User>, ApiError> {
+    let mut extra = FieldErrors::new();
+    for (name, value) in [
+        ("first_name", &body.first_name),
+        ("last_name", &body.last_name),
+    ] {
+        if let Some(Some(v)) = value
+            && v.chars().count() > 100
+        {
+            extra.insert(name.into(), vec!["must be at most 100 characters".into()]);
+        }
+    }
+    validate_all(&body, extra)?;
+    let up = store::users::ProfileUpdate {
+        email: body.email,
+        first_name: body.first_name,
+        last_name: body.last_name,
+    };
+    Ok(Json(
+        store::users::update_profile(&state.db, me.id, up).await?,
+    ))
+}
+
+/// `PUT /api/v1/users/me/password`: every other session is revoked.
+#[utoipa::path(put, path = "/api/v1/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePasswordRequest,
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Json(body): Json<ChangePasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    validate_all(&body, FieldErrors::new())?;
+    let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
+        return Err(ApiError::bad_request("missing fields"));
+    };
+    let hash = store::users::password_hash(&state.db, me.id)
+        .await?
+        .ok_or_else(ApiError::invalid_token)?;
+    if !state.hasher.verify(current, Some(hash)).await? {
+        return Err(ApiError::invalid_field("current_password", "is incorrect"));
+    }
+    let new_hash = state.hasher.hash(new).await?;
+    store::users::set_password(&state.db, me.id, new_hash).await?;
+    let others = store::sessions::revoke_all(&state.db, me.id, Some(&me.sid)).await?;
+    revoke_sessions(&state, me.id, &others, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/users/me`: needs the password; messages stay with a `null` author.
+#[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteMeRequest,
+    responses((status = 204), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn delete_me(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Json(body): Json<DeleteMeRequest>,
+) -> Result<StatusCode, ApiError> {
+    let Some(password) = body.password.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::invalid_field("password", "is required"));
+    };
+    let hash = store::users::password_hash(&state.db, me.id)
+        .await?
+        .ok_or_else(ApiError::invalid_token)?;
+    if !state.hasher.verify(password, Some(hash)).await? {
+        return Err(ApiError::invalid_field("password", "is incorrect"));
+    }
+    remove_user(&state, me.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a user everywhere: their tokens stop working and their sockets close (4001).
+async fn remove_user(state: &AppState, id: i64) -> Result<(), ApiError> {
+    if !store::users::delete(&state.db, id).await? {
+        return Err(ApiError::NotFound("user"));
+    }
+    let until = chrono::Utc::now() + chrono::Duration::seconds(state.keys.access_ttl_secs + 60);
+    state
+        .deny
+        .deny(&[format!("user:{id}")], until)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if let Err(e) = state.bus.publish(protocol::revoke(id, None, true)).await {
+        tracing::warn!(error = %e, "revocation not published");
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/users?q=&limit=&cursor=`
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListUsersQuery),
+    responses((status = 200, body = Page<PublicUser>), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Query(q): Query<ListUsersQuery>,
+) -> Result<Json<Page<PublicUser>>, ApiError> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid cursor"))?,
+        ),
+        None => None,
+    };
+    let (users, next) = store::users::list(&state.db, q.q.as_deref(), limit, cursor).await?;
+    let items = users
+        .into_iter()
+        .map(|u| {
+            let with_email = me.is_admin() || u.id == me.id;
+            u.public(with_email)
+        })
+        .collect();
+    Ok(Json(Page {
+        items,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// `GET /api/v1/users/{id}`
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = PublicUser), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<PublicUser>, ApiError> {
+    let user = store::users::find(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let with_email = me.is_admin() || user.id == me.id;
+    Ok(Json(user.public(with_email)))
+}
+
+/// `PATCH /api/v1/users/{id}` (admin): set `roles`.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), request_body = UpdateUserRequest,
+    responses((status = 200, body = PublicUser), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+    Json(body): Json<UpdateUserRequest>,
+) -> Result<Json<PublicUser>, ApiError> {
+    if !me.is_admin() {
+        return Err(ApiError::Forbidden("admin only"));
+    }
+    let Some(mut roles) = body.roles else {
+        return Err(ApiError::invalid_field("roles", "is required"));
+    };
+    if let Some(bad) = roles
+        .iter()
+        .find(|r| !matches!(r.as_str(), "user" | "admin"))
+    {
+        return Err(ApiError::invalid_field(
+            "roles",
+            &format!("unknown role `{bad}`; use `user` or `admin`"),
+        ));
+    }
+    if !roles.iter().any(|r| r == "user") {
+        roles.insert(0, "user".into());
+    }
+    roles.dedup();
+    let user = store::users::set_roles(&state.db, id, &roles).await?;
+    Ok(Json(user.public(true)))
+}
+
+/// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if !me.is_admin() {
+        return Err(ApiError::Forbidden("admin only"));
+    }
+    remove_user(&state, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

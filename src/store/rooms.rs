@@ -1,0 +1,278 @@
+//! Rooms and their members. A room's `name` is its address; private rooms are invisible to
+//! non-members (callers turn "not a member" into 404).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use entity::{room, room_member};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait, LikeExpr},
+};
+
+use crate::{
+    error::ApiError,
+    model::{Member, Room, UserRef},
+};
+
+pub use entity::room::Model as RoomRow;
+
+pub async fn find_by_name(
+    db: &impl ConnectionTrait,
+    name: &str,
+) -> Result<Option<RoomRow>, ApiError> {
+    Ok(room::Entity::find()
+        .filter(room::Column::Name.eq(name))
+        .one(db)
+        .await?)
+}
+
+pub async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i64, sea_orm::DbErr> {
+    Ok(room::Entity::find_by_id(room_id)
+        .select_only()
+        .column(room::Column::LastSeq)
+        .into_tuple::<i64>()
+        .one(db)
+        .await?
+        .unwrap_or(0))
+}
+
+pub async fn name_of(
+    db: &DatabaseConnection,
+    room_id: i64,
+) -> Result<Option<String>, sea_orm::DbErr> {
+    room::Entity::find_by_id(room_id)
+        .select_only()
+        .column(room::Column::Name)
+        .into_tuple::<String>()
+        .one(db)
+        .await
+}
+
+/// The caller's role in the room, if a member.
+pub async fn role_of(
+    db: &impl ConnectionTrait,
+    room_id: i64,
+    user_id: i64,
+) -> Result<Option<String>, ApiError> {
+    Ok(room_member::Entity::find_by_id((room_id, user_id))
+        .one(db)
+        .await?
+        .map(|m| m.role))
+}
+
+/// Create a room with `owner` as its owner and first member.
+///
+/// # Errors
+/// 409 on `name` if taken.
+pub async fn create(
+    db: &DatabaseConnection,
+    name: &str,
+    topic: Option<String>,
+    visibility: &str,
+    owner: i64,
+) -> Result<RoomRow, ApiError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let row = room::ActiveModel {
+        name: Set(name.to_owned()),
+        topic: Set(topic),
+        visibility: Set(visibility.to_owned()),
+        owner_id: Set(Some(owner)),
+        last_seq: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await
+    .map_err(crate::error::on_unique("name", "is already taken"))?;
+    room_member::ActiveModel {
+        room_id: Set(row.id),
+        user_id: Set(owner),
+        role: Set("owner".into()),
+        joined_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// Add a member (idempotent); `true` if newly added.
+pub async fn add_member(
+    db: &DatabaseConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<bool, ApiError> {
+    let res = room_member::Entity::insert(room_member::ActiveModel {
+        room_id: Set(room_id),
+        user_id: Set(user_id),
+        role: Set("member".into()),
+        joined_at: Set(Utc::now()),
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(db)
+    .await?;
+    Ok(matches!(res, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+}
+
+pub async fn remove_member(
+    db: &DatabaseConnection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<bool, ApiError> {
+    let res = room_member::Entity::delete_by_id((room_id, user_id))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected > 0)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    row: RoomRow,
+    topic: Option<Option<String>>,
+    visibility: Option<String>,
+) -> Result<RoomRow, ApiError> {
+    let mut am: room::ActiveModel = row.into();
+    if let Some(t) = topic {
+        am.topic = Set(t);
+    }
+    if let Some(v) = visibility {
+        am.visibility = Set(v);
+    }
+    am.updated_at = Set(Utc::now());
+    Ok(am.update(db).await?)
+}
+
+pub async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), ApiError> {
+    let txn = db.begin().await?;
+    entity::message::Entity::delete_many()
+        .filter(entity::message::Column::RoomId.eq(room_id))
+        .exec(&txn)
+        .await?;
+    room_member::Entity::delete_many()
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .exec(&txn)
+        .await?;
+    room::Entity::delete_by_id(room_id).exec(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The wire form of a room; `online_count` comes from presence.
+pub async fn to_wire(
+    db: &DatabaseConnection,
+    row: RoomRow,
+    online_count: i64,
+) -> Result<Room, ApiError> {
+    let member_count = i64::try_from(
+        room_member::Entity::find()
+            .filter(room_member::Column::RoomId.eq(row.id))
+            .count(db)
+            .await?,
+    )
+    .unwrap_or(i64::MAX);
+    let owner = match row.owner_id {
+        Some(id) => super::users::refs(db, &[id]).await?.into_iter().next(),
+        None => None,
+    };
+    Ok(Room {
+        id: row.id,
+        name: row.name,
+        topic: row.topic,
+        visibility: row.visibility,
+        owner,
+        member_count,
+        online_count,
+        last_seq: row.last_seq,
+        created_at: row.created_at,
+    })
+}
+
+/// Rooms the caller may see: public ones plus private ones they are in. `joined` restricts to
+/// the caller's rooms. Ordered by name; the cursor is the last name of the previous page.
+pub async fn list(
+    db: &DatabaseConnection,
+    caller: i64,
+    q: Option<&str>,
+    joined: bool,
+    limit: u64,
+    cursor: Option<&str>,
+) -> Result<(Vec<RoomRow>, Option<String>), ApiError> {
+    let mine = room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::RoomId)
+        .filter(room_member::Column::UserId.eq(caller))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?;
+    let mut query = room::Entity::find()
+        .order_by_asc(room::Column::Name)
+        .limit(limit + 1);
+    query = if joined {
+        query.filter(room::Column::Id.is_in(mine))
+    } else {
+        query.filter(
+            Condition::any()
+                .add(room::Column::Visibility.eq("public"))
+                .add(room::Column::Id.is_in(mine)),
+        )
+    };
+    if let Some(q) = q.filter(|q| !q.is_empty()) {
+        query = query.filter(
+            Expr::col(room::Column::Name).like(LikeExpr::new(super::like_pattern(q)).escape('\\')),
+        );
+    }
+    if let Some(c) = cursor {
+        query = query.filter(room::Column::Name.gt(c));
+    }
+    let mut rows = query.all(db).await?;
+    let next = if rows.len() as u64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|r| r.name.clone())
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Members with their role; `online` is filled by the caller from presence.
+pub async fn members(db: &DatabaseConnection, room_id: i64) -> Result<Vec<Member>, ApiError> {
+    let rows = room_member::Entity::find()
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .order_by_asc(room_member::Column::JoinedAt)
+        .all(db)
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
+    let names: HashMap<i64, UserRef> = super::users::refs(db, &ids)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(Member {
+                user: names.get(&r.user_id)?.clone(),
+                role: r.role,
+                joined_at: r.joined_at,
+                online: false,
+            })
+        })
+        .collect())
+}
+
+/// Ids of the rooms `user_id` is a member of.
+pub async fn rooms_of(db: &DatabaseConnection, user_id: i64) -> Result<Vec<i64>, ApiError> {
+    Ok(room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::RoomId)
+        .filter(room_member::Column::UserId.eq(user_id))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?)
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics (SPEC §9). Names are constants of the dashboard in
+//! `deploy/grafana/chat-dashboard.json`; labels never carry user input, tokens or passwords.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{extract::Request, middleware::Next, response::Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WS_CONNECTIONS: &str = "chat_ws_connections";
+pub const MESSAGES_ACCEPTED: &str = "chat_messages_accepted_total";
+pub const MESSAGES_COMMITTED: &str = "chat_messages_committed_total";
+pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
+pub const FANOUT_LATENCY: &str = "chat_fanout_latency_seconds";
+pub const COMMIT_BATCH: &str = "chat_commit_batch_size";
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const SLOW_CONSUMER_CLOSES: &str = "chat_slow_consumer_closes_total";
+pub const REDIS_RECONNECTS: &str = "chat_redis_reconnects_total";
+pub const GAP_FILLS: &str = "chat_bus_gap_fills_total";
+pub const DB_POOL: &str = "chat_db_pool_connections";
+
+/// Install the process-wide recorder once and return its handle (tests build many apps in one
+/// process; they share it).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            let http = [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(FANOUT_LATENCY.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &http))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.into()), &batch))
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections on this replica");
+    metrics::describe_counter!(
+        MESSAGES_ACCEPTED,
+        "Messages accepted (committed and acknowledged) on this replica"
+    );
+    metrics::describe_counter!(
+        MESSAGES_COMMITTED,
+        "Messages committed by this replica's send path"
+    );
+    metrics::describe_counter!(
+        MESSAGES_DELIVERED,
+        "Message frames queued to sockets on this replica"
+    );
+    metrics::describe_histogram!(
+        FANOUT_LATENCY,
+        metrics::Unit::Seconds,
+        "Publish on the accepting replica to socket queue on this one"
+    );
+    metrics::describe_histogram!(COMMIT_BATCH, "Messages per group-commit transaction");
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency by method, route and status"
+    );
+    metrics::describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "Sockets closed with 4429 because their queue overflowed"
+    );
+    metrics::describe_counter!(
+        REDIS_RECONNECTS,
+        "Reconnections of the Redis pub/sub connection"
+    );
+    metrics::describe_counter!(GAP_FILLS, "Gap fills of a room's stream from the database");
+    metrics::describe_gauge!(DB_POOL, "Database pool connections by state");
+}
+
+pub fn ws_connected(endpoint: &'static str, delta: f64) {
+    gauge!(WS_CONNECTIONS, "endpoint" => endpoint).increment(delta);
+}
+
+pub fn accepted(transport: &'static str) {
+    counter!(MESSAGES_ACCEPTED, "transport" => transport).increment(1);
+}
+
+pub fn messages_committed(n: usize) {
+    counter!(MESSAGES_COMMITTED).increment(n as u64);
+}
+
+pub fn commit_batch(n: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    histogram!(COMMIT_BATCH).record(n as f64);
+}
+
+/// `n` sockets got a message published at `published_at_micros`.
+pub fn delivered(n: u64, published_at_micros: i64) {
+    if n == 0 {
+        return;
+    }
+    counter!(MESSAGES_DELIVERED).increment(n);
+    #[allow(clippy::cast_precision_loss)]
+    let secs = (crate::bus::now_micros() - published_at_micros).max(0) as f64 / 1e6;
+    histogram!(FANOUT_LATENCY).record(secs);
+}
+
+pub fn slow_consumer_closed() {
+    counter!(SLOW_CONSUMER_CLOSES).increment(1);
+}
+
+pub fn redis_reconnect() {
+    counter!(REDIS_RECONNECTS).increment(1);
+}
+
+pub fn gap_fill() {
+    counter!(GAP_FILLS).increment(1);
+}
+
+pub fn record_db_pool(db: &sea_orm::DatabaseConnection) {
+    let (size, idle) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+    gauge!(DB_POOL, "state" => "idle").set(f64::from(idle));
+    gauge!(DB_POOL, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
+}
+
+/// Tower middleware: count and time every request by route template and status.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = crate::http::route_of(&req);
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(start.elapsed().as_secs_f64());
+    res
+}

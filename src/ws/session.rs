@@ -1,0 +1,505 @@
+//! One WebSocket session: a reader (this task) and a writer task joined by a bounded queue.
+//!
+//! The reader parses client frames, sends messages through [`crate::send`], and joins rooms in
+//! the [`Hub`](crate::bus::hub::Hub). The writer drains the queue into the socket, pings every
+//! 30 s, drops a peer silent for 60 s, and sends the close frame chosen by whoever closed the
+//! socket (4001 revoked, 4003 removed, 4404 room deleted, 4429 slow consumer, 1012 restart…).
+//!
+//! Joining a room is the resume protocol of SPEC §8: the hub registers the socket *paused* and
+//! returns the last `seq` it has delivered; the session replays history up to that `seq` from
+//! the database, then resumes, and the frames that arrived meanwhile follow, so there is no gap
+//! and no duplicate at the seam.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::{SinkExt, StreamExt, stream::SplitSink};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::protocol::{self, ClientFrame};
+use crate::{
+    auth::CurrentUser,
+    bus::hub::{self, Outbound, SocketCtl},
+    error::ApiError,
+    model::UserRef,
+    send::{Draft, Sent},
+    state::AppState,
+    store::{self, rooms::RoomRow},
+    telemetry::metrics,
+};
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+const DEAD_AFTER_SECS: i64 = 60;
+/// Rate-limited frames in a row before the socket is closed with 1008.
+const FLOOD_LIMIT: u32 = 20;
+/// How long a closing socket may take to flush its last frames and the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+
+pub enum Mode {
+    Room { room: RoomRow, since: Option<i64> },
+    Mux,
+}
+
+struct Joined {
+    id: i64,
+    name: String,
+}
+
+struct Session {
+    state: AppState,
+    ctl: Arc<SocketCtl>,
+    user: UserRef,
+    mux: bool,
+    rooms: HashMap<String, Joined>,
+    token_expires: tokio::time::Instant,
+    flood: u32,
+}
+
+pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mode) {
+    let mux = matches!(mode, Mode::Mux);
+    let endpoint = if mux { "mux" } else { "room" };
+    let span = tracing::info_span!("ws.session", user_id = user.id, endpoint);
+    async move {
+        metrics::ws_connected(endpoint, 1.0);
+        let (sink, mut stream) = socket.split();
+        let (tx, rx) = mpsc::channel(state.hub.queue_capacity());
+        let ctl = state
+            .hub
+            .register_socket(user.id, mux, tx, user.sid.clone(), user.jti.clone());
+        let writer = tokio::spawn(writer(sink, rx, ctl.clone()));
+        let mut session = Session {
+            token_expires: deadline(user.expires_at),
+            user: UserRef {
+                id: user.id,
+                username: user.username.clone(),
+            },
+            state: state.clone(),
+            ctl: ctl.clone(),
+            mux,
+            rooms: HashMap::new(),
+            flood: 0,
+        };
+        let started = match mode {
+            Mode::Room { room, since } => session.join(room, since).await,
+            Mode::Mux => session.push(protocol::ready_mux(&session.user)).await,
+        };
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "socket set-up failed");
+            ctl.close(hub::CLOSE_RESTART);
+        } else {
+            session.read_loop(&mut stream).await;
+        }
+        session.leave_all().await;
+        state.hub.unregister_socket(&ctl);
+        if !ctl.closed.is_cancelled() {
+            ctl.close(hub::CLOSE_NORMAL);
+        }
+        let _ = writer.await;
+        metrics::ws_connected(endpoint, -1.0);
+    }
+    .instrument(span)
+    .await;
+}
+
+fn deadline(at: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
+    let secs = (at - chrono::Utc::now()).num_milliseconds().max(0);
+    tokio::time::Instant::now() + Duration::from_millis(secs.unsigned_abs())
+}
+
+impl Session {
+    async fn push(&self, frame: Utf8Bytes) -> anyhow::Result<()> {
+        self.ctl
+            .tx
+            .send(Outbound::Frame(frame))
+            .await
+            .map_err(|_| anyhow::anyhow!("socket closed"))
+    }
+
+    async fn read_loop(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.ctl.closed.cancelled() => return,
+                () = tokio::time::sleep_until(self.token_expires) => {
+                    self.ctl.close(hub::CLOSE_TOKEN);
+                    return;
+                }
+                next = stream.next() => next,
+            };
+            let msg = match next {
+                None => return,
+                Some(Err(e)) => {
+                    if is_too_big(&e) {
+                        self.ctl.close(hub::CLOSE_TOO_BIG);
+                    } else {
+                        self.ctl.close(hub::CLOSE_GOING_AWAY);
+                    }
+                    return;
+                }
+                Some(Ok(msg)) => msg,
+            };
+            self.ctl.touch();
+            match msg {
+                Message::Text(text) => {
+                    if let Err(e) = self.handle(&text).await {
+                        tracing::debug!(error = %e, "socket closed while replying");
+                        return;
+                    }
+                }
+                Message::Binary(_) => {
+                    let frame = protocol::error(
+                        "unsupported_frame",
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    );
+                    if self.push(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => {
+                    self.ctl.close(hub::CLOSE_NORMAL);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> anyhow::Result<()> {
+        let frame = match protocol::parse(text) {
+            Ok(f) => f,
+            Err(e) => return self.push(protocol::error(e.code, &e.message, None)).await,
+        };
+        match frame {
+            ClientFrame::Ping => self.push(protocol::pong()).await,
+            ClientFrame::Message {
+                room,
+                content,
+                client_id,
+            } => self.send(room, content, client_id).await,
+            ClientFrame::Typing { room } => {
+                let Some(joined) = self.target(room.as_deref()).await? else {
+                    return Ok(());
+                };
+                let env = protocol::typing(joined.0, &joined.1, &self.user);
+                if let Err(e) = self.state.bus.publish(env).await {
+                    tracing::debug!(error = %e, "typing not published");
+                }
+                Ok(())
+            }
+            ClientFrame::Auth { token } => match self.state.authenticate(&token).await {
+                Ok(user) if user.id == self.user.id => {
+                    *self
+                        .ctl
+                        .auth
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = (user.sid, user.jti);
+                    self.token_expires = deadline(user.expires_at);
+                    self.push(Utf8Bytes::from_static(r#"{"type":"auth_ok"}"#))
+                        .await
+                }
+                Ok(_) => {
+                    self.push(protocol::error(
+                        "invalid_token",
+                        "the token belongs to another user",
+                        None,
+                    ))
+                    .await
+                }
+                Err(e) => {
+                    self.push(protocol::error(e.code(), &e.to_string(), None))
+                        .await
+                }
+            },
+            ClientFrame::Subscribe { room, since_seq } => {
+                if !self.mux {
+                    return self
+                        .push(protocol::error(
+                            "invalid_frame",
+                            "subscribe is for the multiplexed /ws endpoint",
+                            None,
+                        ))
+                        .await;
+                }
+                if self.rooms.contains_key(&room) {
+                    return self
+                        .push(protocol::error(
+                            "already_subscribed",
+                            "already subscribed",
+                            Some(&room),
+                        ))
+                        .await;
+                }
+                match self.open_room(&room).await {
+                    Ok(row) => self.join(row, since_seq).await,
+                    Err(e) => {
+                        self.push(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                            .await
+                    }
+                }
+            }
+            ClientFrame::Unsubscribe { room } => {
+                if let Some(joined) = self.rooms.remove(&room) {
+                    self.leave(&joined).await;
+                }
+                self.push(protocol::unsubscribed(&room)).await
+            }
+        }
+    }
+
+    /// The room a frame is for: the socket's room, or on `/ws` the named subscribed room.
+    async fn target(&self, room: Option<&str>) -> anyhow::Result<Option<(i64, String)>> {
+        if !self.mux {
+            return Ok(self.rooms.values().next().map(|j| (j.id, j.name.clone())));
+        }
+        let Some(name) = room else {
+            self.push(protocol::error(
+                "invalid_frame",
+                "`room` is required on /ws",
+                None,
+            ))
+            .await?;
+            return Ok(None);
+        };
+        match self.rooms.get(name) {
+            Some(j) => Ok(Some((j.id, j.name.clone()))),
+            None => {
+                self.push(protocol::error(
+                    "not_subscribed",
+                    "subscribe to the room first",
+                    Some(name),
+                ))
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        room: Option<String>,
+        content: String,
+        client_id: Option<String>,
+    ) -> anyhow::Result<()> {
+        let Some((room_id, room)) = self.target(room.as_deref()).await? else {
+            return Ok(());
+        };
+        if self.state.msg_limiter.check_key(&self.user.id).is_err() {
+            self.flood += 1;
+            if self.flood >= FLOOD_LIMIT {
+                self.ctl.close(hub::CLOSE_POLICY);
+                return Ok(());
+            }
+            return self
+                .push(protocol::error(
+                    "rate_limited",
+                    "too many messages; slow down",
+                    Some(&room),
+                ))
+                .await;
+        }
+        self.flood = 0;
+        let draft = Draft {
+            author: self.user.clone(),
+            content,
+            client_id,
+        };
+        match self.state.sender.send(room_id, &room, draft).await {
+            Ok(sent) => {
+                if matches!(sent, Sent::Created(_)) {
+                    metrics::accepted("ws");
+                }
+                self.push(protocol::ack(&room, sent.message())).await
+            }
+            Err(e) => {
+                self.push(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                    .await
+            }
+        }
+    }
+
+    /// Resolve a room for `subscribe`: visible, and joined if public.
+    async fn open_room(&self, name: &str) -> Result<RoomRow, ApiError> {
+        let db = &self.state.db;
+        let room = store::rooms::find_by_name(db, name)
+            .await?
+            .ok_or(ApiError::NotFound("room"))?;
+        if store::rooms::role_of(db, room.id, self.user.id)
+            .await?
+            .is_none()
+        {
+            if room.visibility != "public" {
+                return Err(ApiError::NotFound("room"));
+            }
+            store::rooms::add_member(db, room.id, self.user.id).await?;
+        }
+        Ok(room)
+    }
+
+    /// Join: register paused, announce, replay `(since, last]`, resume.
+    async fn join(&mut self, room: RoomRow, since: Option<i64>) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let joined = state.hub.join(&state.bus, room.id, &self.ctl).await?;
+        self.rooms.insert(
+            room.name.clone(),
+            Joined {
+                id: room.id,
+                name: room.name.clone(),
+            },
+        );
+        if state.hub.presence_inc(room.id, self.user.id) {
+            match state.presence.join(room.id, self.user.id).await {
+                Ok(true) => {
+                    let env = protocol::presence(room.id, &room.name, "join", &self.user);
+                    if let Err(e) = state.bus.publish(env).await {
+                        tracing::debug!(error = %e, "presence join not published");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence join failed"),
+            }
+        }
+        let online = crate::http::rooms::online_users(&state, room.id).await;
+        let room_name = room.name.clone();
+        let room_id = room.id;
+        let wire = store::rooms::to_wire(&state.db, room, i64::try_from(online.len()).unwrap_or(0))
+            .await?;
+        let first = if self.mux {
+            protocol::subscribed(&wire, &online, joined.last_seq)
+        } else {
+            protocol::ready(&wire, &self.user, &online, joined.last_seq)
+        };
+        self.push(first).await?;
+        if let Some(mut after) = since {
+            while after < joined.last_seq {
+                let rows = store::messages::after_seq(&state.db, room_id, after, 200).await?;
+                let Some(last) = rows.last().map(|r| r.seq) else {
+                    break;
+                };
+                for row in rows {
+                    if row.seq > joined.last_seq {
+                        break;
+                    }
+                    if let Some(msg) = row.message {
+                        self.push(protocol::message_frame(&msg)).await?;
+                    }
+                }
+                after = last;
+            }
+        }
+        state.hub.resume(room_id, &self.ctl);
+        tracing::debug!(room = %room_name, last_seq = joined.last_seq, "joined");
+        Ok(())
+    }
+
+    async fn leave(&self, joined: &Joined) {
+        let state = &self.state;
+        state.hub.leave(&state.bus, joined.id, &self.ctl);
+        if state.hub.presence_dec(joined.id, self.user.id) {
+            match state.presence.leave(joined.id, self.user.id).await {
+                Ok(true) => {
+                    let env = protocol::presence(joined.id, &joined.name, "leave", &self.user);
+                    if let Err(e) = state.bus.publish(env).await {
+                        tracing::debug!(error = %e, "presence leave not published");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence leave failed"),
+            }
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        let rooms: Vec<Joined> = self.rooms.drain().map(|(_, j)| j).collect();
+        for joined in &rooms {
+            self.leave(joined).await;
+        }
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    // tungstenite reports oversized frames and messages as capacity errors.
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        hub::CLOSE_TOKEN => "token expired or revoked",
+        hub::CLOSE_REMOVED => "removed from room",
+        hub::CLOSE_ROOM_DELETED => "room deleted",
+        hub::CLOSE_SLOW => "slow consumer; resume with since_seq",
+        hub::CLOSE_RESTART => "server restarting; reconnect",
+        hub::CLOSE_POLICY => "rate limit exceeded",
+        hub::CLOSE_TOO_BIG => "frame too large",
+        hub::CLOSE_GOING_AWAY => "going away",
+        _ => "",
+    }
+}
+
+/// Drains the queue into the socket; sends the close frame when the socket is closed.
+async fn writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    ctl: Arc<SocketCtl>,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            () = ctl.closed.cancelled() => break,
+            item = rx.recv() => {
+                let Some(Outbound::Frame(frame)) = item else { break };
+                let write = async {
+                    sink.feed(Message::Text(frame)).await?;
+                    // Batch whatever else is already queued into one flush.
+                    for _ in 0..64 {
+                        match rx.try_recv() {
+                            Ok(Outbound::Frame(f)) => sink.feed(Message::Text(f)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    biased;
+                    () = ctl.closed.cancelled() => break,
+                    res = write => if res.is_err() {
+                        ctl.close(hub::CLOSE_GOING_AWAY);
+                        return;
+                    },
+                }
+            }
+            _ = ping.tick() => {
+                let silent = chrono::Utc::now().timestamp() - ctl.last_seen.load(std::sync::atomic::Ordering::Relaxed);
+                if silent > DEAD_AFTER_SECS {
+                    ctl.close(hub::CLOSE_GOING_AWAY);
+                    return;
+                }
+                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    ctl.close(hub::CLOSE_GOING_AWAY);
+                    return;
+                }
+            }
+        }
+    }
+    let code = ctl.close_code();
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        if code != hub::CLOSE_SLOW {
+            // Frames queued before the close (e.g. `room_deleted`) go out first.
+            while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+                sink.feed(Message::Text(f)).await?;
+            }
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(close_reason(code)),
+        })))
+        .await?;
+        sink.close().await
+    })
+    .await;
+}

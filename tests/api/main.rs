@@ -1,0 +1,13 @@
+//! The integration-test binary: every test drives the real server over HTTP/WebSocket on
+//! 127.0.0.1, against SQLite and (with `TEST_DATABASE_URL`) PostgreSQL.
+
+mod support;
+
+mod auth;
+mod cluster;
+mod failover;
+mod messages;
+mod ops;
+mod rooms;
+mod users;
+mod ws;

@@ -1,0 +1,670 @@
+//! SPEC §8 and §10 over real WebSockets: ordering under concurrency, resume, bad frames, close
+//! codes, idempotency, slow consumers, presence, typing, the multiplexed endpoint.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::{dual_test, support::*};
+
+async fn room_with_members(app: &TestApp, n: usize, room: &str) -> Vec<User> {
+    let mut users = Vec::new();
+    for i in 0..n {
+        users.push(app.register(&format!("{room}_u{i}")).await);
+    }
+    app.create_room(&users[0], room, "public").await;
+    for u in &users[1..] {
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/rooms/{room}/join"),
+                Some(&u.access),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    users
+}
+
+async fn ready(ws: &mut Ws) -> Value {
+    let first = next_json(ws, 10).await.expect("ready frame");
+    assert_eq!(first["type"], "ready", "{first}");
+    first
+}
+
+dual_test!(
+    concurrent_senders_every_socket_sees_every_seq_in_order,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let users = room_with_members(&app, 8, "race").await;
+        let ws_base = app.ws_url("");
+        let mut sockets = Vec::new();
+        for u in &users {
+            let mut ws = ws_connect(&ws_base, "race", &u.access, None).await;
+            ready(&mut ws).await;
+            sockets.push(ws);
+        }
+        // 4 senders × 100 messages at once, each on its own socket.
+        let mut senders = Vec::new();
+        for (k, u) in users.iter().take(4).enumerate() {
+            let mut ws = ws_connect(&ws_base, "race", &u.access, None).await;
+            ready(&mut ws).await;
+            senders.push(tokio::spawn(async move {
+            for i in 0..100 {
+                ws_send(&mut ws, json!({"type": "message", "content": format!("s{k}-{i}"), "client_id": format!("s{k}-{i}")})).await;
+            }
+            let mut acks = 0;
+            while acks < 100 {
+                let v = next_json(&mut ws, 30).await.expect("ack");
+                if v["type"] == "ack" {
+                    acks += 1;
+                }
+            }
+            ws
+        }));
+        }
+        let mut readers = Vec::new();
+        for mut ws in sockets {
+            readers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 400 {
+                    match next_json(&mut ws, 30).await {
+                        Some(v) if v["type"] == "message" => got.push((
+                            v["seq"].as_i64().unwrap(),
+                            v["content"].as_str().unwrap().to_owned(),
+                        )),
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                got
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        for r in readers {
+            let got = r.await.unwrap();
+            let seqs: Vec<i64> = got.iter().map(|(s, _)| *s).collect();
+            assert_eq!(
+                seqs,
+                (1..=400).collect::<Vec<_>>(),
+                "every seq exactly once, in order"
+            );
+            let mut per_sender: HashMap<String, Vec<u32>> = HashMap::new();
+            for (_, content) in &got {
+                let (s, i) = content.split_once('-').unwrap();
+                per_sender
+                    .entry(s.to_owned())
+                    .or_default()
+                    .push(i.parse().unwrap());
+            }
+            assert_eq!(per_sender.len(), 4);
+            for (_, order) in per_sender {
+                assert_eq!(
+                    order,
+                    (0..100).collect::<Vec<_>>(),
+                    "each sender's messages in the order sent"
+                );
+            }
+        }
+    }
+);
+
+dual_test!(
+    resume_with_since_seq_has_no_gap_and_no_duplicate,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let users = room_with_members(&app, 2, "resume").await;
+        let ws_base = app.ws_url("");
+        for i in 0..3 {
+            app.post(
+                "/api/v1/rooms/resume/messages",
+                Some(&users[0].access),
+                json!({"content": format!("before {i}")}),
+            )
+            .await;
+        }
+        let mut ws = ws_connect(&ws_base, "resume", &users[1].access, None).await;
+        let r = ready(&mut ws).await;
+        assert_eq!(r["last_seq"], 3);
+        assert_eq!(r["room"]["name"], "resume");
+        assert_eq!(r["user"]["username"], "resume_u1");
+        let last = r["last_seq"].as_i64().unwrap();
+        drop(ws);
+        for i in 0..5 {
+            let (status, _) = app
+                .post(
+                    "/api/v1/rooms/resume/messages",
+                    Some(&users[0].access),
+                    json!({"content": format!("missed {i}")}),
+                )
+                .await;
+            assert_eq!(status, 201);
+        }
+        let mut ws = ws_connect(&ws_base, "resume", &users[1].access, Some(last)).await;
+        ready(&mut ws).await;
+        let replay = collect_seqs(&mut ws, 5, 10).await;
+        assert_eq!(replay, [4, 5, 6, 7, 8]);
+        app.post(
+            "/api/v1/rooms/resume/messages",
+            Some(&users[0].access),
+            json!({"content": "live"}),
+        )
+        .await;
+        let live = next_of(&mut ws, "message", 10).await.expect("live message");
+        assert_eq!(live["seq"], 9);
+        assert_eq!(live["content"], "live");
+    }
+);
+
+dual_test!(
+    bad_frames_get_errors_and_the_socket_stays_usable,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let users = room_with_members(&app, 1, "badframes").await;
+        let mut ws = ws_connect(&app.ws_url(""), "badframes", &users[0].access, None).await;
+        ready(&mut ws).await;
+        let cases: Vec<(WsMessage, &str)> = vec![
+            (WsMessage::Text("{oops".into()), "invalid_json"),
+            (
+                WsMessage::Text(r#"{"type":"dance"}"#.into()),
+                "unknown_type",
+            ),
+            (
+                WsMessage::Text(r#"{"type":"message","content":123}"#.into()),
+                "invalid_frame",
+            ),
+            (
+                WsMessage::Text(r#"{"type":"message","content":""}"#.into()),
+                "validation_failed",
+            ),
+            (
+                WsMessage::Text(
+                    json!({"type":"message","content":"x".repeat(4001)})
+                        .to_string()
+                        .into(),
+                ),
+                "validation_failed",
+            ),
+            (WsMessage::Text("[]".into()), "invalid_frame"),
+            (
+                WsMessage::Binary(vec![0, 159, 146, 150].into()),
+                "unsupported_frame",
+            ),
+        ];
+        for (frame, code) in cases {
+            futures::SinkExt::send(&mut ws, frame).await.unwrap();
+            let v = next_of(&mut ws, "error", 5).await.expect("error frame");
+            assert_eq!(v["code"], code, "{v}");
+            ws_send(&mut ws, json!({"type": "ping"})).await;
+            assert_eq!(
+                next_of(&mut ws, "pong", 5).await.expect("pong")["type"],
+                "pong"
+            );
+        }
+        // Compatibility frames.
+        ws_send(&mut ws, json!({"message": "compat one"})).await;
+        ws_send(&mut ws, json!({"text": "compat two"})).await;
+        let a = next_of(&mut ws, "message", 5).await.unwrap();
+        let b2 = next_of(&mut ws, "message", 5).await.unwrap();
+        assert_eq!(
+            (a["content"].as_str(), b2["content"].as_str()),
+            (Some("compat one"), Some("compat two"))
+        );
+        let (_, page) = app
+            .get("/api/v1/rooms/badframes/messages", Some(&users[0].access))
+            .await;
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            2,
+            "nothing else was stored"
+        );
+        // A frame over 16 KiB closes with 1009.
+        futures::SinkExt::send(&mut ws, WsMessage::Text("x".repeat(17 * 1024).into()))
+            .await
+            .unwrap();
+        assert_eq!(close_code(&mut ws, 5).await, Some(1009));
+    }
+);
+
+dual_test!(handshake_refusals_are_plain_http, |b| async move {
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 2, "hs").await;
+    app.create_room(&users[0], "hs-private", "private").await;
+    let base = app.ws_url("");
+    assert_eq!(
+        ws_refused(&format!("{base}/ws/rooms/hs?token=garbage")).await,
+        401
+    );
+    assert_eq!(ws_refused(&format!("{base}/ws/rooms/hs")).await, 401);
+    assert_eq!(
+        ws_refused(&format!("{base}/ws/rooms/nope?token={}", users[1].access)).await,
+        404
+    );
+    assert_eq!(
+        ws_refused(&format!(
+            "{base}/ws/rooms/hs-private?token={}",
+            users[1].access
+        ))
+        .await,
+        403
+    );
+    // Connecting to a public room joins it.
+    let outsider = app.register("hs_outsider").await;
+    let mut ws = ws_connect(&base, "hs", &outsider.access, None).await;
+    ready(&mut ws).await;
+    let (_, members) = app
+        .get("/api/v1/rooms/hs/members", Some(&outsider.access))
+        .await;
+    assert!(
+        members["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["user"]["username"] == "hs_outsider")
+    );
+});
+
+dual_test!(
+    rest_posts_reach_sockets_once_per_client_id,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let users = room_with_members(&app, 2, "restws").await;
+        let mut ws = ws_connect(&app.ws_url(""), "restws", &users[1].access, None).await;
+        ready(&mut ws).await;
+        for _ in 0..2 {
+            app.post(
+                "/api/v1/rooms/restws/messages",
+                Some(&users[0].access),
+                json!({"content": "hello", "client_id": "dup"}),
+            )
+            .await;
+        }
+        app.post(
+            "/api/v1/rooms/restws/messages",
+            Some(&users[0].access),
+            json!({"content": "second"}),
+        )
+        .await;
+        let first = next_of(&mut ws, "message", 5).await.unwrap();
+        let second = next_of(&mut ws, "message", 5).await.unwrap();
+        assert_eq!(
+            (first["seq"].as_i64(), first["content"].as_str()),
+            (Some(1), Some("hello"))
+        );
+        assert_eq!(
+            (second["seq"].as_i64(), second["content"].as_str()),
+            (Some(2), Some("second"))
+        );
+        // Same client_id over the socket: one ack per send, one stored message.
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": "via ws", "client_id": "w1"}),
+        )
+        .await;
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": "via ws", "client_id": "w1"}),
+        )
+        .await;
+        let mut acks = Vec::new();
+        let mut messages = 0;
+        while acks.len() < 2 {
+            let v = next_json(&mut ws, 5).await.expect("frame");
+            if v["type"] == "ack" {
+                acks.push(v);
+            } else if v["type"] == "message" {
+                messages += 1;
+            }
+        }
+        assert_eq!(acks[0]["seq"], acks[1]["seq"]);
+        assert_eq!(acks[0]["client_id"], "w1");
+        if messages == 0 {
+            assert!(next_of(&mut ws, "message", 5).await.is_some());
+        }
+        assert!(
+            next_of(&mut ws, "message", 1).await.is_none(),
+            "delivered once"
+        );
+    }
+);
+
+dual_test!(room_deleted_kicked_and_logout_close_codes, |b| async move {
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 3, "closes").await;
+    let base = app.ws_url("");
+    let mut kicked = ws_connect(&base, "closes", &users[1].access, None).await;
+    ready(&mut kicked).await;
+    let mut logged_out = ws_connect(&base, "closes", &users[2].access, None).await;
+    ready(&mut logged_out).await;
+    let mut owner = ws_connect(&base, "closes", &users[0].access, None).await;
+    ready(&mut owner).await;
+
+    let (status, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/rooms/closes/members/{}", users[1].id),
+            Some(&users[0].access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(close_code(&mut kicked, 5).await, Some(4003));
+
+    let (status, _) = app
+        .post("/api/v1/auth/logout", Some(&users[2].access), json!({}))
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(close_code(&mut logged_out, 5).await, Some(4001));
+    assert_eq!(
+        ws_refused(&format!("{base}/ws/rooms/closes?token={}", users[2].access)).await,
+        401
+    );
+
+    let (status, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/rooms/closes",
+            Some(&users[0].access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let deleted = next_of(&mut owner, "room_deleted", 5)
+        .await
+        .expect("room_deleted frame");
+    assert_eq!(deleted["room"], "closes");
+    assert_eq!(close_code(&mut owner, 5).await, Some(4404));
+});
+
+dual_test!(presence_typing_edits_and_updates, |b| async move {
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 2, "live").await;
+    let base = app.ws_url("");
+    let mut a = ws_connect(&base, "live", &users[0].access, None).await;
+    ready(&mut a).await;
+    let mut b2 = ws_connect(&base, "live", &users[1].access, None).await;
+    let r = ready(&mut b2).await;
+    let online: Vec<&str> = r["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert!(
+        online.contains(&"live_u0") && online.contains(&"live_u1"),
+        "{r}"
+    );
+    let join = next_of(&mut a, "presence", 5).await.expect("join");
+    assert_eq!(
+        (join["event"].as_str(), join["user"]["username"].as_str()),
+        (Some("join"), Some("live_u1"))
+    );
+    // A second socket of the same user is not a new join.
+    let mut b_again = ws_connect(&base, "live", &users[1].access, None).await;
+    ready(&mut b_again).await;
+    ws_send(&mut b2, json!({"type": "typing"})).await;
+    let typing = next_of(&mut a, "typing", 5).await.expect("typing");
+    assert_eq!(typing["user"]["username"], "live_u1");
+    let (_, members) = app
+        .get("/api/v1/rooms/live/members", Some(&users[0].access))
+        .await;
+    assert!(
+        members["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["online"] == true)
+    );
+    let (_, msg) = app
+        .post(
+            "/api/v1/rooms/live/messages",
+            Some(&users[0].access),
+            json!({"content": "v1"}),
+        )
+        .await;
+    let path = format!("/api/v1/rooms/live/messages/{}", msg["id"]);
+    app.send(
+        reqwest::Method::PATCH,
+        &path,
+        Some(&users[0].access),
+        Some(json!({"content": "v2"})),
+    )
+    .await;
+    let edited = next_of(&mut b2, "message_edited", 5).await.expect("edited");
+    assert_eq!(edited["content"], "v2");
+    app.send(reqwest::Method::DELETE, &path, Some(&users[0].access), None)
+        .await;
+    let deleted = next_of(&mut b2, "message_deleted", 5)
+        .await
+        .expect("deleted");
+    assert_eq!(deleted["id"], msg["id"]);
+    app.send(
+        reqwest::Method::PATCH,
+        "/api/v1/rooms/live",
+        Some(&users[0].access),
+        Some(json!({"topic": "new topic"})),
+    )
+    .await;
+    let updated = next_of(&mut b2, "room_updated", 5)
+        .await
+        .expect("room_updated");
+    assert_eq!(updated["room"]["topic"], "new topic");
+    drop(b2);
+    assert!(
+        next_of(&mut a, "presence", 2).await.is_none(),
+        "still online through the other socket"
+    );
+    drop(b_again);
+    let leave = next_of(&mut a, "presence", 5).await.expect("leave");
+    assert_eq!(
+        (leave["event"].as_str(), leave["user"]["username"].as_str()),
+        (Some("leave"), Some("live_u1"))
+    );
+});
+
+dual_test!(multiplexed_socket_carries_many_rooms, |b| async move {
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 2, "mux-a").await;
+    app.create_room(&users[0], "mux-b", "public").await;
+    app.post(
+        "/api/v1/rooms/mux-a/messages",
+        Some(&users[0].access),
+        json!({"content": "old"}),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws?token={}",
+        app.ws_url(""),
+        users[1].access
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws, 5).await.unwrap()["type"], "ready");
+    ws_send(
+        &mut ws,
+        json!({"type": "subscribe", "room": "mux-a", "since_seq": 0}),
+    )
+    .await;
+    let sub = next_json(&mut ws, 5).await.unwrap();
+    assert_eq!(
+        (sub["type"].as_str(), sub["room"].as_str()),
+        (Some("subscribed"), Some("mux-a"))
+    );
+    let replay = next_of(&mut ws, "message", 5).await.unwrap();
+    assert_eq!(
+        (replay["room"].as_str(), replay["content"].as_str()),
+        (Some("mux-a"), Some("old"))
+    );
+    ws_send(&mut ws, json!({"type": "subscribe", "room": "mux-b"})).await;
+    assert_eq!(
+        next_of(&mut ws, "subscribed", 5).await.unwrap()["room"],
+        "mux-b"
+    );
+    ws_send(&mut ws, json!({"type": "subscribe", "room": "nope"})).await;
+    let err = next_of(&mut ws, "error", 5).await.unwrap();
+    assert_eq!(
+        (err["code"].as_str(), err["room"].as_str()),
+        (Some("not_found"), Some("nope"))
+    );
+    app.post(
+        "/api/v1/rooms/mux-b/messages",
+        Some(&users[0].access),
+        json!({"content": "in b"}),
+    )
+    .await;
+    let m = next_of(&mut ws, "message", 5).await.unwrap();
+    assert_eq!(
+        (m["room"].as_str(), m["content"].as_str()),
+        (Some("mux-b"), Some("in b"))
+    );
+    ws_send(
+        &mut ws,
+        json!({"type": "message", "room": "mux-a", "content": "from mux"}),
+    )
+    .await;
+    let ack = next_of(&mut ws, "ack", 5).await.unwrap();
+    assert_eq!(
+        (ack["room"].as_str(), ack["seq"].as_i64()),
+        (Some("mux-a"), Some(2))
+    );
+    ws_send(&mut ws, json!({"type": "unsubscribe", "room": "mux-b"})).await;
+    assert_eq!(
+        next_of(&mut ws, "unsubscribed", 5).await.unwrap()["room"],
+        "mux-b"
+    );
+    app.post(
+        "/api/v1/rooms/mux-b/messages",
+        Some(&users[0].access),
+        json!({"content": "unseen"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/rooms/mux-a/messages",
+        Some(&users[0].access),
+        json!({"content": "seen"}),
+    )
+    .await;
+    let m = next_of(&mut ws, "message", 5).await.unwrap();
+    assert_eq!(m["content"], "from mux");
+    let m = next_of(&mut ws, "message", 5).await.unwrap();
+    assert_eq!(m["content"], "seen");
+});
+
+dual_test!(auth_frame_replaces_the_token, |b| async move {
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 1, "authf").await;
+    let mut ws = ws_connect(&app.ws_url(""), "authf", &users[0].access, None).await;
+    ready(&mut ws).await;
+    let (_, fresh) = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh": users[0].refresh}),
+        )
+        .await;
+    ws_send(&mut ws, json!({"type": "auth", "token": fresh["access"]})).await;
+    assert_eq!(next_json(&mut ws, 5).await.unwrap()["type"], "auth_ok");
+    ws_send(&mut ws, json!({"type": "auth", "token": "forged"})).await;
+    assert_eq!(
+        next_of(&mut ws, "error", 5).await.unwrap()["code"],
+        "invalid_token"
+    );
+    ws_send(&mut ws, json!({"type": "ping"})).await;
+    assert!(next_of(&mut ws, "pong", 5).await.is_some());
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_closes_with_4001() {
+    let db = fresh_database(Backend::Sqlite).await;
+    let mut config = chat::Config::for_tests(&db);
+    config.access_token_ttl_secs = 2;
+    let app = spawn_with(config).await;
+    let users = room_with_members(&app, 1, "expiry").await;
+    let mut ws = ws_connect(&app.ws_url(""), "expiry", &users[0].access, None).await;
+    ready(&mut ws).await;
+    assert_eq!(close_code(&mut ws, 15).await, Some(4001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_flood_gets_errors_then_1008() {
+    let db = fresh_database(Backend::Sqlite).await;
+    let mut config = chat::Config::for_tests(&db);
+    config.message_rate_per_sec = 1;
+    config.message_rate_burst = 2;
+    let app = spawn_with(config).await;
+    let users = room_with_members(&app, 1, "flood").await;
+    let mut ws = ws_connect(&app.ws_url(""), "flood", &users[0].access, None).await;
+    ready(&mut ws).await;
+    for i in 0..40 {
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": format!("spam {i}")}),
+        )
+        .await;
+    }
+    let mut rate_limited = 0;
+    let code = loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" && v["code"] == "rate_limited" {
+                    rate_limited += 1;
+                }
+            }
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            _ => break None,
+        }
+    };
+    assert!(rate_limited > 0);
+    assert_eq!(code, Some(1008));
+}
+
+dual_test!(
+    slow_consumer_is_closed_with_4429_others_unaffected,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let users = room_with_members(&app, 3, "slow").await;
+        let base = app.ws_url("");
+        let mut slow = ws_connect(&base, "slow", &users[1].access, None).await;
+        ready(&mut slow).await;
+        let mut fast = ws_connect(&base, "slow", &users[2].access, None).await;
+        ready(&mut fast).await;
+        const TOTAL: i64 = 10_000;
+        let reader = tokio::spawn(async move {
+            let seqs = collect_seqs(&mut fast, TOTAL as usize, 180).await;
+            seqs
+        });
+        // Four sender sockets push 10 000 messages; the slow socket is never read meanwhile.
+        let mut senders = Vec::new();
+        for k in 0..4 {
+            let mut ws = ws_connect(&base, "slow", &users[0].access, None).await;
+            ready(&mut ws).await;
+            senders.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+            for i in 0..TOTAL / 4 {
+                let frame = json!({"type": "message", "content": format!("{k}:{i} {}", "p".repeat(100))});
+                futures::SinkExt::send(&mut sink, WsMessage::Text(frame.to_string().into())).await.unwrap();
+            }
+            (sink, drain)
+        }));
+        }
+        let mut keep = Vec::new();
+        for s in senders {
+            keep.push(s.await.unwrap());
+        }
+        let seqs = reader.await.unwrap();
+        assert_eq!(
+            seqs,
+            (1..=TOTAL).collect::<Vec<_>>(),
+            "the reading socket got everything in order"
+        );
+        assert_eq!(close_code(&mut slow, 30).await, Some(4429));
+        drop(keep);
+    }
+);
