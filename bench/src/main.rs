@@ -108,9 +108,13 @@ struct RunArgs {
     /// Measured time of a plain run.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// After the last send, keep reading this long so acks and deliveries can arrive.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// After the last send, keep reading at most this long so acks and deliveries can
+    /// arrive (it ends earlier once no message or ack frame arrived for --drain-quiet).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain: Duration,
+    /// The drain ends after this long without any message or ack frame.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    drain_quiet: Duration,
     /// Pause after all sockets are connected, before sending (lets presence traffic settle).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     settle: Duration,
@@ -229,13 +233,64 @@ fn urls(list: &[String]) -> Result<Urls> {
     })
 }
 
+/// Connect-phase figures, mergeable across batches.
+struct ConnectStats {
+    attempted: usize,
+    ok: usize,
+    failed: usize,
+    errors: BTreeMap<String, u64>,
+    wall: Duration,
+    upgrade: hdrhistogram::Histogram<u64>,
+    ready: hdrhistogram::Histogram<u64>,
+}
+
+impl ConnectStats {
+    fn new() -> Self {
+        Self {
+            attempted: 0,
+            ok: 0,
+            failed: 0,
+            errors: BTreeMap::new(),
+            wall: Duration::ZERO,
+            upgrade: new_histogram(),
+            ready: new_histogram(),
+        }
+    }
+
+    fn merge(&mut self, o: &ConnectStats) {
+        self.attempted += o.attempted;
+        self.ok += o.ok;
+        self.failed += o.failed;
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.wall += o.wall;
+        let _ = self.upgrade.add(&o.upgrade);
+        let _ = self.ready.add(&o.ready);
+    }
+
+    fn report(&self) -> ConnectReport {
+        let wall_s = self.wall.as_secs_f64();
+        ConnectReport {
+            attempted: self.attempted,
+            connected: self.ok,
+            failed: self.failed,
+            errors: self.errors.clone(),
+            wall_s,
+            rate_per_s: per_s(self.ok as u64, wall_s),
+            upgrade: LatencySummary::from_us(&self.upgrade),
+            ready: LatencySummary::from_us(&self.ready),
+        }
+    }
+}
+
 /// Spawns one task per socket and waits until every one has connected or failed.
 async fn spawn_and_connect(
     specs: Vec<SocketSpec>,
     shared: &Arc<Shared>,
     ctl: &watch::Receiver<Phase>,
     concurrency: usize,
-) -> (Vec<JoinHandle<SocketOutcome>>, ConnectReport) {
+) -> (Vec<JoinHandle<SocketOutcome>>, ConnectStats) {
     let n = specs.len();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -253,53 +308,36 @@ async fn spawn_and_connect(
         })
         .collect();
     drop(tx);
-    let mut upgrade = new_histogram();
-    let mut ready = new_histogram();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut st = ConnectStats::new();
+    st.attempted = n;
     let mut last_print = Instant::now();
-    let mut wall = Duration::ZERO;
     while let Some(ev) = rx.recv().await {
         match ev {
             ConnectEvent::Ok {
                 upgrade_us,
                 ready_us,
             } => {
-                ok += 1;
-                upgrade.saturating_record(upgrade_us.max(1));
-                ready.saturating_record(ready_us.max(1));
+                st.ok += 1;
+                st.upgrade.saturating_record(upgrade_us.max(1));
+                st.ready.saturating_record(ready_us.max(1));
             }
             ConnectEvent::Err(kind) => {
-                failed += 1;
-                *errors.entry(kind).or_default() += 1;
+                st.failed += 1;
+                *st.errors.entry(kind).or_default() += 1;
             }
         }
-        wall = t0.elapsed();
-        if last_print.elapsed() >= Duration::from_secs(2) || ok + failed == n {
+        st.wall = t0.elapsed();
+        if last_print.elapsed() >= Duration::from_secs(2) || st.ok + st.failed == n {
             last_print = Instant::now();
             eprintln!(
-                "  sockets {}/{n} connected, {failed} failed, {:.1}s",
-                ok,
-                wall.as_secs_f64()
+                "  sockets {}/{n} connected, {} failed, {:.1}s",
+                st.ok,
+                st.failed,
+                st.wall.as_secs_f64()
             );
         }
     }
-    let wall_s = wall.as_secs_f64();
-    let report = ConnectReport {
-        attempted: n,
-        connected: ok,
-        failed,
-        errors,
-        wall_s,
-        rate_per_s: if wall_s > 0.0 {
-            ok as f64 / wall_s
-        } else {
-            0.0
-        },
-        upgrade: LatencySummary::from_us(&upgrade),
-        ready: LatencySummary::from_us(&ready),
-    };
-    (handles, report)
+    (handles, st)
 }
 
 async fn join_all(handles: Vec<JoinHandle<SocketOutcome>>) -> Vec<SocketOutcome> {
@@ -410,6 +448,69 @@ fn frame_map(shared: &Shared) -> BTreeMap<String, u64> {
 
 fn locked_map(m: &std::sync::Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
     m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+struct Drained {
+    /// Per room: the seq every socket must have reached (loss end point).
+    end_seqs: Vec<u64>,
+    secs: f64,
+    timed_out: bool,
+}
+
+/// Reads on (the sockets do) until no message or ack frame arrived for `quiet`, or
+/// `max` passed. If it timed out the server is still busy delivering, so the loss end
+/// point is each room's highest acked seq as it was `LAG` before the end: those
+/// messages had that long to arrive.
+async fn drain(shared: &Shared, max: Duration, quiet: Duration) -> Drained {
+    const LAG: Duration = Duration::from_secs(2);
+    let t0 = Instant::now();
+    let activity = || shared.frames.message.load(Relaxed) + shared.frames.ack.load(Relaxed);
+    let acked = || -> Vec<u64> {
+        shared
+            .rooms
+            .iter()
+            .map(|r| r.max_acked.load(Relaxed))
+            .collect()
+    };
+    let mut last = activity();
+    let mut last_change = Instant::now();
+    let mut history: std::collections::VecDeque<(Instant, Vec<u64>)> = Default::default();
+    eprintln!(
+        "draining (until {:.1}s quiet, at most {:.1}s)…",
+        quiet.as_secs_f64(),
+        max.as_secs_f64()
+    );
+    loop {
+        let now = Instant::now();
+        history.push_back((now, acked()));
+        while history.len() > 1 && now.duration_since(history[1].0) >= LAG {
+            history.pop_front();
+        }
+        let cur = activity();
+        if cur != last {
+            last = cur;
+            last_change = now;
+        }
+        if now.duration_since(last_change) >= quiet {
+            return Drained {
+                end_seqs: acked(),
+                secs: t0.elapsed().as_secs_f64(),
+                timed_out: false,
+            };
+        }
+        if now.duration_since(t0) >= max {
+            eprintln!(
+                "drain timed out with the server still delivering: loss is counted up to the seqs acked {:.0}s before the end",
+                LAG.as_secs_f64()
+            );
+            return Drained {
+                end_seqs: history.pop_front().map(|(_, v)| v).unwrap_or_else(acked),
+                secs: t0.elapsed().as_secs_f64(),
+                timed_out: true,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn run(a: RunArgs) -> Result<()> {
@@ -530,6 +631,7 @@ async fn run(a: RunArgs) -> Result<()> {
     eprintln!("opening {sockets} sockets…");
     let (handles, connect) =
         spawn_and_connect(specs, &shared, &ctl_rx, c.connect_concurrency).await;
+    let connect = connect.report();
     if connect.connected == 0 {
         let _ = ctl_tx.send(Phase::Done);
         join_all(handles).await;
@@ -593,8 +695,7 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     let loadavg_end = loadavg();
     let _ = ctl_tx.send(Phase::Drain);
-    eprintln!("draining {:.1}s…", a.drain.as_secs_f64());
-    tokio::time::sleep(a.drain).await;
+    let drain = drain(&shared, a.drain, a.drain_quiet).await;
     let _ = ctl_tx.send(Phase::Done);
     let outcomes = join_all(handles).await;
 
@@ -610,11 +711,7 @@ async fn run(a: RunArgs) -> Result<()> {
             ))
         })
         .collect();
-    let max_acked: Vec<u64> = shared
-        .rooms
-        .iter()
-        .map(|r| r.max_acked.load(Relaxed))
-        .collect();
+    let max_acked = drain.end_seqs.clone();
     let mut fallback = vec![u64::MAX; a.rooms];
     for o in outcomes.iter().filter(|o| o.connected) {
         if let Some(b) = o.tracker.base() {
@@ -738,6 +835,8 @@ async fn run(a: RunArgs) -> Result<()> {
         loadavg_start,
         loadavg_end,
         ramp_stopped_early: stopped_early,
+        drain_s: drain.secs,
+        drain_timed_out: drain.timed_out,
         sustained,
     };
     print!("{}", report::render_run(&rep));
@@ -801,25 +900,51 @@ async fn idle(a: IdleArgs) -> Result<()> {
         0,
         false,
     ));
-    let specs = (0..a.sockets)
-        .map(|k| {
-            let room = room_name(&c.prefix, room_of(k));
-            SocketSpec {
-                idx: k,
-                room: room_of(k),
-                url: format!(
-                    "{}/ws/rooms/{room}?token={}",
-                    urls.ws[k % urls.ws.len()],
-                    tokens[user_of(k)]
-                ),
-                sender: None,
-            }
-        })
-        .collect();
+    let spec = |k: usize| {
+        let room = room_name(&c.prefix, room_of(k));
+        SocketSpec {
+            idx: k,
+            room: room_of(k),
+            url: format!(
+                "{}/ws/rooms/{room}?token={}",
+                urls.ws[k % urls.ws.len()],
+                tokens[user_of(k)]
+            ),
+            sender: None,
+        }
+    };
     let (ctl_tx, ctl_rx) = watch::channel(Phase::Connect);
-    eprintln!("opening {} sockets…", a.sockets);
-    let (handles, connect) =
-        spawn_and_connect(specs, &shared, &ctl_rx, c.connect_concurrency).await;
+    // two halves, so that the marginal cost of the second half can be reported too
+    // (the first half may reuse memory the server's allocator kept from earlier work)
+    let half = a.sockets / 2;
+    eprintln!("opening {half} sockets (first half)…");
+    let (mut handles, mut connect) = spawn_and_connect(
+        (0..half).map(spec).collect(),
+        &shared,
+        &ctl_rx,
+        c.connect_concurrency,
+    )
+    .await;
+    let mut rss_mid = None;
+    let mut open_mid = 0usize;
+    if half > 0 {
+        eprintln!("settling {:.1}s…", a.settle.as_secs_f64());
+        tokio::time::sleep(a.settle).await;
+        rss_mid = pid.as_deref().and_then(rss_kib);
+        let closed: u64 = locked_map(&shared.closes).values().sum();
+        open_mid = connect.ok.saturating_sub(closed as usize);
+    }
+    eprintln!("opening {} sockets (second half)…", a.sockets - half);
+    let (more, second) = spawn_and_connect(
+        (half..a.sockets).map(spec).collect(),
+        &shared,
+        &ctl_rx,
+        c.connect_concurrency,
+    )
+    .await;
+    handles.extend(more);
+    connect.merge(&second);
+    let connect = connect.report();
     let pids: Vec<u32> = a.pid.into_iter().collect();
     let cpu0 = sample_cpu(&pids);
     eprintln!("settling {:.1}s…", a.settle.as_secs_f64());
@@ -830,8 +955,8 @@ async fn idle(a: IdleArgs) -> Result<()> {
     let closes = locked_map(&shared.closes);
     let closed: u64 = closes.values().sum();
     let open = connect.connected.saturating_sub(closed as usize);
-    let per_socket = |b: Option<u64>, a: Option<u64>| match (b, a) {
-        (Some(b), Some(a)) if open > 0 => Some((a as f64 - b as f64) / open as f64),
+    let per_socket = |b: Option<u64>, a: Option<u64>, n: usize| match (b, a) {
+        (Some(b), Some(a)) if n > 0 => Some((a as f64 - b as f64) / n as f64),
         _ => None,
     };
     let f = &shared.frames;
@@ -849,10 +974,16 @@ async fn idle(a: IdleArgs) -> Result<()> {
         sockets_open_after_settle: open,
         server_rss_before_kib: rss_before,
         server_rss_after_kib: rss_after,
-        server_kib_per_socket: per_socket(rss_before, rss_after),
+        server_kib_per_socket: per_socket(rss_before, rss_after, open),
+        server_rss_half_kib: rss_mid,
+        server_kib_per_socket_second_half: per_socket(
+            rss_mid,
+            rss_after,
+            open.saturating_sub(open_mid),
+        ),
         bench_rss_before_kib: bench_before,
         bench_rss_after_kib: bench_after,
-        bench_kib_per_socket: per_socket(bench_before, bench_after),
+        bench_kib_per_socket: per_socket(bench_before, bench_after, open),
         server_cpu_during_settle_s: cpu_delta(&cpu0, &cpu1).0,
         frames_received: f.text.load(Relaxed) + f.ready.load(Relaxed) + f.binary.load(Relaxed),
         unexpected_closes: closes,

@@ -134,6 +134,9 @@ pub struct RunReport {
     pub loadavg_start: Option<LoadAvg>,
     pub loadavg_end: Option<LoadAvg>,
     pub ramp_stopped_early: bool,
+    /// How long the drain took, and whether it hit `--drain` with frames still arriving.
+    pub drain_s: f64,
+    pub drain_timed_out: bool,
     pub sustained: Option<Sustained>,
 }
 
@@ -153,6 +156,11 @@ pub struct IdleReport {
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
     pub server_kib_per_socket: Option<f64>,
+    /// RSS with the first half of the sockets open (after a settle).
+    pub server_rss_half_kib: Option<u64>,
+    /// (after − half) / sockets of the second half: the marginal cost, less affected
+    /// by memory the allocator kept from earlier work (e.g. argon2 during set-up).
+    pub server_kib_per_socket_second_half: Option<f64>,
     pub bench_rss_before_kib: Option<u64>,
     pub bench_rss_after_kib: Option<u64>,
     pub bench_kib_per_socket: Option<f64>,
@@ -263,7 +271,7 @@ pub fn render_run(r: &RunReport) -> String {
     let _ = writeln!(o, "\n== chat-bench run (run id {}) ==", r.run_id);
     let _ = writeln!(
         o,
-        "scenario: urls={} rooms={} clients/room={} senders/room={} rate={}/s per sender{} users={} sockets={} warmup={}s {}={}s drain={}s threads={}",
+        "scenario: urls={} rooms={} clients/room={} senders/room={} rate={}/s per sender{} users={} sockets={} warmup={}s {}={}s drain<={}s threads={}",
         s.urls.join(","),
         s.rooms,
         s.clients_per_room,
@@ -337,6 +345,16 @@ pub fn render_run(r: &RunReport) -> String {
         r.connect.connected,
         t.reconnects,
         t.reconnect_failures
+    );
+    let _ = writeln!(
+        o,
+        "  drain {:.1}s{}",
+        r.drain_s,
+        if r.drain_timed_out {
+            " (TIMED OUT: server still delivering; loss counted up to seqs acked 2 s before the end)"
+        } else {
+            " (quiet)"
+        }
     );
     let _ = writeln!(o, "server error frames: {}", map_line(&r.server_errors));
     let _ = writeln!(o, "unexpected closes:   {}", map_line(&r.unexpected_closes));
@@ -423,10 +441,12 @@ pub fn render_idle(r: &IdleReport) -> String {
     );
     let _ = writeln!(
         o,
-        "server RSS: before {}  after {}  => {} KiB per socket; server cpu during settle {}s",
+        "server RSS: before {}  half {}  after {}  => {} KiB per socket (second half alone: {} KiB per socket); server cpu while idle {}s",
         kib(r.server_rss_before_kib),
+        kib(r.server_rss_half_kib),
         kib(r.server_rss_after_kib),
         opt(r.server_kib_per_socket, 2),
+        opt(r.server_kib_per_socket_second_half, 2),
         opt(r.server_cpu_during_settle_s, 2)
     );
     let _ = writeln!(

@@ -334,7 +334,9 @@ async fn run_bench(addr: SocketAddr, prefix: &str, extra: &[&str]) -> Value {
         "--warmup",
         "300ms",
         "--drain",
-        "700ms",
+        "3s",
+        "--drain-quiet",
+        "300ms",
         "--settle",
         "100ms",
     ];
@@ -393,6 +395,7 @@ async fn clean_run_counts_every_delivery() {
     assert!((50..=66).contains(&m), "measured sent {m}");
     assert!(v["measured"]["latency"]["count"].as_u64().unwrap() > 0);
     assert_eq!(v["measured"]["pass"], true);
+    assert_eq!(v["drain_timed_out"], false);
 
     // the same users again: they log in instead of registering, and new client ids
     let v2 = run_bench(addr, "clean", &["--rate", "10", "--duration", "500ms"]).await;

@@ -59,6 +59,9 @@ impl DbDenyList {
 #[async_trait]
 impl DenyList for DbDenyList {
     async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
         if keys.is_empty() {
             return Ok(());
         }
@@ -79,7 +82,7 @@ impl DenyList for DbDenyList {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, exp| *exp > now);
         for k in keys {
-            cache.insert(k.clone(), until);
+            cache.insert(k, until);
         }
         Ok(())
     }

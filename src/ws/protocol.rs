@@ -226,12 +226,15 @@ pub fn typing(room_id: i64, room: &str, user: &UserRef) -> Envelope {
     env
 }
 
+/// `presence` goes to everyone in the room but the user concerned.
 pub fn presence(room_id: i64, room: &str, event: &str, user: &UserRef) -> Envelope {
-    Envelope::new(
+    let mut env = Envelope::new(
         room_id,
         Kind::Event,
         text(&json!({"type": "presence", "room": room, "event": event, "user": user})),
-    )
+    );
+    env.header.user = user.id;
+    env
 }
 
 pub fn room_updated(room: &Room) -> Envelope {

@@ -35,6 +35,9 @@ const DEAD_AFTER_SECS: i64 = 60;
 const FLOOD_LIMIT: u32 = 20;
 /// How long a closing socket may take to flush its last frames and the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+/// A slow consumer's close frame waits behind the data already in the kernel buffers, until
+/// the client reads again; give it longer so that the client sees 4429, not a reset.
+const SLOW_CLOSE_FLUSH: Duration = Duration::from_secs(60);
 
 pub enum Mode {
     Room { room: RoomRow, since: Option<i64> },
@@ -487,7 +490,12 @@ async fn writer(
         }
     }
     let code = ctl.close_code();
-    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+    let flush = if code == hub::CLOSE_SLOW {
+        SLOW_CLOSE_FLUSH
+    } else {
+        CLOSE_FLUSH
+    };
+    let _ = tokio::time::timeout(flush, async {
         if code != hub::CLOSE_SLOW {
             // Frames queued before the close (e.g. `room_deleted`) go out first.
             while let Ok(Outbound::Frame(f)) = rx.try_recv() {

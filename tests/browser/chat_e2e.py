@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Browser end-to-end tests for the web chat client (GET /) and the API docs (GET /docs).
 
-Usage: chat_e2e.py BASE_URL_REPLICA_1 BASE_URL_REPLICA_2 [--only chat|docs] [--screenshots DIR]
+Usage: chat_e2e.py BASE_URL_REPLICA_1 BASE_URL_REPLICA_2 [--only chat|docs|reconnect] [--screenshots DIR]
+                   [--server-bin BIN --replica1-pid PID --pidfile FILE]
 
 Normally started by tests/browser/run.sh, which builds the whole cluster (PostgreSQL database,
 private Redis, two chat-server replicas). Needs /usr/bin/chromium and /usr/bin/chromedriver
@@ -13,15 +14,28 @@ Tests:
                            markup rendered as text, cross-replica delivery, reload/resume.
   test_docs_offline        /docs (Swagger UI) renders its operations with every non-loopback
                            host unreachable; the chat page also loads with nothing external.
+  test_reconnect_resume    replica 1 is stopped (SIGTERM: sockets get 1012) while user A's page
+                           is open on it; messages are posted meanwhile through replica 2; replica 1
+                           is started again on the same address (same environment: DATABASE_URL,
+                           REDIS_URL, JWT_SECRET… are inherited from run.sh) and A's page must
+                           reconnect by itself and show every message once, in seq order.
+                           Needs --server-bin and --replica1-pid (run.sh passes them); skipped otherwise.
 Prints "N passed, N failed" last; exit code 0 only if every test passed.
 """
 import argparse
+import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 from selenium import webdriver
@@ -363,22 +377,172 @@ def test_docs_offline(base, shots):
             d.quit()
 
 
+# ---- plain REST client (for the non-browser side of a test) ----------------------------
+
+def rest(base, method, path, body=None, token=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + "/api/v1" + path, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode("utf-8", "replace")
+
+
+def rest_ok(base, method, path, body=None, token=None, expect=(200, 201, 204)):
+    status, data = rest(base, method, path, body, token)
+    assert status in expect, f"{method} {path} -> {status} {data!r} (expected {expect})"
+    return data
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_reconnect_resume(base_a, base_b, shots, server_bin, replica1_pid, pidfile, logdir):
+    sfx = uuid.uuid4().hex[:8]
+    ua, ub = f"rita_{sfx}", f"remy_{sfx}"
+    pw = "resume password " + sfx
+    room = f"resume-{sfx}"
+    host, port = urllib.parse.urlsplit(base_a).hostname, urllib.parse.urlsplit(base_a).port
+    a = None
+    proc = None
+    log_f = None
+    try:
+        a = Browser("R", window="1280,900")
+        log(f"A registers {ua} on replica 1 and creates {room}")
+        register(a, base_a, ua, f"{ua}@example.com", pw)
+        wait_signed_in(a, ua)
+        a.fill("#room-name", room)
+        a.click("#room-create")
+        wait_room_live(a, room)
+        send(a, "before the restart")
+        a.wait_message("before the restart", author=ua)
+
+        log(f"B registers {ub} over REST on replica 2 and joins")
+        tok_b = rest_ok(base_b, "POST", "/auth/register",
+                        {"username": ub, "email": f"{ub}@example.com", "password": pw})["tokens"]["access"]
+        rest_ok(base_b, "PUT", f"/rooms/{room}", token=tok_b)
+        rest_ok(base_b, "POST", f"/rooms/{room}/messages", {"content": "while A is connected"}, token=tok_b)
+        a.wait_message("while A is connected", author=ub)
+
+        log(f"stopping replica 1 (pid {replica1_pid}) with SIGTERM")
+        os.kill(replica1_pid, signal.SIGTERM)
+        a.wait(lambda d: a.js("return document.getElementById('connection-status').getAttribute('data-state')")
+               != "connected", "A notices the socket closed (1012)", timeout=20)
+        log(f"A status: {a.text_of('#connection-status')!r}")
+        deadline = time.time() + 30
+        while port_open(host, port) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not port_open(host, port), "replica 1 did not stop within 30 s"
+
+        log("B posts three messages through replica 2 while replica 1 is down")
+        missed = [f"missed {i} {sfx}" for i in range(1, 4)]
+        for text in missed:
+            rest_ok(base_b, "POST", f"/rooms/{room}/messages", {"content": text}, token=tok_b)
+
+        log(f"starting replica 1 again on {host}:{port}")
+        log_f = open(os.path.join(logdir, "replica1-restarted.log"), "wb")
+        proc = subprocess.Popen([server_bin, "serve"], env=dict(os.environ, BIND_ADDR=f"{host}:{port}"),
+                                stdout=log_f, stderr=subprocess.STDOUT)
+        if pidfile:
+            with open(pidfile, "w") as f:
+                f.write(str(proc.pid))
+        deadline = time.time() + 60
+        while http_status(base_a + "/readyz") != 200:
+            assert proc.poll() is None, f"restarted replica 1 exited with {proc.returncode}"
+            assert time.time() < deadline, "restarted replica 1 never became ready"
+            time.sleep(0.3)
+
+        log("A's page must reconnect on its own and catch up (since_seq)")
+        a.wait(lambda d: a.js("return document.getElementById('connection-status').getAttribute('data-state')")
+               == "connected", "A reconnected", timeout=60)
+        for text in missed:
+            a.wait_message(text, author=ub)
+        seqs = check_seqs(a)
+        assert seqs == list(range(1, len(seqs) + 1)), f"gap in A's messages after resume: {seqs}"
+        assert len(seqs) == 5, f"expected 5 messages after resume, A shows {seqs}"
+
+        log("after the resume, live delivery works both ways")
+        send(a, "after the restart")
+        a.wait_message("after the restart", author=ua)
+        rest_ok(base_b, "POST", f"/rooms/{room}/messages", {"content": "welcome back"}, token=tok_b)
+        a.wait_message("welcome back", author=ub)
+        page = rest_ok(base_b, "GET", f"/rooms/{room}/messages?limit=50", token=tok_b)
+        server_seqs = [m["seq"] for m in page["items"]]
+        assert check_seqs(a) == server_seqs, f"A shows {check_seqs(a)}, server has {server_seqs}"
+        log(f"final seqs {server_seqs}")
+    except BaseException:
+        if a:
+            a.dump_console()
+        raise
+    finally:
+        if a:
+            a.screenshot(os.path.join(shots, "reconnect.png"))
+            a.quit()
+        if proc:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log_f:
+            log_f.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base_a", help="base URL of replica 1, e.g. http://127.0.0.1:8081")
     ap.add_argument("base_b", nargs="?", help="base URL of replica 2 (default: same as replica 1)")
-    ap.add_argument("--only", choices=["chat", "docs"])
+    ap.add_argument("--only", choices=["chat", "docs", "reconnect"])
+    ap.add_argument("--server-bin", help="chat-server binary, to restart replica 1")
+    ap.add_argument("--replica1-pid", type=int, help="PID of replica 1 (stopped by the reconnect test)")
+    ap.add_argument("--pidfile", help="where to write the PID of the restarted replica 1")
+    ap.add_argument("--logdir", default=os.environ.get("E2E_LOGDIR", "target/browser-logs"))
     ap.add_argument("--screenshots", default=os.environ.get("E2E_SCREENSHOTS", "target/browser-screenshots"))
     args = ap.parse_args()
     base_a = args.base_a.rstrip("/")
     base_b = (args.base_b or args.base_a).rstrip("/")
     os.makedirs(args.screenshots, exist_ok=True)
+    os.makedirs(args.logdir, exist_ok=True)
 
     tests = []
     if args.only in (None, "chat"):
         tests.append(("test_chat_two_replicas", lambda: test_chat_two_replicas(base_a, base_b, args.screenshots)))
     if args.only in (None, "docs"):
         tests.append(("test_docs_offline", lambda: test_docs_offline(base_a, args.screenshots)))
+    # last: it stops and restarts replica 1
+    if args.only in (None, "reconnect"):
+        if args.server_bin and args.replica1_pid:
+            tests.append(("test_reconnect_resume", lambda: test_reconnect_resume(
+                base_a, base_b, args.screenshots, args.server_bin, args.replica1_pid, args.pidfile, args.logdir)))
+        else:
+            log("SKIP test_reconnect_resume (needs --server-bin and --replica1-pid)")
 
     passed = failed = 0
     for name, fn in tests:

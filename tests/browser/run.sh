@@ -7,14 +7,15 @@
 #   CHAT_SERVER_BIN   server binary (default target/debug/chat-server)
 #   PG_ADMIN_URL      PostgreSQL server to create the throw-away database on
 #                     (default postgres://postgres@127.0.0.1:5432)
-#   E2E_ONLY          chat | docs  — run only one of the two tests
+#   E2E_ONLY          chat | docs | reconnect — run only one of the tests
 #   KEEP_LOGS=1       print the replica logs even when the test passes
 #
 # What it does: python venv with the pinned requirements in target/browser-venv, Debian
 # chromium + chromium-driver (installed only if missing), a private redis-server on a free
 # port, a fresh database chat_browser_<random>, `chat-server migrate` once, two replicas
-# (cluster mode) on free ports, waits for /readyz on both, runs chat_e2e.py against them,
-# and tears everything down (trap). Exit code = test result.
+# (cluster mode) on free ports, waits for /readyz on both, runs chat_e2e.py against them
+# (its reconnect test stops replica 1 and starts it again on the same port, with the
+# environment exported here), and tears everything down (trap). Exit code = test result.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,11 +57,22 @@ fi
 # ---- teardown -----------------------------------------------------------------------
 PIDS=()
 REDIS_PID=""
+RESTARTED_PIDFILE="$LOGDIR/replica1-restarted.pid"
+rm -f "$RESTARTED_PIDFILE"
 DB_NAME=""
 TEST_RC=1
 cleanup() {
   local rc=$?
   set +e
+  if [[ -f "$RESTARTED_PIDFILE" ]]; then   # replica 1 restarted by the test (normally already stopped)
+    rpid="$(cat "$RESTARTED_PIDFILE")"
+    if [[ -n "$rpid" ]] && kill -0 "$rpid" 2>/dev/null; then
+      kill -TERM "$rpid" 2>/dev/null
+      for _ in $(seq 1 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$rpid" 2>/dev/null
+    fi
+    rm -f "$RESTARTED_PIDFILE"
+  fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null
   done
@@ -79,7 +91,7 @@ cleanup() {
       || say "warning: could not drop database $DB_NAME"
   fi
   if [[ "$TEST_RC" != 0 || -n "${KEEP_LOGS:-}" ]]; then
-    for f in "$LOGDIR"/replica1.log "$LOGDIR"/replica2.log; do
+    for f in "$LOGDIR"/replica1.log "$LOGDIR"/replica2.log "$LOGDIR"/replica1-restarted.log; do
       [[ -f "$f" ]] || continue
       echo "----- last lines of $f -----"
       tail -n 60 "$f" | sed -E 's/(token=)[^& "]+/\1<redacted>/g'
@@ -117,6 +129,7 @@ export DATABASE_URL="$PG_ADMIN_URL/$DB_NAME"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export JWT_SECRET="$(rand_hex 32)"
 export AUTO_MIGRATE=false
+export SHUTDOWN_GRACE_SECS="${SHUTDOWN_GRACE_SECS:-3}"
 export RUST_LOG="${RUST_LOG:-info}"
 unset ALLOWED_ORIGINS || true
 
@@ -149,7 +162,8 @@ for i in 0 1; do
 done
 
 # ---- the test -----------------------------------------------------------------------
-ARGS=("${URLS[0]}" "${URLS[1]}" --screenshots "$SHOTS")
+ARGS=("${URLS[0]}" "${URLS[1]}" --screenshots "$SHOTS" --logdir "$LOGDIR"
+      --server-bin "$BIN" --replica1-pid "${PIDS[0]}" --pidfile "$RESTARTED_PIDFILE")
 if [[ -n "${E2E_ONLY:-}" ]]; then ARGS+=(--only "$E2E_ONLY"); fi
 set +e
 "$VENV/bin/python" "$HERE/chat_e2e.py" "${ARGS[@]}"
