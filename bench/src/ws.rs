@@ -433,7 +433,6 @@ pub async fn socket_task(
     out.connected = true;
     // one long-lived waiter for phase changes (re-created only when it fires)
     let mut phases: PhaseFuture = Box::pin(next_phase(ctl.clone()));
-    let mut reconnects = 0u32;
     loop {
         match run_socket(&mut ws, &spec, &shared, &ctl, &mut phases, &mut st).await {
             End::Done => {
@@ -450,9 +449,12 @@ pub async fn socket_task(
                 st.unacked += st.pending.len() as u64;
                 st.pending.clear();
                 let mut resumed = None;
-                while reconnects < shared.max_reconnects && resumed.is_none() {
-                    reconnects += 1;
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(reconnects))).await;
+                // attempts per outage, backing off 0.25 s, 0.5 s, 1 s, 2 s, 4 s, 4 s…
+                let mut attempt = 0u32;
+                while attempt < shared.max_reconnects && resumed.is_none() {
+                    let backoff = Duration::from_millis(250 << attempt.min(4));
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
                     if *ctl.borrow() == Phase::Done {
                         break;
                     }
