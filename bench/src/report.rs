@@ -392,7 +392,7 @@ pub fn render_run(r: &RunReport) -> String {
             Some(x) => {
                 let _ = writeln!(
                     o,
-                    "SUSTAINED (p99 < {} ms, no loss, no duplicates): step {} at {:.2} msg/s per sender = {:.1} delivered messages/s (p99 {:.2} ms)",
+                    "SUSTAINED (p99 < {} ms, no loss, no duplicates, sends acked): step {} at {:.2} msg/s per sender = {:.1} delivered messages/s (p99 {:.2} ms)",
                     s.p99_limit_ms, x.step, x.rate_per_sender, x.delivered_per_s, x.p99_ms
                 );
             }

@@ -136,14 +136,24 @@ impl LatencySummary {
 #[derive(Debug, Clone, Copy)]
 pub struct StepVerdictInput {
     pub rate: f64,
+    pub sent: u64,
+    pub acked: u64,
     pub delivered: u64,
     pub p99_ms: f64,
     pub loss: u64,
     pub duplicates: u64,
 }
 
+/// Fraction of a step's sends that must be acked (the rest: rejected, e.g.
+/// rate-limited, or never answered) for the step to count as sustained.
+pub const MIN_ACKED_FRACTION: f64 = 0.999;
+
 pub fn step_passes(s: &StepVerdictInput, p99_limit_ms: f64) -> bool {
-    s.delivered > 0 && s.p99_ms < p99_limit_ms && s.loss == 0 && s.duplicates == 0
+    s.delivered > 0
+        && s.p99_ms < p99_limit_ms
+        && s.loss == 0
+        && s.duplicates == 0
+        && s.acked as f64 >= s.sent as f64 * MIN_ACKED_FRACTION
 }
 
 /// Index (into `steps`) of the highest-rate step that passes, if any.
@@ -281,6 +291,8 @@ mod tests {
     fn sustained_selection() {
         let s = |rate, p99, loss, dup| StepVerdictInput {
             rate,
+            sent: 10_000,
+            acked: 10_000,
             delivered: 100,
             p99_ms: p99,
             loss,
@@ -311,5 +323,11 @@ mod tests {
         z.delivered = 0;
         assert_eq!(sustained_step(&[z], 100.0), None);
         assert_eq!(sustained_step(&[], 100.0), None);
+        // sends the server rejected (rate limit) or never acked disqualify
+        let mut r = s(3.0, 1.0, 0, 0);
+        r.acked = 9_980;
+        assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), r], 100.0), Some(0));
+        r.acked = 9_990;
+        assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), r], 100.0), Some(1));
     }
 }
