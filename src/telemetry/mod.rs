@@ -17,7 +17,7 @@ use opentelemetry::{propagation::TextMapPropagator, trace::TracerProvider as _};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Whether spans are exported. Per-message spans (commit, publish, delivery) are only created
 /// when they are, so the hot path pays nothing for tracing that nobody reads.
@@ -92,21 +92,29 @@ pub fn init(log_format: &str) -> anyhow::Result<TelemetryGuard> {
         None
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("chat-server")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    if log_format == "json" {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true),
+    // Traces have their own filter: `RUST_LOG=warn` quiets the logs, not the traces. The
+    // service's own spans (requests, sockets, commit, publish, delivery) are at `info`.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("chat-server"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("chat", tracing::Level::INFO)
+                    .with_target("tower_http", tracing::Level::INFO),
             )
-            .try_init()?;
+    });
+    let fmt = if log_format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()?;
-    }
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt.with_filter(filter))
+        .try_init()?;
     Ok(TelemetryGuard { provider })
 }
 

@@ -193,6 +193,7 @@ async fn through_nginx_round_robin() {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
         r#"
+master_process off;
 worker_processes 1;
 error_log {dir}/error.log warn;
 pid {dir}/nginx.pid;

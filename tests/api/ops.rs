@@ -224,7 +224,15 @@ async fn otlp_receiver() -> (String, Spans) {
         post(move |body: Bytes| {
             let sink = sink.clone();
             async move {
-                if let Ok(req) = ExportTraceServiceRequest::decode(body) {
+                let decoded = ExportTraceServiceRequest::decode(body.clone());
+                if decoded.is_err() {
+                    eprintln!(
+                        "otlp receiver: undecodable body of {} bytes: {:?}",
+                        body.len(),
+                        decoded.as_ref().err()
+                    );
+                }
+                if let Ok(req) = decoded {
                     for rs in req.resource_spans {
                         let attrs: HashMap<String, String> = rs
                             .resource
