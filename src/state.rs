@@ -201,11 +201,11 @@ impl AppState {
                     _ = tick.tick() => {}
                 }
                 n += 1;
-                if n % 12 == 0 {
+                if n.is_multiple_of(12) {
                     state.msg_limiter.retain_recent();
                     state.auth_limiter.retain_recent();
                 }
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     crate::bus::presence::heartbeat(&state).await;
                 }
                 crate::bus::presence::sweep(&state).await;

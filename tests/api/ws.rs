@@ -643,10 +643,8 @@ dual_test!(
         let mut fast = ws_connect(&base, "slow", &users[2].access, None).await;
         ready(&mut fast).await;
         const TOTAL: i64 = 10_000;
-        let reader = tokio::spawn(async move {
-            let seqs = collect_seqs(&mut fast, TOTAL as usize, 180).await;
-            seqs
-        });
+        let reader =
+            tokio::spawn(async move { collect_seqs(&mut fast, TOTAL as usize, 180).await });
         // Four sender sockets push 10 000 messages; the slow socket is never read meanwhile.
         let mut senders = Vec::new();
         for k in 0..4 {
