@@ -1,28 +1,27 @@
 //! The send path, the spine of the service:
 //!
 //! socket or REST → validate → rate limit → **[`Sender::send`]**: one transaction takes the
-//! room's next `seq` values and stores the messages → publish on the bus → every replica's hub
+//! rooms' next `seq` values and stores the messages → publish on the bus → every replica's hub
 //! → each socket's bounded queue, in `seq` order.
 //!
-//! Concurrent sends into one room share a transaction (group commit): the first send of an idle
-//! room starts a drain task; sends arriving while a batch commits wait in the room's queue and
-//! go together in the next batch, with one `UPDATE rooms SET last_seq = last_seq + n` and one
-//! multi-row `INSERT`. The row lock on the room (PostgreSQL) or the single writer (SQLite)
-//! makes `seq` gap-free and strictly increasing under any number of senders and replicas.
-//! Each sender's messages keep their submission order. A send is acknowledged only after its
-//! batch committed; it is published after that, in `seq` order.
+//! Group commit: sends wait in one queue per replica; a single drain task takes whatever is
+//! waiting (up to [`MAX_BATCH`]) and commits it in **one** transaction: per room, one
+//! `UPDATE rooms SET last_seq = last_seq + n … RETURNING last_seq` (rooms in ascending id, so
+//! replicas always lock in the same order and cannot deadlock), then one multi-row `INSERT`.
+//! While a batch commits, the next one accumulates, so the commit rate adapts to the load.
+//! The row lock on each room (PostgreSQL) or the single writer (SQLite) makes `seq` gap-free
+//! and strictly increasing under any number of senders and replicas; each sender's messages
+//! keep their submission order. A send is answered only after its batch committed, and the
+//! batch is published before the answers go out, in `seq` order.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use chrono::Utc;
 use entity::message;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -35,7 +34,7 @@ use crate::{
 };
 
 /// Most messages committed in one transaction.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 512;
 
 /// A message to store.
 pub struct Draft {
@@ -61,13 +60,15 @@ impl Sent {
 }
 
 struct Pending {
+    room_id: i64,
+    room: Arc<str>,
     draft: Draft,
     reply: oneshot::Sender<Result<Sent, ApiError>>,
     span: tracing::Span,
 }
 
 #[derive(Default)]
-struct RoomQueue {
+struct Queue {
     pending: Vec<Pending>,
     running: bool,
 }
@@ -80,18 +81,16 @@ pub struct Sender {
 struct Inner {
     db: DatabaseConnection,
     bus: Arc<dyn Bus>,
-    rooms: Mutex<HashMap<i64, RoomQueue>>,
+    queue: Mutex<Queue>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sender {
     pub fn new(db: DatabaseConnection, bus: Arc<dyn Bus>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                db,
-                bus,
-                rooms: Mutex::default(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { db, bus, queue: Mutex::default() }) }
     }
 
     /// Store `draft` in `room` and publish it. The caller has validated the content, checked
@@ -107,149 +106,121 @@ impl Sender {
             tracing::Span::none()
         };
         let start = {
-            let mut rooms = lock(&self.inner.rooms);
-            let queue = rooms.entry(room_id).or_default();
-            queue.pending.push(Pending { draft, reply, span });
+            let mut queue = lock(&self.inner.queue);
+            queue.pending.push(Pending { room_id, room: room.into(), draft, reply, span });
             !std::mem::replace(&mut queue.running, true)
         };
         if start {
             // The drain runs in its own task so that a caller going away (a dropped HTTP
             // request) never abandons a batch half way.
             let inner = self.inner.clone();
-            let room = room.to_owned();
-            tokio::spawn(async move { inner.drain(room_id, room).await });
+            tokio::spawn(async move { inner.drain().await });
         }
-        rx.await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("send task ended without a reply")))?
+        rx.await.map_err(|_| ApiError::Internal(anyhow::anyhow!("send task ended without a reply")))?
+    }
+
+    /// Wait until no batch is being committed (shutdown), at most `grace`.
+    pub async fn drained(&self, grace: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while lock(&self.inner.queue).running && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Inner {
-    async fn drain(&self, room_id: i64, room: String) {
+    async fn drain(&self) {
         loop {
             let batch: Vec<Pending> = {
-                let mut rooms = lock(&self.rooms);
-                let Entry::Occupied(mut entry) = rooms.entry(room_id) else {
-                    return;
-                };
-                let queue = entry.get_mut();
+                let mut queue = lock(&self.queue);
                 if queue.pending.is_empty() {
-                    entry.remove();
+                    queue.running = false;
                     return;
                 }
                 let n = queue.pending.len().min(MAX_BATCH);
                 queue.pending.drain(..n).collect()
             };
             let parent = batch[0].span.clone();
-            self.commit_and_publish(room_id, &room, batch)
-                .instrument(parent)
-                .await;
+            self.commit_and_publish(batch).instrument(parent).await;
         }
     }
 
-    async fn commit_and_publish(&self, room_id: i64, room: &str, batch: Vec<Pending>) {
+    async fn commit_and_publish(&self, batch: Vec<Pending>) {
         metrics::commit_batch(batch.len());
-        let drafts: Vec<&Draft> = batch.iter().map(|p| &p.draft).collect();
-        let result = match self.commit(room_id, room, &drafts).await {
-            Err(e) if is_unique_violation(&e) => {
-                // A concurrent retry with the same client_id won the race on another replica:
-                // go one by one so each finds its original.
-                let mut out = Vec::with_capacity(drafts.len());
-                let mut failed = None;
-                for d in &drafts {
-                    match self.commit(room_id, room, &[d]).await {
+        let mut outcomes = match self.commit(&batch).await {
+            Err(CommitError::Db(e)) if is_unique_violation(&e) => {
+                // A retry with the same client_id raced on another replica: go one by one, so
+                // each finds its original.
+                let mut out = Vec::with_capacity(batch.len());
+                for p in &batch {
+                    match self.commit(std::slice::from_ref(p)).await {
                         Ok(mut r) => out.append(&mut r),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+                        Err(e) => out.push(Err(e.into_api())),
                     }
                 }
-                failed.map_or(Ok(out), Err)
+                out
             }
-            other => other,
-        };
-        match result {
-            Ok(outcomes) => {
-                let envelopes: Vec<Envelope> = batch
-                    .iter()
-                    .zip(&outcomes)
-                    .filter_map(|(pending, outcome)| match outcome {
-                        Sent::Created(msg) => {
-                            let _enter = pending.span.enter();
-                            Some(crate::ws::protocol::message_envelope(room_id, msg))
-                        }
-                        Sent::Duplicate(_) => None,
-                    })
-                    .collect();
-                // Publish before acknowledging, in `seq` order. A failure is not the sender's
-                // problem: the message is committed, and every replica fills the gap from the
-                // database once the bus is back (the Redis bus also retries the publish).
-                if !envelopes.is_empty()
-                    && let Err(e) = self.bus.publish_batch(envelopes).await
-                {
-                    tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
-                }
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = pending.reply.send(Ok(outcome));
-                }
-            }
+            Ok(outcomes) => outcomes,
             Err(e) => {
-                let api: ApiError = match e {
-                    CommitError::RoomGone => ApiError::NotFound("room"),
-                    CommitError::Db(e) => ApiError::from(e),
-                };
-                let status = api.status();
-                for pending in batch {
-                    let err = if status == axum::http::StatusCode::NOT_FOUND {
-                        ApiError::NotFound("room")
-                    } else if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
-                        ApiError::Unavailable(anyhow::anyhow!("database unavailable"))
-                    } else {
-                        ApiError::Internal(anyhow::anyhow!("message commit failed"))
-                    };
-                    let _ = pending.reply.send(Err(err));
+                let err = e.into_api();
+                if err.status().is_server_error() {
+                    tracing::error!(error = ?err, "message commit failed");
                 }
-                if status.is_server_error() {
-                    tracing::error!(error = ?api, "message commit failed");
-                }
+                batch.iter().map(|_| Err(clone_err(&err))).collect()
             }
+        };
+        // Publish every new message, in `seq` order per room, before anyone is answered.
+        let envelopes: Vec<Envelope> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(pending, outcome)| match outcome {
+                Ok(Sent::Created(msg)) => {
+                    let _enter = pending.span.enter();
+                    Some(crate::ws::protocol::message_envelope(pending.room_id, msg))
+                }
+                _ => None,
+            })
+            .collect();
+        // A failed publish is not the sender's problem: the message is committed, and every
+        // replica fills the gap from the database once the bus is back (the Redis bus also
+        // retries the publish).
+        if !envelopes.is_empty()
+            && let Err(e) = self.bus.publish_batch(envelopes).await
+        {
+            tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
+        }
+        for pending in batch.into_iter().rev() {
+            let outcome = outcomes.pop().unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
+            let _ = pending.reply.send(outcome);
         }
     }
 
-    /// One transaction for the whole batch; outcomes in batch order.
-    async fn commit(
-        &self,
-        room_id: i64,
-        room: &str,
-        drafts: &[&Draft],
-    ) -> Result<Vec<Sent>, CommitError> {
+    /// One transaction for the whole batch; outcomes in batch order. A room that no longer
+    /// exists fails its own sends only.
+    async fn commit(&self, batch: &[Pending]) -> Result<Vec<Result<Sent, ApiError>>, CommitError> {
         let db = &self.db;
-        // Idempotency: drafts whose (author, client_id) is already stored get the original.
-        let mut originals: HashMap<(i64, String), message::Model> = HashMap::new();
-        let keyed: Vec<String> = drafts.iter().filter_map(|d| d.client_id.clone()).collect();
+        // Idempotency: drafts whose (room, author, client_id) is already stored get the original.
+        let mut originals: HashMap<(i64, i64, String), message::Model> = HashMap::new();
+        let keyed: Vec<String> = batch.iter().filter_map(|p| p.draft.client_id.clone()).collect();
         if !keyed.is_empty() {
+            let rooms: Vec<i64> = batch.iter().filter(|p| p.draft.client_id.is_some()).map(|p| p.room_id).collect();
             for row in message::Entity::find()
-                .filter(message::Column::RoomId.eq(room_id))
+                .filter(message::Column::RoomId.is_in(rooms))
                 .filter(message::Column::ClientId.is_in(keyed))
                 .all(db)
                 .await?
             {
                 if let (Some(a), Some(c)) = (row.author_id, row.client_id.clone()) {
-                    originals.insert((a, c), row);
+                    originals.insert((row.room_id, a, c), row);
                 }
             }
         }
-        // Which drafts are new (a repeat inside the batch maps to its first occurrence).
-        let mut first_in_batch: HashMap<(i64, String), usize> = HashMap::new();
-        let mut plan: Vec<Plan> = Vec::with_capacity(drafts.len());
-        let mut new_count = 0i64;
-        for (i, d) in drafts.iter().enumerate() {
-            let key = d.client_id.clone().map(|c| (d.author.id, c));
+        // Plan each draft; count the new ones per room.
+        let mut first_in_batch: HashMap<(i64, i64, String), usize> = HashMap::new();
+        let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
+        let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
+        for (i, p) in batch.iter().enumerate() {
+            let key = p.draft.client_id.clone().map(|c| (p.room_id, p.draft.author.id, c));
             if let Some(key) = &key {
                 if let Some(orig) = originals.get(key) {
                     plan.push(Plan::Existing(orig.clone()));
@@ -261,67 +232,79 @@ impl Inner {
                 }
                 first_in_batch.insert(key.clone(), i);
             }
-            new_count += 1;
+            *per_room.entry(p.room_id).or_default() += 1;
             plan.push(Plan::New);
         }
 
+        // room id → next seq to hand out (None: the room is gone).
+        let mut next_seq: HashMap<i64, Option<i64>> = HashMap::new();
         let mut rows: Vec<message::Model> = Vec::new();
-        if new_count > 0 {
+        if !per_room.is_empty() {
             let txn = db.begin().await?;
-            let stmt = store::raw(
-                &txn,
-                "UPDATE rooms SET last_seq = last_seq + $1 WHERE id = $2 RETURNING last_seq",
-                vec![new_count.into(), room_id.into()],
-            );
-            let Some(res) = txn.query_one_raw(stmt).await? else {
-                txn.rollback().await?;
-                return Err(CommitError::RoomGone);
-            };
-            let last: i64 = res.try_get("", "last_seq")?;
-            let mut seq = last - new_count;
+            for (&room_id, &n) in &per_room {
+                let stmt = store::raw(
+                    &txn,
+                    "UPDATE rooms SET last_seq = last_seq + $1 WHERE id = $2 RETURNING last_seq",
+                    vec![n.into(), room_id.into()],
+                );
+                let first = match txn.query_one_raw(stmt).await? {
+                    Some(res) => Some(res.try_get::<i64>("", "last_seq")? - n + 1),
+                    None => None,
+                };
+                next_seq.insert(room_id, first);
+            }
             let now = Utc::now();
-            let models: Vec<message::ActiveModel> = drafts
-                .iter()
-                .zip(&plan)
-                .filter(|(_, p)| matches!(p, Plan::New))
-                .map(|(d, _)| {
-                    seq += 1;
-                    message::ActiveModel {
-                        room_id: Set(room_id),
-                        seq: Set(seq),
-                        author_id: Set(Some(d.author.id)),
-                        content: Set(d.content.clone()),
-                        client_id: Set(d.client_id.clone()),
-                        created_at: Set(now),
-                        edited_at: Set(None),
-                        deleted_at: Set(None),
-                        ..Default::default()
-                    }
-                })
-                .collect();
-            rows = message::Entity::insert_many(models)
-                .exec_with_returning(&txn)
-                .await?;
+            let mut models = Vec::with_capacity(batch.len());
+            for (p, plan) in batch.iter().zip(&plan) {
+                if !matches!(plan, Plan::New) {
+                    continue;
+                }
+                let Some(Some(seq)) = next_seq.get_mut(&p.room_id) else { continue };
+                models.push(message::ActiveModel {
+                    room_id: Set(p.room_id),
+                    seq: Set(*seq),
+                    author_id: Set(Some(p.draft.author.id)),
+                    content: Set(p.draft.content.clone()),
+                    client_id: Set(p.draft.client_id.clone()),
+                    created_at: Set(now),
+                    edited_at: Set(None),
+                    deleted_at: Set(None),
+                    ..Default::default()
+                });
+                *seq += 1;
+            }
+            if !models.is_empty() {
+                rows = message::Entity::insert_many(models).exec_with_returning(&txn).await?;
+            }
             txn.commit().await?;
-            rows.sort_by_key(|r| r.seq);
             metrics::messages_committed(rows.len());
         }
 
-        // Build outcomes in batch order.
-        let mut new_rows = rows.into_iter();
-        let mut out: Vec<Sent> = Vec::with_capacity(drafts.len());
-        for (d, p) in drafts.iter().zip(plan) {
-            let sent = match p {
-                Plan::New => {
-                    let row = new_rows.next().ok_or_else(|| {
-                        sea_orm::DbErr::Custom("insert returned too few rows".into())
-                    })?;
-                    Sent::Created(wire(room, row, &d.author))
-                }
-                Plan::Existing(row) => Sent::Duplicate(wire(room, row, &d.author)),
-                Plan::SameAs(j) => Sent::Duplicate(out[j].message().clone()),
+        // Outcomes in batch order; inserted rows come back keyed by (room, seq).
+        let mut by_key: HashMap<(i64, i64), message::Model> = rows.into_iter().map(|r| ((r.room_id, r.seq), r)).collect();
+        let mut cursor: HashMap<i64, i64> = next_seq
+            .iter()
+            .filter_map(|(room, first)| first.map(|f| (*room, f - per_room.get(room).copied().unwrap_or(0))))
+            .collect();
+        let mut out: Vec<Result<Sent, ApiError>> = Vec::with_capacity(batch.len());
+        for (p, plan) in batch.iter().zip(plan) {
+            let result = match plan {
+                Plan::New => match cursor.get_mut(&p.room_id) {
+                    Some(seq) => {
+                        let row = by_key.remove(&(p.room_id, *seq));
+                        *seq += 1;
+                        row.map(|row| Sent::Created(wire(&p.room, row, &p.draft.author)))
+                            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted row missing")))
+                    }
+                    None => Err(ApiError::NotFound("room")),
+                },
+                Plan::Existing(row) => Ok(Sent::Duplicate(wire(&p.room, row, &p.draft.author))),
+                Plan::SameAs(j) => match &out[j] {
+                    Ok(sent) => Ok(Sent::Duplicate(sent.message().clone())),
+                    Err(e) => Err(clone_err(e)),
+                },
             };
-            out.push(sent);
+            out.push(result);
         }
         Ok(out)
     }
@@ -346,10 +329,27 @@ fn wire(room: &str, row: message::Model, author: &UserRef) -> Message {
     }
 }
 
+/// Errors are not `Clone` (they carry causes); every waiter of a failed batch gets the same
+/// kind of error, the cause is logged once.
+fn clone_err(e: &ApiError) -> ApiError {
+    match e.status().as_u16() {
+        404 => ApiError::NotFound("room"),
+        503 => ApiError::Unavailable(anyhow::anyhow!("database unavailable")),
+        _ => ApiError::Internal(anyhow::anyhow!("message commit failed")),
+    }
+}
+
 #[derive(Debug)]
 enum CommitError {
-    RoomGone,
     Db(sea_orm::DbErr),
+}
+
+impl CommitError {
+    fn into_api(self) -> ApiError {
+        match self {
+            Self::Db(e) => ApiError::from(e),
+        }
+    }
 }
 
 impl From<sea_orm::DbErr> for CommitError {
@@ -358,16 +358,6 @@ impl From<sea_orm::DbErr> for CommitError {
     }
 }
 
-fn is_unique_violation(e: &CommitError) -> bool {
-    matches!(e, CommitError::Db(db) if matches!(db.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))))
-}
-
-impl Sender {
-    /// Wait until no batch is being committed (shutdown), at most `grace`.
-    pub async fn drained(&self, grace: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        while !lock(&self.inner.rooms).is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }

@@ -84,7 +84,8 @@ pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mo
             flood: 0,
         };
         let started = match mode {
-            Mode::Room { room, since } => session.join(room, since).await,
+            // Boxed: the set-up future is large, and the socket lives on long after it.
+            Mode::Room { room, since } => Box::pin(session.join(room, since)).await,
             Mode::Mux => session.push(protocol::ready_mux(&session.user)).await,
         };
         if let Err(e) = started {
@@ -145,7 +146,9 @@ impl Session {
             self.ctl.touch();
             match msg {
                 Message::Text(text) => {
-                    if let Err(e) = self.handle(&text).await {
+                    // Boxed so that an idle socket's task stays small: the handling future
+                    // (commits, joins, database reads) only exists while a frame is handled.
+                    if let Err(e) = Box::pin(self.handle(&text)).await {
                         tracing::debug!(error = %e, "socket closed while replying");
                         return;
                     }
