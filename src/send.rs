@@ -21,7 +21,9 @@ use std::{
 
 use chrono::Utc;
 use entity::message;
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait,
+};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -90,7 +92,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Sender {
     pub fn new(db: DatabaseConnection, bus: Arc<dyn Bus>) -> Self {
-        Self { inner: Arc::new(Inner { db, bus, queue: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                bus,
+                queue: Mutex::default(),
+            }),
+        }
     }
 
     /// Store `draft` in `room` and publish it. The caller has validated the content, checked
@@ -107,7 +115,13 @@ impl Sender {
         };
         let start = {
             let mut queue = lock(&self.inner.queue);
-            queue.pending.push(Pending { room_id, room: room.into(), draft, reply, span });
+            queue.pending.push(Pending {
+                room_id,
+                room: room.into(),
+                draft,
+                reply,
+                span,
+            });
             !std::mem::replace(&mut queue.running, true)
         };
         if start {
@@ -116,7 +130,8 @@ impl Sender {
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.drain().await });
         }
-        rx.await.map_err(|_| ApiError::Internal(anyhow::anyhow!("send task ended without a reply")))?
+        rx.await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("send task ended without a reply")))?
     }
 
     /// Wait until no batch is being committed (shutdown), at most `grace`.
@@ -190,7 +205,9 @@ impl Inner {
             tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
         }
         for pending in batch.into_iter().rev() {
-            let outcome = outcomes.pop().unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
+            let outcome = outcomes
+                .pop()
+                .unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
             let _ = pending.reply.send(outcome);
         }
     }
@@ -201,12 +218,34 @@ impl Inner {
         let db = &self.db;
         // Idempotency: drafts whose (room, author, client_id) is already stored get the original.
         let mut originals: HashMap<(i64, i64, String), message::Model> = HashMap::new();
-        let keyed: Vec<String> = batch.iter().filter_map(|p| p.draft.client_id.clone()).collect();
+        let keyed: Vec<String> = batch
+            .iter()
+            .filter_map(|p| p.draft.client_id.clone())
+            .collect();
         if !keyed.is_empty() {
-            let rooms: Vec<i64> = batch.iter().filter(|p| p.draft.client_id.is_some()).map(|p| p.room_id).collect();
+            // Row-value lookup on the unique index (room, author, client_id): one probe per key.
+            let mut sql =
+                String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
+            for (i, p) in batch
+                .iter()
+                .filter(|p| p.draft.client_id.is_some())
+                .enumerate()
+            {
+                if i > 0 {
+                    sql.push(',');
+                }
+                let n = i * 3;
+                sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+                values.extend([
+                    p.room_id.into(),
+                    p.draft.author.id.into(),
+                    p.draft.client_id.clone().into(),
+                ]);
+            }
+            sql.push(')');
             for row in message::Entity::find()
-                .filter(message::Column::RoomId.is_in(rooms))
-                .filter(message::Column::ClientId.is_in(keyed))
+                .from_raw_sql(store::raw(db, &sql, values))
                 .all(db)
                 .await?
             {
@@ -220,7 +259,11 @@ impl Inner {
         let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
         let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
         for (i, p) in batch.iter().enumerate() {
-            let key = p.draft.client_id.clone().map(|c| (p.room_id, p.draft.author.id, c));
+            let key = p
+                .draft
+                .client_id
+                .clone()
+                .map(|c| (p.room_id, p.draft.author.id, c));
             if let Some(key) = &key {
                 if let Some(orig) = originals.get(key) {
                     plan.push(Plan::Existing(orig.clone()));
@@ -241,17 +284,39 @@ impl Inner {
         let mut rows: Vec<message::Model> = Vec::new();
         if !per_room.is_empty() {
             let txn = db.begin().await?;
-            for (&room_id, &n) in &per_room {
-                let stmt = store::raw(
-                    &txn,
-                    "UPDATE rooms SET last_seq = last_seq + $1 WHERE id = $2 RETURNING last_seq",
-                    vec![n.into(), room_id.into()],
+            // Two statements whatever the number of rooms: lock the rooms in id order (so that
+            // replicas never deadlock), then advance every counter at once. The numbers are ours
+            // (ids and counts), so they are written into the SQL; nothing from a client is.
+            let ids: Vec<String> = per_room.keys().map(i64::to_string).collect();
+            if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+                let lock = format!(
+                    "SELECT id FROM rooms WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                    ids.join(",")
                 );
-                let first = match txn.query_one_raw(stmt).await? {
-                    Some(res) => Some(res.try_get::<i64>("", "last_seq")? - n + 1),
-                    None => None,
-                };
-                next_seq.insert(room_id, first);
+                txn.execute_unprepared(&lock).await?;
+            }
+            let deltas: Vec<String> = per_room
+                .iter()
+                .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
+                .collect();
+            let update = format!(
+                "UPDATE rooms SET last_seq = rooms.last_seq + d.n FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+                deltas.join(" UNION ALL ")
+            );
+            for res in txn
+                .query_all_raw(sea_orm::Statement::from_string(
+                    txn.get_database_backend(),
+                    update,
+                ))
+                .await?
+            {
+                let id: i64 = res.try_get("", "id")?;
+                let last: i64 = res.try_get("", "last_seq")?;
+                let n = per_room.get(&id).copied().unwrap_or(0);
+                next_seq.insert(id, Some(last - n + 1));
+            }
+            for id in per_room.keys() {
+                next_seq.entry(*id).or_insert(None);
             }
             let now = Utc::now();
             let mut models = Vec::with_capacity(batch.len());
@@ -259,7 +324,9 @@ impl Inner {
                 if !matches!(plan, Plan::New) {
                     continue;
                 }
-                let Some(Some(seq)) = next_seq.get_mut(&p.room_id) else { continue };
+                let Some(Some(seq)) = next_seq.get_mut(&p.room_id) else {
+                    continue;
+                };
                 models.push(message::ActiveModel {
                     room_id: Set(p.room_id),
                     seq: Set(*seq),
@@ -274,17 +341,22 @@ impl Inner {
                 *seq += 1;
             }
             if !models.is_empty() {
-                rows = message::Entity::insert_many(models).exec_with_returning(&txn).await?;
+                rows = message::Entity::insert_many(models)
+                    .exec_with_returning(&txn)
+                    .await?;
             }
             txn.commit().await?;
             metrics::messages_committed(rows.len());
         }
 
         // Outcomes in batch order; inserted rows come back keyed by (room, seq).
-        let mut by_key: HashMap<(i64, i64), message::Model> = rows.into_iter().map(|r| ((r.room_id, r.seq), r)).collect();
+        let mut by_key: HashMap<(i64, i64), message::Model> =
+            rows.into_iter().map(|r| ((r.room_id, r.seq), r)).collect();
         let mut cursor: HashMap<i64, i64> = next_seq
             .iter()
-            .filter_map(|(room, first)| first.map(|f| (*room, f - per_room.get(room).copied().unwrap_or(0))))
+            .filter_map(|(room, first)| {
+                first.map(|f| (*room, f - per_room.get(room).copied().unwrap_or(0)))
+            })
             .collect();
         let mut out: Vec<Result<Sent, ApiError>> = Vec::with_capacity(batch.len());
         for (p, plan) in batch.iter().zip(plan) {
@@ -294,7 +366,9 @@ impl Inner {
                         let row = by_key.remove(&(p.room_id, *seq));
                         *seq += 1;
                         row.map(|row| Sent::Created(wire(&p.room, row, &p.draft.author)))
-                            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted row missing")))
+                            .ok_or_else(|| {
+                                ApiError::Internal(anyhow::anyhow!("inserted row missing"))
+                            })
                     }
                     None => Err(ApiError::NotFound("room")),
                 },
@@ -359,5 +433,8 @@ impl From<sea_orm::DbErr> for CommitError {
 }
 
 fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
-    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
 }

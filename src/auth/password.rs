@@ -1,18 +1,24 @@
-//! argon2id password hashing, off the async runtime (`spawn_blocking`) and capped: each hash
-//! takes ~19 MiB and tens of milliseconds of CPU, so an unbounded burst of logins would starve
-//! the replica. Waiting for a permit is the back-pressure.
+//! argon2id password hashing on a small pool of dedicated threads, off the async runtime.
+//!
+//! Each hash takes ~19 MiB and tens of milliseconds of CPU. The pool size is the cap on
+//! concurrent hashes (`HASH_CONCURRENCY`, default: CPUs); waiting for a free thread is the
+//! back-pressure. Dedicated, long-lived threads (rather than tokio's blocking pool, whose
+//! threads come and go) also keep the allocator from parking a fresh 19 MiB block in a new
+//! arena for every thread that ever hashed.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use argon2::{
     Argon2,
     password_hash::{PasswordHasher as _, PasswordVerifier, phc::PasswordHash},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
+
+type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// A real hash of a random password, verified against when a login names an unknown user, so
@@ -26,18 +32,54 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 
 impl PasswordHasher {
     pub fn new(concurrency: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        let (jobs, rx) = mpsc::channel::<Job>(1024);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..concurrency.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // One thread waits on the queue at a time; the others wait for the lock.
+                        let job = rx
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .blocking_recv();
+                        match job {
+                            Some(job) => job(),
+                            None => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
         }
+        Self { jobs }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let span = tracing::Span::current();
+        let job: Job = Box::new(move || {
+            let _enter = span.enter();
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| anyhow::anyhow!("password hashing pool stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("password hashing job dropped"))
     }
 
     /// # Errors
-    /// If the blocking task panics or argon2 refuses its parameters (neither expected).
+    /// If the pool is gone or argon2 refuses its parameters (neither expected).
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await?;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _enter = span.enter();
+        self.run(move || {
             Argon2::default()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -49,12 +91,9 @@ impl PasswordHasher {
     /// Check `password` against `hash`; `None` verifies against a dummy hash and returns false.
     ///
     /// # Errors
-    /// If the blocking task panics.
+    /// If the pool is gone.
     pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await?;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _enter = span.enter();
+        self.run(move || {
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
             let ok = PasswordHash::new(&hash)
@@ -67,6 +106,5 @@ impl PasswordHasher {
             known && ok
         })
         .await
-        .map_err(Into::into)
     }
 }

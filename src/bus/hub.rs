@@ -100,6 +100,11 @@ impl SocketCtl {
         }
     }
 
+    /// Cheaper than asking the token: one atomic load, on the per-recipient path.
+    pub fn is_closing(&self) -> bool {
+        self.close_code.load(Ordering::Relaxed) != 0
+    }
+
     pub fn close_code(&self) -> u16 {
         match self.close_code.load(Ordering::Acquire) {
             0 => CLOSE_NORMAL,
@@ -122,7 +127,7 @@ struct Subscriber {
 impl Subscriber {
     /// Offer a frame; `false` means drop this subscriber.
     fn offer(&mut self, frame: &Utf8Bytes, capacity: usize) -> bool {
-        if self.ctl.closed.is_cancelled() {
+        if self.ctl.is_closing() {
             return false;
         }
         if let Some(buf) = &mut self.paused {

@@ -121,11 +121,21 @@ impl Session {
     }
 
     async fn read_loop(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) {
+        // Registered once, not on every frame.
+        let ctl = self.ctl.clone();
+        let cancelled = ctl.closed.cancelled();
+        tokio::pin!(cancelled);
+        let expiry = tokio::time::sleep_until(self.token_expires);
+        tokio::pin!(expiry);
         loop {
+            if expiry.deadline() != self.token_expires {
+                // An `auth` frame replaced the token.
+                expiry.as_mut().reset(self.token_expires);
+            }
             let next = tokio::select! {
                 biased;
-                () = self.ctl.closed.cancelled() => return,
-                () = tokio::time::sleep_until(self.token_expires) => {
+                () = &mut cancelled => return,
+                () = &mut expiry => {
                     self.ctl.close(hub::CLOSE_TOKEN);
                     return;
                 }
@@ -453,10 +463,14 @@ async fn writer(
     ctl: Arc<SocketCtl>,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    // Registered once, not on every frame.
+    let ctl2 = ctl.clone();
+    let cancelled = ctl2.closed.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = ctl.closed.cancelled() => break,
+            () = &mut cancelled => break,
             item = rx.recv() => {
                 let Some(Outbound::Frame(frame)) = item else { break };
                 let write = async {
@@ -472,7 +486,7 @@ async fn writer(
                 };
                 tokio::select! {
                     biased;
-                    () = ctl.closed.cancelled() => break,
+                    () = &mut cancelled => break,
                     res = write => if res.is_err() {
                         ctl.close(hub::CLOSE_GOING_AWAY);
                         return;
