@@ -162,7 +162,10 @@ impl Inner {
 
     async fn commit_and_publish(&self, batch: Vec<Pending>) {
         metrics::commit_batch(batch.len());
-        let mut outcomes = match self.commit(&batch).await {
+        let started = std::time::Instant::now();
+        let committed = self.commit(&batch).await;
+        tracing::debug!(batch = batch.len(), commit_us = started.elapsed().as_micros(), "batch committed");
+        let mut outcomes = match committed {
             Err(CommitError::Db(e)) if is_unique_violation(&e) => {
                 // A retry with the same client_id raced on another replica: go one by one, so
                 // each finds its original.
