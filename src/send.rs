@@ -164,7 +164,11 @@ impl Inner {
         metrics::commit_batch(batch.len());
         let started = std::time::Instant::now();
         let committed = self.commit(&batch).await;
-        tracing::debug!(batch = batch.len(), commit_us = started.elapsed().as_micros(), "batch committed");
+        tracing::debug!(
+            batch = batch.len(),
+            commit_us = started.elapsed().as_micros(),
+            "batch committed"
+        );
         let mut outcomes = match committed {
             Err(CommitError::Db(e)) if is_unique_violation(&e) => {
                 // A retry with the same client_id raced on another replica: go one by one, so
