@@ -258,17 +258,22 @@ where
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
-                }
-            })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(Json)
     }
+}
+
+/// The request body, with the 64 KiB limit reported as 413.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
+            }
+        })
 }
 
 /// Parse JSON with the path of any type error, for a precise 400.
@@ -312,15 +317,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
-                }
-            })?;
+        let bytes = read_body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
