@@ -58,9 +58,10 @@ async fn authenticate(
 }
 
 fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    // Chat frames are small: small buffers keep an idle socket cheap (tungstenite's default
+    // Chat frames are small: small buffers keep an idle socket cheap (larger frames, up to
+    // 16 KiB, still fit: the buffer grows for them) (tungstenite's default
     // 128 KiB read buffer is also zeroed on every read).
-    ws.read_buffer_size(2 * 1024)
+    ws.read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
