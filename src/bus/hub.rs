@@ -353,20 +353,21 @@ impl Hub {
         }
     }
 
-    /// Unsubscribe `ctl` from `room_id` (a no-op if the hub already dropped it).
+    /// Unsubscribe `ctl` from `room_id` (the subscriber may already be gone).
     pub fn leave(&self, bus: &Arc<dyn Bus>, room_id: i64, ctl: &SocketCtl) {
         let Some(channel) = lock(&self.rooms).get(&room_id).cloned() else {
             return;
         };
-        let removed = {
-            let mut state = lock(&channel.state);
-            let before = state.subs.len();
-            state.subs.retain(|s| s.ctl.id != ctl.id);
-            before != state.subs.len()
-        };
-        if removed {
-            self.release(bus, &channel);
-        }
+        lock(&channel.state).subs.retain(|s| s.ctl.id != ctl.id);
+        // Every successful `join` is matched by exactly one `leave`, also when the hub already
+        // dropped the subscriber itself (4429, kick, room deleted): the channel's reference
+        // count follows the sessions, so the room is unsubscribed once the last one is gone.
+        self.release(bus, &channel);
+    }
+
+    /// Rooms this replica is subscribed to, for tests and diagnostics.
+    pub fn room_count(&self) -> usize {
+        lock(&self.rooms).len()
     }
 
     fn release(&self, bus: &Arc<dyn Bus>, channel: &Arc<RoomChannel>) {
