@@ -108,6 +108,11 @@ pub struct Config {
     /// Frames a socket may have queued before it is closed as a slow consumer (4429).
     #[arg(long, env = "WS_QUEUE_CAPACITY", default_value_t = 1024)]
     pub ws_queue_capacity: usize,
+    /// Under sustained traffic a socket writes at most once per this many milliseconds, so
+    /// that one write carries every frame queued meanwhile (0 = write every frame at once).
+    /// Quiet sockets write immediately: a short burst is never delayed.
+    #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 10)]
+    pub ws_flush_interval_ms: u64,
     /// Concurrent argon2 hashes (each uses ~19 MiB); default: number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,

@@ -107,6 +107,19 @@ impl Sender {
     /// # Errors
     /// 404 if the room vanished; 503 if the database is unreachable.
     pub async fn send(&self, room_id: i64, room: &str, draft: Draft) -> Result<Sent, ApiError> {
+        self.submit(room_id, room, draft).await
+    }
+
+    /// Queue `draft` now and return the future of its outcome. The queue position is taken
+    /// by this call, not by the first poll: a socket submits its messages one after another
+    /// without waiting for each commit (many in flight), and they still commit in
+    /// submission order.
+    pub fn submit(
+        &self,
+        room_id: i64,
+        room: &str,
+        draft: Draft,
+    ) -> impl Future<Output = Result<Sent, ApiError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let span = if crate::telemetry::tracing_enabled() {
             tracing::info_span!("message.commit", room = room, room_id)
@@ -130,8 +143,11 @@ impl Sender {
             let inner = self.inner.clone();
             tokio::spawn(async move { inner.drain().await });
         }
-        rx.await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("send task ended without a reply")))?
+        async move {
+            rx.await.map_err(|_| {
+                ApiError::Internal(anyhow::anyhow!("send task ended without a reply"))
+            })?
+        }
     }
 
     /// Wait until no batch is being committed (shutdown), at most `grace`.

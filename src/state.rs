@@ -120,7 +120,11 @@ impl AppState {
             config.access_token_ttl_secs,
         );
         let replica_id = rand::rng().next_u64() >> 1;
-        let hub = Hub::new(db.clone(), config.ws_queue_capacity);
+        let hub = Hub::new(
+            db.clone(),
+            config.ws_queue_capacity,
+            Duration::from_millis(config.ws_flush_interval_ms),
+        );
 
         let (bus, presence, deny): (Arc<dyn Bus>, Arc<dyn Presence>, Arc<dyn DenyList>) =
             match &config.redis_url {

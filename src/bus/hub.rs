@@ -21,9 +21,9 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
+use futures::task::AtomicWaker;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{OnceCell, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Envelope, Kind};
 use crate::{store, telemetry::metrics};
@@ -50,6 +50,11 @@ pub const CLOSE_REMOVED: u16 = 4003;
 pub const CLOSE_ROOM_DELETED: u16 = 4404;
 pub const CLOSE_SLOW: u16 = 4429;
 
+/// [`SocketCtl::closed`] for the session's reader task.
+pub const READER: usize = 0;
+/// [`SocketCtl::closed`] for the session's writer task.
+pub const WRITER: usize = 1;
+
 /// The shared handle of one socket: its queue, who it is, and how to close it.
 pub struct SocketCtl {
     pub id: u64,
@@ -58,7 +63,10 @@ pub struct SocketCtl {
     pub mux: bool,
     pub tx: mpsc::Sender<Outbound>,
     close_code: AtomicU16,
-    pub closed: CancellationToken,
+    /// The session's reader and writer tasks, woken by [`SocketCtl::close`]. Two atomic
+    /// wakers instead of a cancellation token: waiting for the close is polled on every frame,
+    /// and an atomic waker costs no lock per poll.
+    wakers: [AtomicWaker; 2],
     /// The session family and token id the socket is authenticated by (replaced by `auth`).
     pub auth: Mutex<(String, String)>,
     /// Last time anything arrived from the peer, seconds since the epoch.
@@ -80,7 +88,7 @@ impl SocketCtl {
             mux,
             tx,
             close_code: AtomicU16::new(0),
-            closed: CancellationToken::new(),
+            wakers: [AtomicWaker::new(), AtomicWaker::new()],
             auth: Mutex::new((sid, jti)),
             last_seen: AtomicI64::new(chrono::Utc::now().timestamp()),
         }
@@ -96,8 +104,27 @@ impl SocketCtl {
             if code == CLOSE_SLOW {
                 metrics::slow_consumer_closed();
             }
-            self.closed.cancel();
+            for waker in &self.wakers {
+                waker.wake();
+            }
         }
+    }
+
+    /// Resolves once the socket is asked to close. `side` is [`READER`] or [`WRITER`]: each
+    /// task waits with its own waker.
+    pub fn closed(&self, side: usize) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_closing() {
+                return std::task::Poll::Ready(());
+            }
+            self.wakers[side].register(cx.waker());
+            // Re-check: a close between the first check and the registration woke nobody.
+            if self.close_code.load(Ordering::Acquire) != 0 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Cheaper than asking the token: one atomic load, on the per-recipient path.
@@ -184,6 +211,7 @@ pub struct Hub {
     /// Sockets per (room, user) on this replica: presence transitions happen at 0↔1.
     presence: Mutex<HashMap<(i64, i64), usize>>,
     queue_capacity: usize,
+    flush_interval: Duration,
     next_socket: AtomicU64,
 }
 
@@ -196,19 +224,29 @@ pub struct Joined {
 }
 
 impl Hub {
-    pub fn new(db: DatabaseConnection, queue_capacity: usize) -> Arc<Self> {
+    pub fn new(
+        db: DatabaseConnection,
+        queue_capacity: usize,
+        flush_interval: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             db,
             rooms: Mutex::default(),
             users: Mutex::default(),
             presence: Mutex::default(),
             queue_capacity,
+            flush_interval,
             next_socket: AtomicU64::new(1),
         })
     }
 
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
+    }
+
+    /// See `WS_FLUSH_INTERVAL_MS`.
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval
     }
 
     /// Register a new socket (for revocation and shutdown closes).

@@ -13,7 +13,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::{SinkExt, StreamExt, stream::SplitSink};
+use futures::{
+    SinkExt, StreamExt,
+    stream::{FuturesOrdered, SplitSink},
+};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -33,6 +36,9 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const DEAD_AFTER_SECS: i64 = 60;
 /// Rate-limited frames in a row before the socket is closed with 1008.
 const FLOOD_LIMIT: u32 = 20;
+/// Messages a socket may have submitted and not yet acknowledged; beyond this the socket is
+/// not read until an acknowledgement goes out (backpressure on a fast sender).
+const MAX_IN_FLIGHT: usize = 32;
 /// How long a closing socket may take to flush its last frames and the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 /// A slow consumer's close frame waits behind the data already in the kernel buffers, until
@@ -57,6 +63,17 @@ struct Session {
     rooms: HashMap<String, Joined>,
     token_expires: tokio::time::Instant,
     flood: u32,
+    /// Submitted messages, oldest first: each resolves to its `ack` (or `error`) frame. The
+    /// socket goes on reading while they commit, and the answers go out in submission order.
+    in_flight: FuturesOrdered<Answer>,
+}
+
+/// `Sync` as well: the session is borrowed across awaits.
+type Answer = std::pin::Pin<Box<dyn Future<Output = Utf8Bytes> + Send + Sync>>;
+
+enum Event {
+    Frame(Option<Result<Message, axum::Error>>),
+    Answer(Utf8Bytes),
 }
 
 pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mode) {
@@ -70,7 +87,7 @@ pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mo
         let ctl = state
             .hub
             .register_socket(user.id, mux, tx, user.sid.clone(), user.jti.clone());
-        let writer = tokio::spawn(writer(sink, rx, ctl.clone()));
+        let writer = tokio::spawn(writer(sink, rx, ctl.clone(), state.hub.flush_interval()));
         let mut session = Session {
             token_expires: deadline(user.expires_at),
             user: UserRef {
@@ -82,6 +99,7 @@ pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mo
             mux,
             rooms: HashMap::new(),
             flood: 0,
+            in_flight: FuturesOrdered::new(),
         };
         let started = match mode {
             // Boxed: the set-up future is large, and the socket lives on long after it.
@@ -96,9 +114,7 @@ pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mo
         }
         session.leave_all().await;
         state.hub.unregister_socket(&ctl);
-        if !ctl.closed.is_cancelled() {
-            ctl.close(hub::CLOSE_NORMAL);
-        }
+        ctl.close(hub::CLOSE_NORMAL); // no-op if a close code is already set
         let _ = writer.await;
         metrics::ws_connected(endpoint, -1.0);
     }
@@ -123,7 +139,7 @@ impl Session {
     async fn read_loop(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) {
         // Registered once, not on every frame.
         let ctl = self.ctl.clone();
-        let cancelled = ctl.closed.cancelled();
+        let cancelled = ctl.closed(hub::READER);
         tokio::pin!(cancelled);
         let expiry = tokio::time::sleep_until(self.token_expires);
         tokio::pin!(expiry);
@@ -132,14 +148,26 @@ impl Session {
                 // An `auth` frame replaced the token.
                 expiry.as_mut().reset(self.token_expires);
             }
-            let next = tokio::select! {
+            let event = tokio::select! {
                 biased;
                 () = &mut cancelled => return,
                 () = &mut expiry => {
                     self.ctl.close(hub::CLOSE_TOKEN);
                     return;
                 }
-                next = stream.next() => next,
+                Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    Event::Answer(frame)
+                }
+                next = stream.next(), if self.in_flight.len() < MAX_IN_FLIGHT => Event::Frame(next),
+            };
+            let next = match event {
+                Event::Frame(next) => next,
+                Event::Answer(frame) => {
+                    if self.push(frame).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let msg = match next {
                 None => return,
@@ -321,18 +349,20 @@ impl Session {
             content,
             client_id,
         };
-        match self.state.sender.send(room_id, &room, draft).await {
-            Ok(sent) => {
-                if matches!(sent, Sent::Created(_)) {
-                    metrics::accepted("ws");
+        // Queued now (submission order is commit order); answered when it has committed.
+        let outcome = self.state.sender.submit(room_id, &room, draft);
+        self.in_flight.push_back(Box::pin(async move {
+            match outcome.await {
+                Ok(sent) => {
+                    if matches!(sent, Sent::Created(_)) {
+                        metrics::accepted("ws");
+                    }
+                    protocol::ack(&room, sent.message())
                 }
-                self.push(protocol::ack(&room, sent.message())).await
+                Err(e) => protocol::error(e.code(), &e.to_string(), Some(&room)),
             }
-            Err(e) => {
-                self.push(protocol::error(e.code(), &e.to_string(), Some(&room)))
-                    .await
-            }
-        }
+        }));
+        Ok(())
     }
 
     /// Resolve a room for `subscribe`: visible, and joined if public.
@@ -456,16 +486,65 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
+/// Spaces a socket's writes under sustained traffic (`WS_FLUSH_INTERVAL_MS`): a token bucket
+/// of [`FLUSH_BURST`] writes refilled at one per interval. A quiet socket always has tokens,
+/// so its frames go out at once; a busy one writes once per interval, each write carrying
+/// every frame queued meanwhile — one syscall for many frames, on the server and in the
+/// client.
+struct FlushPacer {
+    interval: Duration,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+const FLUSH_BURST: f64 = 4.0;
+
+impl FlushPacer {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            tokens: FLUSH_BURST,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Take a token for a write now; `Some(t)`: wait until `t` first.
+    fn take(&mut self) -> Option<tokio::time::Instant> {
+        if self.interval.is_zero() {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = (now - self.last).as_secs_f64() / self.interval.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(FLUSH_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            let wait = self.interval.mul_f64(1.0 - self.tokens);
+            // The token that accrues while waiting is spent on this write.
+            self.tokens = 0.0;
+            self.last = now + wait;
+            Some(self.last)
+        }
+    }
+}
+
+/// Most frames written with one flush; the rest wait for the next round.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
 /// Drains the queue into the socket; sends the close frame when the socket is closed.
 async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     ctl: Arc<SocketCtl>,
+    flush_interval: Duration,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut pacer = FlushPacer::new(flush_interval);
     // Registered once, not on every frame.
     let ctl2 = ctl.clone();
-    let cancelled = ctl2.closed.cancelled();
+    let cancelled = ctl2.closed(hub::WRITER);
     tokio::pin!(cancelled);
     loop {
         tokio::select! {
@@ -473,10 +552,18 @@ async fn writer(
             () = &mut cancelled => break,
             item = rx.recv() => {
                 let Some(Outbound::Frame(frame)) = item else { break };
+                if let Some(at) = pacer.take() {
+                    // Busy socket: let more frames gather so that one write carries them.
+                    tokio::select! {
+                        biased;
+                        () = &mut cancelled => break,
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
                 let write = async {
                     sink.feed(Message::Text(frame)).await?;
-                    // Batch whatever else is already queued into one flush.
-                    for _ in 0..64 {
+                    // Everything else already queued goes out with the same flush.
+                    for _ in 1..MAX_FRAMES_PER_FLUSH {
                         match rx.try_recv() {
                             Ok(Outbound::Frame(f)) => sink.feed(Message::Text(f)).await?,
                             Err(_) => break,
