@@ -136,6 +136,26 @@ impl Session {
             .map_err(|_| anyhow::anyhow!("socket closed"))
     }
 
+    /// Answer a frame: after the answers still in flight, so that a client sees its answers in
+    /// the order of its frames.
+    async fn reply(&mut self, frame: Utf8Bytes) -> anyhow::Result<()> {
+        if self.in_flight.is_empty() {
+            self.push(frame).await
+        } else {
+            self.in_flight
+                .push_back(Box::pin(std::future::ready(frame)));
+            Ok(())
+        }
+    }
+
+    /// Wait for every answer in flight and queue it.
+    async fn flush_answers(&mut self) -> anyhow::Result<()> {
+        while let Some(frame) = self.in_flight.next().await {
+            self.push(frame).await?;
+        }
+        Ok(())
+    }
+
     async fn read_loop(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) {
         // Registered once, not on every frame.
         let ctl = self.ctl.clone();
@@ -197,7 +217,7 @@ impl Session {
                         "binary frames are not supported; send JSON text",
                         None,
                     );
-                    if self.push(frame).await.is_err() {
+                    if self.reply(frame).await.is_err() {
                         return;
                     }
                 }
@@ -213,10 +233,10 @@ impl Session {
     async fn handle(&mut self, text: &str) -> anyhow::Result<()> {
         let frame = match protocol::parse(text) {
             Ok(f) => f,
-            Err(e) => return self.push(protocol::error(e.code, &e.message, None)).await,
+            Err(e) => return self.reply(protocol::error(e.code, &e.message, None)).await,
         };
         match frame {
-            ClientFrame::Ping => self.push(protocol::pong()).await,
+            ClientFrame::Ping => self.reply(protocol::pong()).await,
             ClientFrame::Message {
                 room,
                 content,
@@ -240,11 +260,11 @@ impl Session {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = (user.sid, user.jti);
                     self.token_expires = deadline(user.expires_at);
-                    self.push(Utf8Bytes::from_static(r#"{"type":"auth_ok"}"#))
+                    self.reply(Utf8Bytes::from_static(r#"{"type":"auth_ok"}"#))
                         .await
                 }
                 Ok(_) => {
-                    self.push(protocol::error(
+                    self.reply(protocol::error(
                         "invalid_token",
                         "the token belongs to another user",
                         None,
@@ -252,7 +272,7 @@ impl Session {
                     .await
                 }
                 Err(e) => {
-                    self.push(protocol::error(e.code(), &e.to_string(), None))
+                    self.reply(protocol::error(e.code(), &e.to_string(), None))
                         .await
                 }
             },
@@ -276,9 +296,14 @@ impl Session {
                         .await;
                 }
                 match self.open_room(&room).await {
-                    Ok(row) => self.join(row, since_seq).await,
+                    Ok(row) => {
+                        // `subscribed` and the replay go straight into the queue: answers
+                        // to earlier frames go first.
+                        self.flush_answers().await?;
+                        self.join(row, since_seq).await
+                    }
                     Err(e) => {
-                        self.push(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                        self.reply(protocol::error(e.code(), &e.to_string(), Some(&room)))
                             .await
                     }
                 }
@@ -287,18 +312,18 @@ impl Session {
                 if let Some(joined) = self.rooms.remove(&room) {
                     self.leave(&joined).await;
                 }
-                self.push(protocol::unsubscribed(&room)).await
+                self.reply(protocol::unsubscribed(&room)).await
             }
         }
     }
 
     /// The room a frame is for: the socket's room, or on `/ws` the named subscribed room.
-    async fn target(&self, room: Option<&str>) -> anyhow::Result<Option<(i64, String)>> {
+    async fn target(&mut self, room: Option<&str>) -> anyhow::Result<Option<(i64, String)>> {
         if !self.mux {
             return Ok(self.rooms.values().next().map(|j| (j.id, j.name.clone())));
         }
         let Some(name) = room else {
-            self.push(protocol::error(
+            self.reply(protocol::error(
                 "invalid_frame",
                 "`room` is required on /ws",
                 None,
@@ -309,7 +334,7 @@ impl Session {
         match self.rooms.get(name) {
             Some(j) => Ok(Some((j.id, j.name.clone()))),
             None => {
-                self.push(protocol::error(
+                self.reply(protocol::error(
                     "not_subscribed",
                     "subscribe to the room first",
                     Some(name),
@@ -336,7 +361,7 @@ impl Session {
                 return Ok(());
             }
             return self
-                .push(protocol::error(
+                .reply(protocol::error(
                     "rate_limited",
                     "too many messages; slow down",
                     Some(&room),
@@ -530,8 +555,11 @@ impl FlushPacer {
     }
 }
 
-/// Most frames written with one flush; the rest wait for the next round.
-const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// Most frames written with one flush; the rest follow at once in the next round.
+const MAX_FRAMES_PER_FLUSH: usize = 1024;
+/// With this many frames queued a write goes out without waiting for the pacer: the pacer
+/// only gathers frames, it never limits a socket's throughput.
+const COALESCED_ENOUGH: usize = 32;
 
 /// Drains the queue into the socket; sends the close frame when the socket is closed.
 async fn writer(
@@ -552,7 +580,8 @@ async fn writer(
             () = &mut cancelled => break,
             item = rx.recv() => {
                 let Some(Outbound::Frame(frame)) = item else { break };
-                if let Some(at) = pacer.take() {
+                // A long queue is written at once: waiting would only make it longer.
+                if rx.len() < COALESCED_ENOUGH && let Some(at) = pacer.take() {
                     // Busy socket: let more frames gather so that one write carries them.
                     tokio::select! {
                         biased;

@@ -680,3 +680,61 @@ dual_test!(
         drop(keep);
     }
 );
+
+dual_test!(pipelined_frames_are_answered_in_order, |b| async move {
+    // A socket does not wait for one message's commit before reading its next frame, but
+    // its answers still come back in the order of its frames: acks (with increasing seq),
+    // then the rate-limit errors, with an invalid frame's error in its place.
+    let db = fresh_database(b).await;
+    let mut config = chat::Config::for_tests(&db);
+    config.message_rate_per_sec = 1;
+    config.message_rate_burst = 6;
+    let app = spawn_with(config).await;
+    let users = room_with_members(&app, 1, "pipeline").await;
+    let mut ws = ws_connect(&app.ws_url(""), "pipeline", &users[0].access, None).await;
+    ready(&mut ws).await;
+    for i in 0..5 {
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": format!("m{i}"), "client_id": format!("c{i}")}),
+        )
+        .await;
+    }
+    ws_send(&mut ws, json!({"type": "nonsense"})).await;
+    for i in 5..9 {
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": format!("m{i}"), "client_id": format!("c{i}")}),
+        )
+        .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 10 {
+        let v = next_json(&mut ws, 10).await.expect("an answer per frame");
+        if v["type"] == "ack" || v["type"] == "error" {
+            answers.push(v);
+        }
+    }
+    let kinds: Vec<String> = answers
+        .iter()
+        .map(|v| match v["type"].as_str() {
+            Some("ack") => format!("ack {} {}", v["client_id"].as_str().unwrap(), v["seq"]),
+            _ => format!("error {}", v["code"].as_str().unwrap()),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ack c0 1",
+            "ack c1 2",
+            "ack c2 3",
+            "ack c3 4",
+            "ack c4 5",
+            "error unknown_type",
+            "ack c5 6",
+            "error rate_limited",
+            "error rate_limited",
+            "error rate_limited",
+        ]
+    );
+});
