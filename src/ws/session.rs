@@ -357,6 +357,8 @@ impl Session {
         if self.state.msg_limiter.check_key(&self.user.id).is_err() {
             self.flood += 1;
             if self.flood >= FLOOD_LIMIT {
+                // The answers so far (the rate-limit errors among them) go out before 1008.
+                self.flush_answers().await?;
                 self.ctl.close(hub::CLOSE_POLICY);
                 return Ok(());
             }
