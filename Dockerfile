@@ -28,6 +28,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
+# The patched sqlx-core ([patch.crates-io] in Cargo.toml) is a dependency, not a workspace
+# member: the recipe does not carry it, so it comes in before the dependency layer.
+COPY vendor vendor
 # Dependency layer: only invalidated when the recipe (manifests + lockfile) changes.
 # The cache mounts keep the crates.io index and downloads between builds on one machine.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
