@@ -11,9 +11,9 @@ use migration::MigratorTrait;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: glibc raises its mmap threshold after the first 19 MiB
+/// jemalloc instead of glibc malloc: glibc raises its mmap threshold after the first 19 MiB
 /// argon2 block is freed, and from then on keeps every freed block in its arenas (hundreds of
-/// MiB after a burst of logins); mimalloc returns them, and is leaner per small allocation.
+/// MiB after a burst of logins); jemalloc returns them.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

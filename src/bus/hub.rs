@@ -7,9 +7,9 @@
 //! delivered waits briefly for the missing ones (publishes from different replicas can cross
 //! in Redis); if they don't come, the gap is read from the database. Duplicates are dropped.
 //!
-//! Delivery is a `try_send` of a shared frame into each socket's bounded queue: no lock held
-//! per recipient, no allocation per recipient, and a full queue closes that socket with 4429
-//! without slowing anyone else.
+//! Delivery is a `try_push` of a shared frame into each socket's bounded [`Outbox`]: no
+//! allocation per recipient (the frame's bytes are shared), one uncontended lock per
+//! recipient, and a full queue closes that socket with 4429 without slowing anyone else.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,12 +20,12 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ws::Utf8Bytes;
 use futures::task::AtomicWaker;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{OnceCell, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Bus, Envelope, Kind};
+use super::{Bus, Envelope, Kind, outbox::Outbox};
 use crate::{store, telemetry::metrics};
 
 /// How long an out-of-order message waits for the ones before it before the gap is read from
@@ -33,12 +33,6 @@ use crate::{store, telemetry::metrics};
 const REORDER_WAIT: Duration = Duration::from_millis(40);
 /// Rows per database page when filling a gap or replaying.
 const FILL_PAGE: u64 = 500;
-
-/// What a socket's writer task receives.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(Utf8Bytes),
-}
 
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -49,6 +43,10 @@ pub const CLOSE_TOKEN: u16 = 4001;
 pub const CLOSE_REMOVED: u16 = 4003;
 pub const CLOSE_ROOM_DELETED: u16 = 4404;
 pub const CLOSE_SLOW: u16 = 4429;
+
+/// The socket is closing: nothing more can be queued.
+#[derive(Debug)]
+pub struct SocketClosing;
 
 /// [`SocketCtl::closed`] for the session's reader task.
 pub const READER: usize = 0;
@@ -61,7 +59,8 @@ pub struct SocketCtl {
     pub user_id: i64,
     /// The multiplexed `/ws` endpoint: a kick or room deletion drops that room, not the socket.
     pub mux: bool,
-    pub tx: mpsc::Sender<Outbound>,
+    /// Frames waiting for the socket's writer.
+    pub outbox: Outbox,
     close_code: AtomicU16,
     /// The session's reader and writer tasks, woken by [`SocketCtl::close`]. Two atomic
     /// wakers instead of a cancellation token: waiting for the close is polled on every frame,
@@ -78,7 +77,7 @@ impl SocketCtl {
         id: u64,
         user_id: i64,
         mux: bool,
-        tx: mpsc::Sender<Outbound>,
+        queue_capacity: usize,
         sid: String,
         jti: String,
     ) -> Self {
@@ -86,7 +85,7 @@ impl SocketCtl {
             id,
             user_id,
             mux,
-            tx,
+            outbox: Outbox::new(queue_capacity),
             close_code: AtomicU16::new(0),
             wakers: [AtomicWaker::new(), AtomicWaker::new()],
             auth: Mutex::new((sid, jti)),
@@ -107,7 +106,31 @@ impl SocketCtl {
             for waker in &self.wakers {
                 waker.wake();
             }
+            self.outbox.wake_all();
         }
+    }
+
+    /// Queue a frame of the session's own (an answer, a replayed message), waiting while the
+    /// queue is full.
+    ///
+    /// # Errors
+    /// [`SocketClosing`] once the socket is asked to close (its writer may be gone).
+    pub async fn push(&self, frame: Utf8Bytes) -> Result<(), SocketClosing> {
+        let mut frame = Some(frame);
+        std::future::poll_fn(|cx| {
+            if self.is_closing() {
+                return std::task::Poll::Ready(Err(SocketClosing));
+            }
+            match self.outbox.poll_push(cx, &mut frame) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Ok(())),
+                // Re-check: a close after the first check may have found no waker to wake.
+                std::task::Poll::Pending if self.is_closing() => {
+                    std::task::Poll::Ready(Err(SocketClosing))
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Resolves once the socket is asked to close. `side` is [`READER`] or [`WRITER`]: each
@@ -165,13 +188,11 @@ impl Subscriber {
             buf.push(frame.clone());
             return true;
         }
-        match self.ctl.tx.try_send(Outbound::Frame(frame.clone())) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.ctl.close(CLOSE_SLOW);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.ctl.outbox.try_push(frame.clone()).is_ok() {
+            true
+        } else {
+            self.ctl.close(CLOSE_SLOW);
+            false
         }
     }
 }
@@ -254,12 +275,18 @@ impl Hub {
         &self,
         user_id: i64,
         mux: bool,
-        tx: mpsc::Sender<Outbound>,
         sid: String,
         jti: String,
     ) -> Arc<SocketCtl> {
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
-        let ctl = Arc::new(SocketCtl::new(id, user_id, mux, tx, sid, jti));
+        let ctl = Arc::new(SocketCtl::new(
+            id,
+            user_id,
+            mux,
+            self.queue_capacity,
+            sid,
+            jti,
+        ));
         lock(&self.users)
             .entry(user_id)
             .or_default()

@@ -14,13 +14,14 @@
 
 pub mod hub;
 pub mod local;
+pub mod outbox;
 pub mod presence;
 pub mod redis;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What an envelope asks the receiving replicas to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,16 +4,19 @@
 
 pub mod protocol;
 pub mod session;
+pub mod upgrade;
 
 use axum::{
     Router,
-    extract::{Path, Query, State, WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection},
+    extract::{Path, Query, State},
     http::{HeaderMap, header},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::get,
 };
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use self::upgrade::WsUpgrade;
 use crate::{auth::extract::bearer, error::ApiError, state::AppState, store};
 
 /// Largest client frame; bigger ones close the socket with 1009.
@@ -57,15 +60,19 @@ async fn authenticate(
     state.authenticate(token).await
 }
 
-fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    // Chat frames are small: small buffers keep an idle socket cheap (larger frames, up to
-    // 16 KiB, still fit: the buffer grows for them) (tungstenite's default
-    // 128 KiB read buffer is also zeroed on every read).
-    ws.read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
+/// Bytes read from the network per read call (tungstenite's read buffer).
+pub const READ_BUFFER_BYTES: usize = 512;
+
+fn config() -> WebSocketConfig {
+    // Chat frames are small: a small read buffer keeps an idle socket cheap (larger frames,
+    // up to 16 KiB, still fit: the buffer grows for them; tungstenite's default 128 KiB read
+    // buffer is also zeroed on every read). Writes go straight through to `BufIo`, which
+    // gathers a flush's frames and frees its buffer once they are written.
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
 /// `GET /ws/rooms/{name}?token=…[&since_seq=N]`: one room's live events.
@@ -74,7 +81,7 @@ async fn room_socket(
     Path(name): Path<String>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     check_origin(&state, &headers)?;
@@ -96,13 +103,10 @@ async fn room_socket(
             "since_seq must be a non-negative integer",
         ));
     }
-    let ws = ws.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let since = query.since_seq;
-    Ok(configure(ws)
-        .on_upgrade(move |socket| {
-            session::run(state, socket, user, session::Mode::Room { room, since })
-        })
-        .into_response())
+    Ok(ws?.on_upgrade(config(), move |socket| {
+        session::run(state, socket, user, session::Mode::Room { room, since })
+    }))
 }
 
 /// `GET /ws?token=…`: many rooms on one socket, by `subscribe`/`unsubscribe` frames.
@@ -110,13 +114,12 @@ async fn mux_socket(
     State(state): State<AppState>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     check_origin(&state, &headers)?;
     let user = authenticate(&state, &query, &headers).await?;
-    let ws = ws.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(configure(ws)
-        .on_upgrade(move |socket| session::run(state, socket, user, session::Mode::Mux))
-        .into_response())
+    Ok(ws?.on_upgrade(config(), move |socket| {
+        session::run(state, socket, user, session::Mode::Mux)
+    }))
 }

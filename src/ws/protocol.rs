@@ -5,9 +5,9 @@
 //! and the socket stays usable. Broadcast frames are serialised once per event into an
 //! [`Envelope`]; per-socket frames (`ready`, `ack`, `pong`, `error`) are small.
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     bus::{Envelope, Kind},

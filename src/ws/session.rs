@@ -10,20 +10,31 @@
 //! the database, then resumes, and the frames that arrived meanwhile follow, so there is no gap
 //! and no duplicate at the seam.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{
     SinkExt, StreamExt,
-    stream::{FuturesOrdered, SplitSink},
+    stream::{FuturesOrdered, SplitSink, SplitStream},
 };
-use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{
+    self, Bytes, Message, Utf8Bytes,
+    protocol::{
+        CloseFrame,
+        frame::{
+            Frame,
+            coding::{CloseCode, Data, OpCode},
+        },
+    },
+};
 use tracing::Instrument;
 
-use super::protocol::{self, ClientFrame};
+use super::{
+    protocol::{self, ClientFrame},
+    upgrade::{self, Socket},
+};
 use crate::{
     auth::CurrentUser,
-    bus::hub::{self, Outbound, SocketCtl},
+    bus::hub::{self, SocketCtl},
     error::ApiError,
     model::UserRef,
     send::{Draft, Sent},
@@ -60,66 +71,85 @@ struct Session {
     ctl: Arc<SocketCtl>,
     user: UserRef,
     mux: bool,
-    rooms: HashMap<String, Joined>,
+    /// Rooms joined: one on `/ws/rooms/{name}`, a few on `/ws` (a `Vec`: no hash table for
+    /// one entry).
+    rooms: Vec<Joined>,
     token_expires: tokio::time::Instant,
     flood: u32,
     /// Submitted messages, oldest first: each resolves to its `ack` (or `error`) frame. The
     /// socket goes on reading while they commit, and the answers go out in submission order.
-    in_flight: FuturesOrdered<Answer>,
+    /// Created with the first message and dropped when it empties: an idle socket holds none.
+    in_flight: Option<FuturesOrdered<Answer>>,
 }
 
 /// `Sync` as well: the session is borrowed across awaits.
 type Answer = std::pin::Pin<Box<dyn Future<Output = Utf8Bytes> + Send + Sync>>;
 
+type WsSink = SplitSink<Socket, Message>;
+type WsStream = SplitStream<Socket>;
+
 enum Event {
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
     Answer(Utf8Bytes),
 }
 
-pub async fn run(state: AppState, socket: WebSocket, user: CurrentUser, mode: Mode) {
+/// The session of one upgraded socket. The set-up that needs no waiting happens here, before
+/// the returned future exists, so that the future (the socket's task, alive as long as the
+/// socket) holds only what the session keeps.
+pub fn run(
+    state: AppState,
+    socket: Socket,
+    user: CurrentUser,
+    mode: Mode,
+) -> impl Future<Output = ()> + Send {
     let mux = matches!(mode, Mode::Mux);
     let endpoint = if mux { "mux" } else { "room" };
     let span = tracing::info_span!("ws.session", user_id = user.id, endpoint);
+    // Only what the session keeps: the token's claims (roles…) are dropped here.
+    let CurrentUser {
+        id,
+        username,
+        sid,
+        jti,
+        expires_at,
+        ..
+    } = user;
+    let (sink, stream) = socket.split();
+    let ctl = state.hub.register_socket(id, mux, sid, jti);
+    let writer = tokio::spawn(writer(sink, ctl.clone(), state.hub.flush_interval()));
+    let mut session = Session {
+        token_expires: deadline(expires_at),
+        user: UserRef { id, username },
+        state,
+        ctl,
+        mux,
+        rooms: Vec::new(),
+        flood: 0,
+        in_flight: None,
+    };
+    let mode = Box::new(mode);
     async move {
         metrics::ws_connected(endpoint, 1.0);
-        let (sink, mut stream) = socket.split();
-        let (tx, rx) = mpsc::channel(state.hub.queue_capacity());
-        let ctl = state
-            .hub
-            .register_socket(user.id, mux, tx, user.sid.clone(), user.jti.clone());
-        let writer = tokio::spawn(writer(sink, rx, ctl.clone(), state.hub.flush_interval()));
-        let mut session = Session {
-            token_expires: deadline(user.expires_at),
-            user: UserRef {
-                id: user.id,
-                username: user.username.clone(),
-            },
-            state: state.clone(),
-            ctl: ctl.clone(),
-            mux,
-            rooms: HashMap::new(),
-            flood: 0,
-            in_flight: FuturesOrdered::new(),
-        };
-        let started = match mode {
-            // Boxed: the set-up future is large, and the socket lives on long after it.
+        // Set-up and tear-down are boxed: their futures are large and exist only briefly,
+        // while the socket may live for days on the read loop alone.
+        let started = match upgrade::unbox(mode) {
             Mode::Room { room, since } => Box::pin(session.join(room, since)).await,
             Mode::Mux => session.push(protocol::ready_mux(&session.user)).await,
         };
         if let Err(e) = started {
             tracing::warn!(error = %e, "socket set-up failed");
-            ctl.close(hub::CLOSE_RESTART);
+            session.ctl.close(hub::CLOSE_RESTART);
         } else {
-            session.read_loop(&mut stream).await;
+            session.read_loop(stream).await;
         }
-        session.leave_all().await;
-        state.hub.unregister_socket(&ctl);
-        ctl.close(hub::CLOSE_NORMAL); // no-op if a close code is already set
+        Box::pin(session.leave_all()).await;
+        session.state.hub.unregister_socket(&session.ctl);
+        session.ctl.close(hub::CLOSE_NORMAL); // no-op if a close code is already set
+        drop(session);
         let _ = writer.await;
         metrics::ws_connected(endpoint, -1.0);
     }
     .instrument(span)
-    .await;
 }
 
 fn deadline(at: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
@@ -128,35 +158,58 @@ fn deadline(at: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
 }
 
 impl Session {
+    /// Queue a frame for the writer, waiting while the queue is full.
     async fn push(&self, frame: Utf8Bytes) -> anyhow::Result<()> {
         self.ctl
-            .tx
-            .send(Outbound::Frame(frame))
+            .push(frame)
             .await
             .map_err(|_| anyhow::anyhow!("socket closed"))
+    }
+
+    fn has_in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| !f.is_empty())
+    }
+
+    fn in_flight_len(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn defer(&mut self, answer: Answer) {
+        self.in_flight
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(answer);
+    }
+
+    /// The oldest answer in flight, once it is ready; the queue is dropped when it empties.
+    async fn next_answer(&mut self) -> Option<Utf8Bytes> {
+        let queue = self.in_flight.as_mut()?;
+        let answer = queue.next().await;
+        if queue.is_empty() {
+            self.in_flight = None;
+        }
+        answer
     }
 
     /// Answer a frame: after the answers still in flight, so that a client sees its answers in
     /// the order of its frames.
     async fn reply(&mut self, frame: Utf8Bytes) -> anyhow::Result<()> {
-        if self.in_flight.is_empty() {
-            self.push(frame).await
-        } else {
-            self.in_flight
-                .push_back(Box::pin(std::future::ready(frame)));
+        if self.has_in_flight() {
+            self.defer(Box::pin(std::future::ready(frame)));
             Ok(())
+        } else {
+            self.push(frame).await
         }
     }
 
     /// Wait for every answer in flight and queue it.
     async fn flush_answers(&mut self) -> anyhow::Result<()> {
-        while let Some(frame) = self.in_flight.next().await {
+        while let Some(frame) = self.next_answer().await {
             self.push(frame).await?;
         }
         Ok(())
     }
 
-    async fn read_loop(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, mut stream: WsStream) {
         // Registered once, not on every frame.
         let ctl = self.ctl.clone();
         let cancelled = ctl.closed(hub::READER);
@@ -168,6 +221,8 @@ impl Session {
                 // An `auth` frame replaced the token.
                 expiry.as_mut().reset(self.token_expires);
             }
+            let answers = self.has_in_flight();
+            let reading = self.in_flight_len() < MAX_IN_FLIGHT;
             let event = tokio::select! {
                 biased;
                 () = &mut cancelled => return,
@@ -175,10 +230,8 @@ impl Session {
                     self.ctl.close(hub::CLOSE_TOKEN);
                     return;
                 }
-                Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    Event::Answer(frame)
-                }
-                next = stream.next(), if self.in_flight.len() < MAX_IN_FLIGHT => Event::Frame(next),
+                Some(frame) = self.next_answer(), if answers => Event::Answer(frame),
+                next = stream.next(), if reading => Event::Frame(next),
             };
             let next = match event {
                 Event::Frame(next) => next,
@@ -192,7 +245,7 @@ impl Session {
             let msg = match next {
                 None => return,
                 Some(Err(e)) => {
-                    if is_too_big(&e) {
+                    if matches!(e, tungstenite::Error::Capacity(_)) {
                         self.ctl.close(hub::CLOSE_TOO_BIG);
                     } else {
                         self.ctl.close(hub::CLOSE_GOING_AWAY);
@@ -221,7 +274,7 @@ impl Session {
                         return;
                     }
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 Message::Close(_) => {
                     self.ctl.close(hub::CLOSE_NORMAL);
                     return;
@@ -286,7 +339,7 @@ impl Session {
                         ))
                         .await;
                 }
-                if self.rooms.contains_key(&room) {
+                if self.rooms.iter().any(|j| j.name == room) {
                     return self
                         .push(protocol::error(
                             "already_subscribed",
@@ -309,7 +362,8 @@ impl Session {
                 }
             }
             ClientFrame::Unsubscribe { room } => {
-                if let Some(joined) = self.rooms.remove(&room) {
+                if let Some(at) = self.rooms.iter().position(|j| j.name == room) {
+                    let joined = self.rooms.swap_remove(at);
                     self.leave(&joined).await;
                 }
                 self.reply(protocol::unsubscribed(&room)).await
@@ -320,7 +374,7 @@ impl Session {
     /// The room a frame is for: the socket's room, or on `/ws` the named subscribed room.
     async fn target(&mut self, room: Option<&str>) -> anyhow::Result<Option<(i64, String)>> {
         if !self.mux {
-            return Ok(self.rooms.values().next().map(|j| (j.id, j.name.clone())));
+            return Ok(self.rooms.first().map(|j| (j.id, j.name.clone())));
         }
         let Some(name) = room else {
             self.reply(protocol::error(
@@ -331,7 +385,7 @@ impl Session {
             .await?;
             return Ok(None);
         };
-        match self.rooms.get(name) {
+        match self.rooms.iter().find(|j| j.name == name) {
             Some(j) => Ok(Some((j.id, j.name.clone()))),
             None => {
                 self.reply(protocol::error(
@@ -378,7 +432,7 @@ impl Session {
         };
         // Queued now (submission order is commit order); answered when it has committed.
         let outcome = self.state.sender.submit(room_id, &room, draft);
-        self.in_flight.push_back(Box::pin(async move {
+        self.defer(Box::pin(async move {
             match outcome.await {
                 Ok(sent) => {
                     if matches!(sent, Sent::Created(_)) {
@@ -414,13 +468,10 @@ impl Session {
     async fn join(&mut self, room: RoomRow, since: Option<i64>) -> anyhow::Result<()> {
         let state = self.state.clone();
         let joined = state.hub.join(&state.bus, room.id, &self.ctl).await?;
-        self.rooms.insert(
-            room.name.clone(),
-            Joined {
-                id: room.id,
-                name: room.name.clone(),
-            },
-        );
+        self.rooms.push(Joined {
+            id: room.id,
+            name: room.name.clone(),
+        });
         if state.hub.presence_inc(room.id, self.user.id) {
             match state.presence.join(room.id, self.user.id).await {
                 Ok(true) => {
@@ -484,19 +535,11 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        let rooms: Vec<Joined> = self.rooms.drain().map(|(_, j)| j).collect();
+        let rooms = std::mem::take(&mut self.rooms);
         for joined in &rooms {
             self.leave(joined).await;
         }
     }
-}
-
-fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    // tungstenite reports oversized frames and messages as capacity errors.
-    text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("Message too big")
 }
 
 fn close_reason(code: u16) -> &'static str {
@@ -557,21 +600,51 @@ impl FlushPacer {
     }
 }
 
-/// Most frames written with one flush; the rest follow at once in the next round.
-const MAX_FRAMES_PER_FLUSH: usize = 1024;
 /// With this many frames queued a write goes out without waiting for the pacer: the pacer
 /// only gathers frames, it never limits a socket's throughput.
 const COALESCED_ENOUGH: usize = 32;
+/// Frames longer than this go out in fragments of this size (RFC 6455 §5.4): the socket's
+/// buffers then never grow past a fragment, and an idle socket keeps none.
+const FRAGMENT: usize = 512;
+
+/// Write one text frame, fragmented if it is long.
+async fn feed_text(sink: &mut WsSink, frame: Utf8Bytes) -> Result<(), tungstenite::Error> {
+    if frame.len() <= FRAGMENT {
+        sink.feed(Message::Text(frame)).await
+    } else {
+        // Boxed: rare, and its future would otherwise enlarge every writer task.
+        Box::pin(feed_fragments(sink, frame)).await
+    }
+}
+
+async fn feed_fragments(sink: &mut WsSink, frame: Utf8Bytes) -> Result<(), tungstenite::Error> {
+    let bytes = Bytes::from(frame);
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + FRAGMENT).min(bytes.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let fragment = Frame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        sink.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    Ok(())
+}
 
 /// Drains the queue into the socket; sends the close frame when the socket is closed.
-async fn writer(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    ctl: Arc<SocketCtl>,
-    flush_interval: Duration,
-) {
+async fn writer(mut sink: WsSink, ctl: Arc<SocketCtl>, flush_interval: Duration) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut pacer = FlushPacer::new(flush_interval);
+    // Frames taken from the queue and not yet written: a close interrupts a write (the peer
+    // may not be reading), and what is left here still goes out before the close frame.
+    let mut batch = VecDeque::new();
     // Registered once, not on every frame.
     let ctl2 = ctl.clone();
     let cancelled = ctl2.closed(hub::WRITER);
@@ -580,25 +653,22 @@ async fn writer(
         tokio::select! {
             biased;
             () = &mut cancelled => break,
-            item = rx.recv() => {
-                let Some(Outbound::Frame(frame)) = item else { break };
+            () = std::future::poll_fn(|cx| ctl.outbox.poll_ready(cx)) => {
                 // A long queue is written at once: waiting would only make it longer.
-                if rx.len() < COALESCED_ENOUGH && let Some(at) = pacer.take() {
+                if ctl.outbox.len() < COALESCED_ENOUGH && let Some(at) = pacer.take() {
                     // Busy socket: let more frames gather so that one write carries them.
                     tokio::select! {
                         biased;
                         () = &mut cancelled => break,
-                        () = tokio::time::sleep_until(at) => {}
+                        // Boxed: a timer inline would enlarge every writer task.
+                        () = Box::pin(tokio::time::sleep_until(at)) => {}
                     }
                 }
+                // Everything queued goes out with one flush.
+                batch = ctl.outbox.take_all();
                 let write = async {
-                    sink.feed(Message::Text(frame)).await?;
-                    // Everything else already queued goes out with the same flush.
-                    for _ in 1..MAX_FRAMES_PER_FLUSH {
-                        match rx.try_recv() {
-                            Ok(Outbound::Frame(f)) => sink.feed(Message::Text(f)).await?,
-                            Err(_) => break,
-                        }
+                    while let Some(frame) = batch.pop_front() {
+                        feed_text(&mut sink, frame).await?;
                     }
                     sink.flush().await
                 };
@@ -610,6 +680,8 @@ async fn writer(
                         return;
                     },
                 }
+                // Written: free the batch's allocation too (an idle socket keeps none).
+                batch = VecDeque::new();
             }
             _ = ping.tick() => {
                 let silent = chrono::Utc::now().timestamp() - ctl.last_seen.load(std::sync::atomic::Ordering::Relaxed);
@@ -617,13 +689,19 @@ async fn writer(
                     ctl.close(hub::CLOSE_GOING_AWAY);
                     return;
                 }
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     ctl.close(hub::CLOSE_GOING_AWAY);
                     return;
                 }
             }
         }
     }
+    // Boxed: runs once, at the end.
+    Box::pin(close(sink, batch, &ctl)).await;
+}
+
+/// Send what is left (unless the peer is the slow consumer) and the close frame.
+async fn close(mut sink: WsSink, mut batch: VecDeque<Utf8Bytes>, ctl: &SocketCtl) {
     let code = ctl.close_code();
     let flush = if code == hub::CLOSE_SLOW {
         SLOW_CLOSE_FLUSH
@@ -633,12 +711,13 @@ async fn writer(
     let _ = tokio::time::timeout(flush, async {
         if code != hub::CLOSE_SLOW {
             // Frames queued before the close (e.g. `room_deleted`) go out first.
-            while let Ok(Outbound::Frame(f)) = rx.try_recv() {
-                sink.feed(Message::Text(f)).await?;
+            batch.extend(ctl.outbox.take_all());
+            for frame in batch {
+                feed_text(&mut sink, frame).await?;
             }
         }
         sink.send(Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(close_reason(code)),
         })))
         .await?;

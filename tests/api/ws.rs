@@ -252,6 +252,15 @@ dual_test!(handshake_refusals_are_plain_http, |b| async move {
         .await,
         403
     );
+    // A plain GET (no upgrade) with a good token: 400 in the error format, nothing joined.
+    let (status, body) = app.get("/ws/rooms/hs", Some(&users[1].access)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let (status, body) = app.get("/ws", Some(&users[1].access)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("bad_request"))
+    );
     // Connecting to a public room joins it.
     let outsider = app.register("hs_outsider").await;
     let mut ws = ws_connect(&base, "hs", &outsider.access, None).await;
@@ -737,4 +746,70 @@ dual_test!(pipelined_frames_are_answered_in_order, |b| async move {
             "error rate_limited",
         ]
     );
+});
+
+dual_test!(long_frames_arrive_whole, |b| async move {
+    // Frames longer than the server's fragment size (a 4000-character message of two-byte
+    // characters, a `ready` frame listing many users) go out as fragments; clients see
+    // whole messages, with the UTF-8 split across fragments put back together.
+    let app = spawn_app(b).await;
+    let users = room_with_members(&app, 40, "long").await;
+    let base = app.ws_url("");
+    let mut sockets = Vec::new();
+    for u in &users {
+        let mut ws = ws_connect(&base, "long", &u.access, None).await;
+        ready(&mut ws).await;
+        sockets.push(ws);
+    }
+    let mut late = ws_connect(&base, "long", &users[0].access, None).await;
+    let r = ready(&mut late).await;
+    let online = r["online"].as_array().expect("online list");
+    assert_eq!(online.len(), 40, "{r}");
+    assert!(
+        r.to_string().len() > 1024,
+        "the ready frame is long enough to be fragmented"
+    );
+    let content = "é".repeat(4000);
+    ws_send(
+        &mut sockets[1],
+        json!({"type": "message", "content": content, "client_id": "long-1"}),
+    )
+    .await;
+    // The sender gets its ack and the message itself, in either order.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let v = next_json(&mut sockets[1], 10)
+            .await
+            .expect("ack and message");
+        if v["type"] == "ack" || v["type"] == "message" {
+            got.push(v);
+        }
+    }
+    assert!(
+        got.iter()
+            .any(|v| v["type"] == "ack" && v["client_id"] == "long-1")
+    );
+    for (k, ws) in sockets
+        .iter_mut()
+        .chain(std::iter::once(&mut late))
+        .enumerate()
+    {
+        let m = if k == 1 {
+            got.iter().find(|v| v["type"] == "message").cloned()
+        } else {
+            next_of(ws, "message", 10).await
+        };
+        let m = m.expect("the long message");
+        assert_eq!(m["content"].as_str(), Some(content.as_str()));
+    }
+    // Small frames after a long one are unaffected.
+    ws_send(
+        &mut sockets[2],
+        json!({"type": "message", "content": "short"}),
+    )
+    .await;
+    let m = next_of(&mut late, "message", 10)
+        .await
+        .expect("short message");
+    assert_eq!(m["content"], "short");
 });

@@ -1,0 +1,137 @@
+//! A socket's outgoing queue: bounded, and free while empty.
+//!
+//! The hub pushes shared frames into it (never waiting: a full queue means a slow consumer),
+//! the session pushes its own answers and replays (waiting for room), and the socket's writer
+//! takes everything queued at once. Unlike a channel, an idle socket's queue holds no memory:
+//! the writer takes the whole `VecDeque` and the next push starts a new one. With 10 000 idle
+//! sockets this is the difference between 0 and 1–2 KiB each.
+
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    task::{Context, Poll},
+};
+
+use futures::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub struct Outbox {
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    /// The writer, waiting for frames.
+    writer: AtomicWaker,
+    /// A producer waiting for room (the session, replaying history).
+    space: AtomicWaker,
+}
+
+/// The queue holds `capacity` frames already.
+#[derive(Debug)]
+pub struct Full;
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            writer: AtomicWaker::new(),
+            space: AtomicWaker::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        // A poisoned lock only means a thread panicked while pushing a frame; go on.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue a frame unless the queue is full.
+    ///
+    /// # Errors
+    /// [`Full`] when `capacity` frames are waiting.
+    pub fn try_push(&self, frame: Utf8Bytes) -> Result<(), Full> {
+        {
+            let mut queue = self.lock();
+            if queue.len() >= self.capacity {
+                return Err(Full);
+            }
+            queue.push_back(frame);
+        }
+        self.writer.wake();
+        Ok(())
+    }
+
+    /// Queue a frame when there is room; `Pending` (and woken by the writer) while full.
+    pub fn poll_push(&self, cx: &mut Context<'_>, frame: &mut Option<Utf8Bytes>) -> Poll<()> {
+        let Some(f) = frame.take() else {
+            return Poll::Ready(());
+        };
+        self.space.register(cx.waker());
+        match self.try_push(f.clone()) {
+            Ok(()) => Poll::Ready(()),
+            Err(Full) => {
+                *frame = Some(f);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The writer: `Ready` once something is queued.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.is_empty() {
+            return Poll::Ready(());
+        }
+        self.writer.register(cx.waker());
+        // Re-check: a push between the check and the registration woke nobody.
+        if self.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// The writer takes everything queued; the queue starts again empty (no allocation kept).
+    pub fn take_all(&self) -> VecDeque<Utf8Bytes> {
+        let taken = std::mem::take(&mut *self.lock());
+        self.space.wake();
+        taken
+    }
+
+    /// Wake both sides (the socket is closing).
+    pub fn wake_all(&self) {
+        self.writer.wake();
+        self.space.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_empty_after_take() {
+        let outbox = Outbox::new(2);
+        outbox.try_push(Utf8Bytes::from_static("a")).unwrap();
+        outbox.try_push(Utf8Bytes::from_static("b")).unwrap();
+        assert!(outbox.try_push(Utf8Bytes::from_static("c")).is_err());
+        let taken: Vec<_> = outbox.take_all().into_iter().collect();
+        assert_eq!(taken, ["a", "b"]);
+        assert!(outbox.is_empty());
+        assert_eq!(
+            outbox.lock().capacity(),
+            0,
+            "an empty queue holds no allocation"
+        );
+        outbox.try_push(Utf8Bytes::from_static("c")).unwrap();
+        assert_eq!(outbox.len(), 1);
+    }
+}
