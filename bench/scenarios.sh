@@ -3,13 +3,16 @@
 # server(s), runs chat-bench, stops everything. Usage:
 #   bench/scenarios.sh embedded   # 1 replica, SQLite, in-process fan-out
 #   bench/scenarios.sh cluster    # 2 replicas + Redis (127.0.0.1:6379) + PostgreSQL (127.0.0.1:5432, db chat_bench)
-#   bench/scenarios.sh idle       # 10 000 idle sockets on one replica: server RSS per socket
+#   bench/scenarios.sh idle       # 10 000 idle sockets on one cluster replica (PostgreSQL + Redis): RSS per socket
+#   bench/scenarios.sh idle-embedded  # the same on the embedded server (SQLite)
 # Extra arguments go to chat-bench (e.g. --rate 1 --duration 20s instead of the ramp).
+# CHAT_SERVER_BIN=path runs that server binary instead of the one just built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-cluster}; shift || true
 cargo build --release -p chat-server -p chat-bench >&2
-server=target/release/chat-server
+# CHAT_SERVER_BIN: another server binary (an A/B comparison against an older build).
+server=${CHAT_SERVER_BIN:-target/release/chat-server}
 bench=target/release/chat-bench
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -20,13 +23,22 @@ scenario=(--rooms 50 --clients 20 --senders 2 --users 1000)
 ramp=(--rate 20 --ramp --ramp-factor 1.5 --step-duration 10s --warmup 3s)
 [ $# -gt 0 ] && ramp=("$@")
 case "$mode" in
-  embedded|idle)
+  idle)
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS chat_bench WITH (FORCE)" -c "CREATE DATABASE chat_bench"
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'chat:*' | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null
+    env "${common[@]}" DATABASE_URL=postgres://postgres@127.0.0.1:5432/chat_bench REDIS_URL=redis://127.0.0.1:6379 \
+      JWT_SECRET=bench-secret-bench-secret-123456 DB_MAX_CONNECTIONS=10 BIND_ADDR=127.0.0.1:18081 "$server" &
+    pids+=($!)
+    wait_ready http://127.0.0.1:18081
+    "$bench" idle --url http://127.0.0.1:18081 --sockets 10000 --rooms 100 --users 100 --pid "${pids[0]}" --setup-concurrency 2 "$@"
+    ;;
+  embedded|idle-embedded)
     db=$(mktemp -d)/bench.db
     env "${common[@]}" DATABASE_URL="sqlite://$db?mode=rwc" BIND_ADDR=127.0.0.1:18080 "$server" &
     pids+=($!)
     wait_ready http://127.0.0.1:18080
-    if [ "$mode" = idle ]; then
-      "$bench" idle --url http://127.0.0.1:18080 --sockets 10000 --rooms 100 --users 100 --pid "${pids[0]}" --setup-concurrency 2
+    if [ "$mode" = idle-embedded ]; then
+      "$bench" idle --url http://127.0.0.1:18080 --sockets 10000 --rooms 100 --users 100 --pid "${pids[0]}" --setup-concurrency 2 "$@"
     else
       "$bench" run --url http://127.0.0.1:18080 "${scenario[@]}" "${ramp[@]}" --cpu-pids "${pids[0]}" --json target/bench-embedded.json
     fi
@@ -43,5 +55,5 @@ case "$mode" in
     "$bench" run --url http://127.0.0.1:18081 --url http://127.0.0.1:18082 "${scenario[@]}" "${ramp[@]}" \
       --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json
     ;;
-  *) echo "usage: $0 embedded|cluster|idle [chat-bench args]" >&2; exit 2 ;;
+  *) echo "usage: $0 embedded|cluster|idle|idle-embedded [chat-bench args]" >&2; exit 2 ;;
 esac

@@ -110,8 +110,9 @@ pub struct Config {
     pub ws_queue_capacity: usize,
     /// Under sustained traffic a socket writes at most once per this many milliseconds, so
     /// that one write carries every frame queued meanwhile (0 = write every frame at once).
-    /// Quiet sockets write immediately: a short burst is never delayed.
-    #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 10)]
+    /// Quiet sockets write immediately: a short burst is never delayed. Every write is a
+    /// system call (and a packet): under load they, not the fan-out, are the cost.
+    #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 50)]
     pub ws_flush_interval_ms: u64,
     /// Concurrent argon2 hashes (each uses ~19 MiB); default: number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]
