@@ -87,15 +87,20 @@ impl Outbox {
 
     /// The writer: `Ready` once something is queued.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.is_empty() {
+        self.poll_at_least(1, cx)
+    }
+
+    /// The writer: `Ready` once at least `n` frames are queued.
+    pub fn poll_at_least(&self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+        if self.len() >= n {
             return Poll::Ready(());
         }
         self.writer.register(cx.waker());
         // Re-check: a push between the check and the registration woke nobody.
-        if self.is_empty() {
-            Poll::Pending
-        } else {
+        if self.len() >= n {
             Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 

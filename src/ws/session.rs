@@ -662,6 +662,9 @@ async fn writer(mut sink: WsSink, ctl: Arc<SocketCtl>, flush_interval: Duration)
                         () = &mut cancelled => break,
                         // Boxed: a timer inline would enlarge every writer task.
                         () = Box::pin(tokio::time::sleep_until(at)) => {}
+                        // A queue that grows long meanwhile is written at once: the pacer
+                        // must never turn a fast reader into a slow consumer (4429).
+                        () = std::future::poll_fn(|cx| ctl.outbox.poll_at_least(COALESCED_ENOUGH, cx)) => {}
                     }
                 }
                 // Everything queued goes out with one flush.
