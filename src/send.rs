@@ -5,10 +5,13 @@
 //! → each socket's bounded queue, in `seq` order.
 //!
 //! Group commit: sends wait in one queue per replica; a single drain task takes whatever is
-//! waiting (up to [`MAX_BATCH`]) and commits it in **one** transaction: per room, one
-//! `UPDATE rooms SET last_seq = last_seq + n … RETURNING last_seq` (rooms in ascending id, so
-//! replicas always lock in the same order and cannot deadlock), then one multi-row `INSERT`.
-//! While a batch commits, the next one accumulates, so the commit rate adapts to the load.
+//! waiting (up to [`MAX_BATCH`]) and commits it in **one** transaction that advances each
+//! room's counter by its number of new messages (`UPDATE rooms SET last_seq = last_seq + n …
+//! RETURNING`) and inserts them numbered from the old value. On PostgreSQL this is a single
+//! statement (rooms locked in ascending id, so replicas always lock in the same order and
+//! cannot deadlock, and held only while the statement runs); on SQLite, one transaction of
+//! two statements. While a batch commits, the next one accumulates, so the commit rate adapts
+//! to the load.
 //! The row lock on each room (PostgreSQL) or the single writer (SQLite) makes `seq` gap-free
 //! and strictly increasing under any number of senders and replicas; each sender's messages
 //! keep their submission order. A send is answered only after its batch committed, and the
@@ -186,21 +189,21 @@ impl Inner {
             "batch committed"
         );
         let mut outcomes = match committed {
-            Err(CommitError::Db(e)) if is_unique_violation(&e) => {
+            Err(e) if is_unique_violation(&e) => {
                 // A retry with the same client_id raced on another replica: go one by one, so
                 // each finds its original.
                 let mut out = Vec::with_capacity(batch.len());
                 for p in &batch {
                     match self.commit(std::slice::from_ref(p)).await {
                         Ok(mut r) => out.append(&mut r),
-                        Err(e) => out.push(Err(e.into_api())),
+                        Err(e) => out.push(Err(ApiError::from(e))),
                     }
                 }
                 out
             }
             Ok(outcomes) => outcomes,
             Err(e) => {
-                let err = e.into_api();
+                let err = ApiError::from(e);
                 if err.status().is_server_error() {
                     tracing::error!(error = ?err, "message commit failed");
                 }
@@ -237,162 +240,64 @@ impl Inner {
 
     /// One transaction for the whole batch; outcomes in batch order. A room that no longer
     /// exists fails its own sends only.
-    async fn commit(&self, batch: &[Pending]) -> Result<Vec<Result<Sent, ApiError>>, CommitError> {
+    async fn commit(
+        &self,
+        batch: &[Pending],
+    ) -> Result<Vec<Result<Sent, ApiError>>, sea_orm::DbErr> {
         let db = &self.db;
         // Idempotency: drafts whose (room, author, client_id) is already stored get the original.
-        let mut originals: HashMap<(i64, i64, String), message::Model> = HashMap::new();
-        let keyed: Vec<String> = batch
-            .iter()
-            .filter_map(|p| p.draft.client_id.clone())
-            .collect();
-        if !keyed.is_empty() {
-            // Row-value lookup on the unique index (room, author, client_id): one probe per key.
-            let mut sql =
-                String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
-            for (i, p) in batch
-                .iter()
-                .filter(|p| p.draft.client_id.is_some())
-                .enumerate()
-            {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let n = i * 3;
-                sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-                values.extend([
-                    p.room_id.into(),
-                    p.draft.author.id.into(),
-                    p.draft.client_id.clone().into(),
-                ]);
-            }
-            sql.push(')');
-            for row in message::Entity::find()
-                .from_raw_sql(store::raw(db, &sql, values))
-                .all(db)
-                .await?
-            {
-                if let (Some(a), Some(c)) = (row.author_id, row.client_id.clone()) {
-                    originals.insert((row.room_id, a, c), row);
-                }
-            }
-        }
+        let originals = find_originals(db, batch).await?;
         // Plan each draft; count the new ones per room.
-        let mut first_in_batch: HashMap<(i64, i64, String), usize> = HashMap::new();
+        let mut first_in_batch: HashMap<(i64, i64, &str), usize> = HashMap::new();
         let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
         let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
         for (i, p) in batch.iter().enumerate() {
-            let key = p
-                .draft
-                .client_id
-                .clone()
-                .map(|c| (p.room_id, p.draft.author.id, c));
-            if let Some(key) = &key {
-                if let Some(orig) = originals.get(key) {
+            if let Some(client_id) = p.draft.client_id.as_deref() {
+                let key = (p.room_id, p.draft.author.id, client_id);
+                if let Some(orig) = originals.get(&(key.0, key.1, key.2.to_owned())) {
                     plan.push(Plan::Existing(orig.clone()));
                     continue;
                 }
-                if let Some(&j) = first_in_batch.get(key) {
+                if let Some(&j) = first_in_batch.get(&key) {
                     plan.push(Plan::SameAs(j));
                     continue;
                 }
-                first_in_batch.insert(key.clone(), i);
+                first_in_batch.insert(key, i);
             }
             *per_room.entry(p.room_id).or_default() += 1;
             plan.push(Plan::New);
         }
-
-        // room id → next seq to hand out (None: the room is gone).
-        let mut next_seq: HashMap<i64, Option<i64>> = HashMap::new();
-        let mut rows: Vec<message::Model> = Vec::new();
-        if !per_room.is_empty() {
-            let txn = db.begin().await?;
-            // Two statements whatever the number of rooms: lock the rooms in id order (so that
-            // replicas never deadlock), then advance every counter at once. The numbers are ours
-            // (ids and counts), so they are written into the SQL; nothing from a client is.
-            let ids: Vec<String> = per_room.keys().map(i64::to_string).collect();
-            if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-                let lock = format!(
-                    "SELECT id FROM rooms WHERE id IN ({}) ORDER BY id FOR UPDATE",
-                    ids.join(",")
-                );
-                txn.execute_unprepared(&lock).await?;
-            }
-            let deltas: Vec<String> = per_room
-                .iter()
-                .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
-                .collect();
-            let update = format!(
-                "UPDATE rooms SET last_seq = rooms.last_seq + d.n FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
-                deltas.join(" UNION ALL ")
-            );
-            for res in txn
-                .query_all_raw(sea_orm::Statement::from_string(
-                    txn.get_database_backend(),
-                    update,
-                ))
-                .await?
-            {
-                let id: i64 = res.try_get("", "id")?;
-                let last: i64 = res.try_get("", "last_seq")?;
-                let n = per_room.get(&id).copied().unwrap_or(0);
-                next_seq.insert(id, Some(last - n + 1));
-            }
-            for id in per_room.keys() {
-                next_seq.entry(*id).or_insert(None);
-            }
-            let now = Utc::now();
-            let mut models = Vec::with_capacity(batch.len());
-            for (p, plan) in batch.iter().zip(&plan) {
-                if !matches!(plan, Plan::New) {
-                    continue;
-                }
-                let Some(Some(seq)) = next_seq.get_mut(&p.room_id) else {
-                    continue;
-                };
-                models.push(message::ActiveModel {
-                    room_id: Set(p.room_id),
-                    seq: Set(*seq),
-                    author_id: Set(Some(p.draft.author.id)),
-                    content: Set(p.draft.content.clone()),
-                    client_id: Set(p.draft.client_id.clone()),
-                    created_at: Set(now),
-                    edited_at: Set(None),
-                    deleted_at: Set(None),
-                    ..Default::default()
-                });
-                *seq += 1;
-            }
-            if !models.is_empty() {
-                rows = message::Entity::insert_many(models)
-                    .exec_with_returning(&txn)
-                    .await?;
-            }
-            txn.commit().await?;
-            metrics::messages_committed(rows.len());
-        }
-
-        // Outcomes in batch order; inserted rows come back keyed by (room, seq).
-        let mut by_key: HashMap<(i64, i64), message::Model> =
-            rows.into_iter().map(|r| ((r.room_id, r.seq), r)).collect();
-        let mut cursor: HashMap<i64, i64> = next_seq
+        let new: Vec<&Pending> = batch
             .iter()
-            .filter_map(|(room, first)| {
-                first.map(|f| (*room, f - per_room.get(room).copied().unwrap_or(0)))
-            })
+            .zip(&plan)
+            .filter(|(_, plan)| matches!(plan, Plan::New))
+            .map(|(p, _)| p)
             .collect();
+        let rows = if new.is_empty() {
+            Vec::new()
+        } else if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            store_postgres(db, &per_room, &new).await?
+        } else {
+            store_in_transaction(db, &per_room, &new).await?
+        };
+        metrics::messages_committed(rows.len());
+
+        // Each room's new rows, in `seq` order, belong to its new drafts in batch order; a room
+        // without rows no longer exists.
+        let mut by_room: HashMap<i64, std::collections::VecDeque<message::Model>> = HashMap::new();
+        let mut rows = rows;
+        rows.sort_unstable_by_key(|r| (r.room_id, r.seq));
+        for row in rows {
+            by_room.entry(row.room_id).or_default().push_back(row);
+        }
         let mut out: Vec<Result<Sent, ApiError>> = Vec::with_capacity(batch.len());
         for (p, plan) in batch.iter().zip(plan) {
             let result = match plan {
-                Plan::New => match cursor.get_mut(&p.room_id) {
-                    Some(seq) => {
-                        let row = by_key.remove(&(p.room_id, *seq));
-                        *seq += 1;
-                        row.map(|row| Sent::Created(wire(&p.room, row, &p.draft.author)))
-                            .ok_or_else(|| {
-                                ApiError::Internal(anyhow::anyhow!("inserted row missing"))
-                            })
-                    }
+                Plan::New => match by_room
+                    .get_mut(&p.room_id)
+                    .and_then(|rows| rows.pop_front())
+                {
+                    Some(row) => Ok(Sent::Created(wire(&p.room, row, &p.draft.author))),
                     None => Err(ApiError::NotFound("room")),
                 },
                 Plan::Existing(row) => Ok(Sent::Duplicate(wire(&p.room, row, &p.draft.author))),
@@ -405,6 +310,198 @@ impl Inner {
         }
         Ok(out)
     }
+}
+
+/// The stored messages that `batch`'s drafts retry, by (room, author, client_id).
+async fn find_originals(
+    db: &DatabaseConnection,
+    batch: &[Pending],
+) -> Result<HashMap<(i64, i64, String), message::Model>, sea_orm::DbErr> {
+    let keyed: Vec<(&Pending, &str)> = batch
+        .iter()
+        .filter_map(|p| p.draft.client_id.as_deref().map(|c| (p, c)))
+        .collect();
+    let mut originals = HashMap::new();
+    if keyed.is_empty() {
+        return Ok(originals);
+    }
+    let stmt = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // One statement text whatever the batch size (prepared once per connection): the keys
+        // as three arrays, one probe of the unique index (room, author, client_id) per key.
+        // `LIMIT 1` keeps the lateral probe from being flattened into a join, which the
+        // planner's generic plan for unknown arrays would turn into a scan of `messages`.
+        let sql = "SELECT m.* FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(room_id, author_id, client_id) \
+                   CROSS JOIN LATERAL (SELECT * FROM messages \
+                       WHERE room_id = k.room_id AND author_id = k.author_id AND client_id = k.client_id \
+                       LIMIT 1) AS m";
+        let values = vec![
+            keyed
+                .iter()
+                .map(|(p, _)| p.room_id)
+                .collect::<Vec<i64>>()
+                .into(),
+            keyed
+                .iter()
+                .map(|(p, _)| p.draft.author.id)
+                .collect::<Vec<i64>>()
+                .into(),
+            keyed
+                .iter()
+                .map(|(_, c)| (*c).to_owned())
+                .collect::<Vec<String>>()
+                .into(),
+        ];
+        store::raw(db, sql, values)
+    } else {
+        // Row-value lookup on the unique index (room, author, client_id): one probe per key.
+        let mut sql =
+            String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
+        for (i, (p, client_id)) in keyed.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            let n = i * 3;
+            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+            values.extend([
+                p.room_id.into(),
+                p.draft.author.id.into(),
+                (*client_id).to_owned().into(),
+            ]);
+        }
+        sql.push(')');
+        store::raw(db, &sql, values)
+    };
+    for row in message::Entity::find().from_raw_sql(stmt).all(db).await? {
+        if let (Some(a), Some(c)) = (row.author_id, row.client_id.clone()) {
+            originals.insert((row.room_id, a, c), row);
+        }
+    }
+    Ok(originals)
+}
+
+/// PostgreSQL: the whole commit is **one statement** in its own implicit transaction, so the
+/// rooms stay locked for its execution only, not for client round trips (two replicas sending
+/// into the same rooms take turns on these row locks). It locks the rooms in id order (so
+/// replicas never deadlock; the update touches only rows already locked), advances every
+/// counter, and inserts the rows numbered from each room's old counter. Arrays as parameters
+/// keep the statement text constant, so each connection prepares it once. A room that is gone
+/// gets no rows.
+async fn store_postgres(
+    db: &DatabaseConnection,
+    per_room: &BTreeMap<i64, i64>,
+    new: &[&Pending],
+) -> Result<Vec<message::Model>, sea_orm::DbErr> {
+    const SQL: &str = "WITH locked AS ( \
+            SELECT id FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE \
+        ), bumped AS ( \
+            UPDATE rooms SET last_seq = rooms.last_seq + c.n \
+            FROM unnest($1::bigint[], $2::bigint[]) AS c(id, n) JOIN locked l ON l.id = c.id \
+            WHERE rooms.id = c.id \
+            RETURNING rooms.id, rooms.last_seq - c.n AS base \
+        ) \
+        INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
+        SELECT m.room_id, b.base + m.k, m.author_id, m.content, NULLIF(m.client_id, ''), $8 \
+        FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[]) \
+            AS m(room_id, k, author_id, content, client_id) \
+        JOIN bumped b ON b.id = m.room_id \
+        RETURNING *";
+    // k: the draft's 1-based position among its room's new drafts (its seq is base + k).
+    let mut k: HashMap<i64, i64> = HashMap::new();
+    let positions: Vec<i64> = new
+        .iter()
+        .map(|p| {
+            let n = k.entry(p.room_id).or_default();
+            *n += 1;
+            *n
+        })
+        .collect();
+    let values: Vec<sea_orm::Value> = vec![
+        per_room.keys().copied().collect::<Vec<i64>>().into(),
+        per_room.values().copied().collect::<Vec<i64>>().into(),
+        new.iter().map(|p| p.room_id).collect::<Vec<i64>>().into(),
+        positions.into(),
+        new.iter()
+            .map(|p| p.draft.author.id)
+            .collect::<Vec<i64>>()
+            .into(),
+        new.iter()
+            .map(|p| p.draft.content.clone())
+            .collect::<Vec<String>>()
+            .into(),
+        // A validated client_id is never empty, so '' stands for none (arrays of text cannot
+        // carry NULLs through the driver's binding).
+        new.iter()
+            .map(|p| p.draft.client_id.clone().unwrap_or_default())
+            .collect::<Vec<String>>()
+            .into(),
+        Utc::now().into(),
+    ];
+    message::Entity::find()
+        .from_raw_sql(store::raw(db, SQL, values))
+        .all(db)
+        .await
+}
+
+/// SQLite (one writer at a time): advance the counters, insert the rows, in one transaction.
+async fn store_in_transaction(
+    db: &DatabaseConnection,
+    per_room: &BTreeMap<i64, i64>,
+    new: &[&Pending],
+) -> Result<Vec<message::Model>, sea_orm::DbErr> {
+    let txn = db.begin().await?;
+    // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
+    // they are written into the SQL; nothing from a client is.
+    let deltas: Vec<String> = per_room
+        .iter()
+        .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
+        .collect();
+    let update = format!(
+        "UPDATE rooms SET last_seq = rooms.last_seq + d.n FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+        deltas.join(" UNION ALL ")
+    );
+    // room id → next seq to hand out (rooms that are gone are missing).
+    let mut next_seq: HashMap<i64, i64> = HashMap::new();
+    for res in txn
+        .query_all_raw(sea_orm::Statement::from_string(
+            txn.get_database_backend(),
+            update,
+        ))
+        .await?
+    {
+        let id: i64 = res.try_get("", "id")?;
+        let last: i64 = res.try_get("", "last_seq")?;
+        let n = per_room.get(&id).copied().unwrap_or(0);
+        next_seq.insert(id, last - n + 1);
+    }
+    let now = Utc::now();
+    let mut models = Vec::with_capacity(new.len());
+    for p in new {
+        let Some(seq) = next_seq.get_mut(&p.room_id) else {
+            continue;
+        };
+        models.push(message::ActiveModel {
+            room_id: Set(p.room_id),
+            seq: Set(*seq),
+            author_id: Set(Some(p.draft.author.id)),
+            content: Set(p.draft.content.clone()),
+            client_id: Set(p.draft.client_id.clone()),
+            created_at: Set(now),
+            edited_at: Set(None),
+            deleted_at: Set(None),
+            ..Default::default()
+        });
+        *seq += 1;
+    }
+    let rows = if models.is_empty() {
+        Vec::new()
+    } else {
+        message::Entity::insert_many(models)
+            .exec_with_returning(&txn)
+            .await?
+    };
+    txn.commit().await?;
+    Ok(rows)
 }
 
 enum Plan {
@@ -433,25 +530,6 @@ fn clone_err(e: &ApiError) -> ApiError {
         404 => ApiError::NotFound("room"),
         503 => ApiError::Unavailable(anyhow::anyhow!("database unavailable")),
         _ => ApiError::Internal(anyhow::anyhow!("message commit failed")),
-    }
-}
-
-#[derive(Debug)]
-enum CommitError {
-    Db(sea_orm::DbErr),
-}
-
-impl CommitError {
-    fn into_api(self) -> ApiError {
-        match self {
-            Self::Db(e) => ApiError::from(e),
-        }
-    }
-}
-
-impl From<sea_orm::DbErr> for CommitError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Db(e)
     }
 }
 

@@ -210,6 +210,8 @@ struct RoomChannel {
     id: i64,
     inbox: mpsc::UnboundedSender<RoomInput>,
     init: OnceCell<()>,
+    /// Notified when `init` is set or the last reference goes (the room task waits on it).
+    init_or_gone: tokio::sync::Notify,
     state: Mutex<RoomState>,
     /// Joined or joining sockets; the channel goes away when this drops to 0.
     refs: AtomicU64,
@@ -328,11 +330,6 @@ impl Hub {
         }
     }
 
-    /// Number of open sockets of `user` on this replica.
-    pub fn user_socket_count(&self, user_id: i64) -> usize {
-        lock(&self.users).get(&user_id).map_or(0, Vec::len)
-    }
-
     /// Close every socket of this replica (shutdown: 1012).
     pub fn close_all(&self, code: u16) {
         for list in lock(&self.users).values() {
@@ -363,6 +360,7 @@ impl Hub {
                         id: room_id,
                         inbox,
                         init: OnceCell::new(),
+                        init_or_gone: tokio::sync::Notify::new(),
                         state: Mutex::default(),
                         refs: AtomicU64::new(0),
                     });
@@ -389,6 +387,7 @@ impl Hub {
             self.release(bus, &channel);
             return Err(e);
         }
+        channel.init_or_gone.notify_waiters();
         let mut state = lock(&channel.state);
         state.subs.push(Subscriber {
             ctl: ctl.clone(),
@@ -445,6 +444,7 @@ impl Hub {
                 rooms.remove(&channel.id);
             }
             drop(rooms);
+            channel.init_or_gone.notify_waiters();
             let _ = channel.inbox.send(RoomInput::Stop);
             bus.unsubscribe(channel.id);
         }
@@ -574,14 +574,19 @@ async fn room_task(
         };
         let Some(input) = input else { break };
         // Until the channel knows its starting `seq`, keep envelopes queued.
-        if channel.init.get().is_none() {
-            // Wait for initialisation without spinning: it is in progress in `join`.
-            while channel.init.get().is_none() {
-                if channel.refs.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        // (It is in progress in `join`; a failed one is retried by the next joiner.)
+        while channel.init.get().is_none() {
+            let notified = channel.init_or_gone.notified();
+            tokio::pin!(notified);
+            // Registered before the checks, so a notification between them is not lost.
+            notified.as_mut().enable();
+            if channel.init.get().is_some() {
+                break;
             }
+            if channel.refs.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
         match input {
             RoomInput::Envelope(env) => {

@@ -66,6 +66,12 @@ impl Outbox {
         let Some(f) = frame.take() else {
             return Poll::Ready(());
         };
+        if self.try_push(f.clone()).is_ok() {
+            return Poll::Ready(());
+        }
+        // Register only when full (registering on every push would make every writer batch
+        // wake the session for nothing), then try again: the writer may have taken the queue
+        // between the failed push and the registration.
         self.space.register(cx.waker());
         match self.try_push(f.clone()) {
             Ok(()) => Poll::Ready(()),
@@ -137,6 +143,40 @@ mod tests {
             "an empty queue holds no allocation"
         );
         outbox.try_push(Utf8Bytes::from_static("c")).unwrap();
+        assert_eq!(outbox.len(), 1);
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_producer_is_woken_only_when_it_waited() {
+        use std::sync::{Arc, atomic::Ordering};
+        let outbox = Outbox::new(1);
+        let counter = Arc::new(CountingWaker(0.into()));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        // A push with room is ready at once and leaves no waker behind.
+        let mut frame = Some(Utf8Bytes::from_static("a"));
+        assert!(outbox.poll_push(&mut cx, &mut frame).is_ready());
+        outbox.take_all();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0, "no spurious wake");
+
+        // A push into a full queue waits, keeps its frame and is woken by the writer's take.
+        outbox.try_push(Utf8Bytes::from_static("b")).unwrap();
+        let mut frame = Some(Utf8Bytes::from_static("c"));
+        assert!(outbox.poll_push(&mut cx, &mut frame).is_pending());
+        assert_eq!(frame.as_deref(), Some("c"));
+        assert_eq!(outbox.take_all().len(), 1);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(outbox.poll_push(&mut cx, &mut frame).is_ready());
         assert_eq!(outbox.len(), 1);
     }
 }
