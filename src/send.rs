@@ -163,37 +163,60 @@ impl Sender {
 }
 
 impl Inner {
+    /// Commit batch after batch. A batch's publish and answers run in their own task while the
+    /// next batch commits; each waits for the previous one, so messages still reach the bus in
+    /// commit order and every sender is answered after its message was published.
     async fn drain(&self) {
+        let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let batch: Vec<Pending> = {
                 let mut queue = lock(&self.queue);
-                if queue.pending.is_empty() {
+                if queue.pending.is_empty() && publishing.is_none() {
                     queue.running = false;
                     return;
                 }
                 let n = queue.pending.len().min(MAX_BATCH);
                 queue.pending.drain(..n).collect()
             };
+            if batch.is_empty() {
+                // Nothing new: let the last publish finish (`running` covers it), then look again.
+                if let Some(previous) = publishing.take() {
+                    let _ = previous.await;
+                }
+                continue;
+            }
             let parent = batch[0].span.clone();
-            self.commit_and_publish(batch).instrument(parent).await;
+            let outcomes = self.commit_batch(&batch).instrument(parent.clone()).await;
+            let bus = self.bus.clone();
+            let previous = publishing.take();
+            publishing = Some(tokio::spawn(
+                async move {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                    publish_and_answer(&*bus, batch, outcomes).await;
+                }
+                .instrument(parent),
+            ));
         }
     }
 
-    async fn commit_and_publish(&self, batch: Vec<Pending>) {
+    /// The batch's outcomes, in batch order.
+    async fn commit_batch(&self, batch: &[Pending]) -> Vec<Result<Sent, ApiError>> {
         metrics::commit_batch(batch.len());
         let started = std::time::Instant::now();
-        let committed = self.commit(&batch).await;
+        let committed = self.commit(batch).await;
         tracing::debug!(
             batch = batch.len(),
             commit_us = started.elapsed().as_micros(),
             "batch committed"
         );
-        let mut outcomes = match committed {
+        match committed {
             Err(e) if is_unique_violation(&e) => {
                 // A retry with the same client_id raced on another replica: go one by one, so
                 // each finds its original.
                 let mut out = Vec::with_capacity(batch.len());
-                for p in &batch {
+                for p in batch {
                     match self.commit(std::slice::from_ref(p)).await {
                         Ok(mut r) => out.append(&mut r),
                         Err(e) => out.push(Err(ApiError::from(e))),
@@ -209,35 +232,8 @@ impl Inner {
                 }
                 batch.iter().map(|_| Err(clone_err(&err))).collect()
             }
-        };
-        // Publish every new message, in `seq` order per room, before anyone is answered.
-        let envelopes: Vec<Envelope> = batch
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(pending, outcome)| match outcome {
-                Ok(Sent::Created(msg)) => {
-                    let _enter = pending.span.enter();
-                    Some(crate::ws::protocol::message_envelope(pending.room_id, msg))
-                }
-                _ => None,
-            })
-            .collect();
-        // A failed publish is not the sender's problem: the message is committed, and every
-        // replica fills the gap from the database once the bus is back (the Redis bus also
-        // retries the publish).
-        if !envelopes.is_empty()
-            && let Err(e) = self.bus.publish_batch(envelopes).await
-        {
-            tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
-        }
-        for pending in batch.into_iter().rev() {
-            let outcome = outcomes
-                .pop()
-                .unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
-            let _ = pending.reply.send(outcome);
         }
     }
-
     /// One transaction for the whole batch; outcomes in batch order. A room that no longer
     /// exists fails its own sends only.
     async fn commit(
@@ -309,6 +305,40 @@ impl Inner {
             out.push(result);
         }
         Ok(out)
+    }
+}
+
+/// Publish every new message of a committed batch, in `seq` order per room, then answer its
+/// senders.
+async fn publish_and_answer(
+    bus: &dyn Bus,
+    batch: Vec<Pending>,
+    mut outcomes: Vec<Result<Sent, ApiError>>,
+) {
+    let envelopes: Vec<Envelope> = batch
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(pending, outcome)| match outcome {
+            Ok(Sent::Created(msg)) => {
+                let _enter = pending.span.enter();
+                Some(crate::ws::protocol::message_envelope(pending.room_id, msg))
+            }
+            _ => None,
+        })
+        .collect();
+    // A failed publish is not the sender's problem: the message is committed, and every
+    // replica fills the gap from the database once the bus is back (the Redis bus also
+    // retries the publish).
+    if !envelopes.is_empty()
+        && let Err(e) = bus.publish_batch(envelopes).await
+    {
+        tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
+    }
+    for pending in batch.into_iter().rev() {
+        let outcome = outcomes
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
+        let _ = pending.reply.send(outcome);
     }
 }
 
