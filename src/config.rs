@@ -87,8 +87,9 @@ pub struct Config {
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
-    /// Comma-separated list of allowed WebSocket/CORS origins; unset allows any.
-    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Comma-separated list of allowed WebSocket/CORS origins (spaces around entries are
+    /// ignored); unset or `*` allows any.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',', value_parser = trimmed)]
     pub allowed_origins: Vec<String>,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     #[arg(long, env = "TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -161,6 +162,17 @@ impl Config {
             redis::Client::open(url.expose_secret())
                 .context("REDIS_URL is not a valid Redis URL")?;
         }
+        for origin in &self.allowed_origins {
+            if origin != "*"
+                && (origin.is_empty()
+                    || origin.ends_with('/')
+                    || axum::http::HeaderValue::from_str(origin).is_err())
+            {
+                bail!(
+                    "ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], no path, or *)"
+                );
+            }
+        }
         if !matches!(self.log_format.as_str(), "pretty" | "json") {
             bail!("LOG_FORMAT must be `pretty` or `json`");
         }
@@ -188,4 +200,9 @@ impl Config {
         config.db_max_connections = 5;
         config
     }
+}
+
+/// A list entry without the spaces around it (`"https://a, https://b"`).
+fn trimmed(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(s.trim().to_owned())
 }

@@ -234,6 +234,7 @@ impl Inner {
             }
         }
     }
+
     /// One transaction for the whole batch; outcomes in batch order. A room that no longer
     /// exists fails its own sends only.
     async fn commit(

@@ -52,7 +52,8 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(state.config.request_timeout_secs),
         ));
 
-    let cors = if state.config.allowed_origins.is_empty() {
+    let allowed = &state.config.allowed_origins;
+    let cors = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
         CorsLayer::new().allow_origin(Any)
     } else {
         let origins: Vec<HeaderValue> = state
@@ -149,7 +150,9 @@ async fn json_errors(req: Request, next: Next) -> Response {
     res
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` hop behind a trusted proxy.
+/// The client's address: the peer, or, behind a trusted proxy, the **last** `X-Forwarded-For`
+/// entry — the address the proxy itself appended (nginx's `$proxy_add_x_forwarded_for`).
+/// Entries before it come from the client and could be anything.
 pub fn client_ip(
     state: &AppState,
     req_headers: &axum::http::HeaderMap,
@@ -159,7 +162,7 @@ pub fn client_ip(
         && let Some(ip) = req_headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
         return ip;

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cluster;
+mod config_options;
 mod failover;
 mod messages;
 mod ops;
