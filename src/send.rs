@@ -25,7 +25,8 @@ use std::{
 use chrono::Utc;
 use entity::message;
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait,
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult,
+    TransactionTrait,
 };
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -242,8 +243,14 @@ impl Inner {
         batch: &[Pending],
     ) -> Result<Vec<Result<Sent, ApiError>>, sea_orm::DbErr> {
         let db = &self.db;
-        // Idempotency: drafts whose (room, author, client_id) is already stored get the original.
-        let originals = find_originals(db, batch).await?;
+        let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+        // Idempotency: drafts whose (room, author, client_id) is already stored get the original
+        // (on PostgreSQL the commit statement itself looks them up).
+        let originals = if postgres {
+            HashMap::new()
+        } else {
+            find_originals(db, batch).await?
+        };
         // Plan each draft; count the new ones per room.
         let mut first_in_batch: HashMap<(i64, i64, &str), usize> = HashMap::new();
         let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
@@ -270,12 +277,16 @@ impl Inner {
             .filter(|(_, plan)| matches!(plan, Plan::New))
             .map(|(p, _)| p)
             .collect();
-        let rows = if new.is_empty() {
-            Vec::new()
-        } else if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            store_postgres(db, &per_room, &new).await?
+        // `existing`: stored originals found by the PostgreSQL statement, by position in `new`.
+        let (rows, mut existing) = if new.is_empty() {
+            (Vec::new(), HashMap::new())
+        } else if postgres {
+            store_postgres(db, &new).await?
         } else {
-            store_in_transaction(db, &per_room, &new).await?
+            (
+                store_in_transaction(db, &per_room, &new).await?,
+                HashMap::new(),
+            )
         };
         metrics::messages_committed(rows.len());
 
@@ -288,7 +299,14 @@ impl Inner {
             by_room.entry(row.room_id).or_default().push_back(row);
         }
         let mut out: Vec<Result<Sent, ApiError>> = Vec::with_capacity(batch.len());
-        for (p, plan) in batch.iter().zip(plan) {
+        let mut position = 0;
+        for (p, mut plan) in batch.iter().zip(plan) {
+            if matches!(plan, Plan::New) {
+                if let Some(row) = existing.remove(&position) {
+                    plan = Plan::Existing(row);
+                }
+                position += 1;
+            }
             let result = match plan {
                 Plan::New => match by_room
                     .get_mut(&p.room_id)
@@ -343,7 +361,7 @@ async fn publish_and_answer(
     }
 }
 
-/// The stored messages that `batch`'s drafts retry, by (room, author, client_id).
+/// SQLite: the stored messages that `batch`'s drafts retry, by (room, author, client_id).
 async fn find_originals(
     db: &DatabaseConnection,
     batch: &[Pending],
@@ -356,53 +374,23 @@ async fn find_originals(
     if keyed.is_empty() {
         return Ok(originals);
     }
-    let stmt = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        // One statement text whatever the batch size (prepared once per connection): the keys
-        // as three arrays, one probe of the unique index (room, author, client_id) per key.
-        // `LIMIT 1` keeps the lateral probe from being flattened into a join, which the
-        // planner's generic plan for unknown arrays would turn into a scan of `messages`.
-        let sql = "SELECT m.* FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k(room_id, author_id, client_id) \
-                   CROSS JOIN LATERAL (SELECT * FROM messages \
-                       WHERE room_id = k.room_id AND author_id = k.author_id AND client_id = k.client_id \
-                       LIMIT 1) AS m";
-        let values = vec![
-            keyed
-                .iter()
-                .map(|(p, _)| p.room_id)
-                .collect::<Vec<i64>>()
-                .into(),
-            keyed
-                .iter()
-                .map(|(p, _)| p.draft.author.id)
-                .collect::<Vec<i64>>()
-                .into(),
-            keyed
-                .iter()
-                .map(|(_, c)| (*c).to_owned())
-                .collect::<Vec<String>>()
-                .into(),
-        ];
-        store::raw(db, sql, values)
-    } else {
-        // Row-value lookup on the unique index (room, author, client_id): one probe per key.
-        let mut sql =
-            String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
-        for (i, (p, client_id)) in keyed.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let n = i * 3;
-            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-            values.extend([
-                p.room_id.into(),
-                p.draft.author.id.into(),
-                (*client_id).to_owned().into(),
-            ]);
+    // Row-value lookup on the unique index (room, author, client_id): one probe per key.
+    let mut sql = String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
+    for (i, (p, client_id)) in keyed.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
         }
-        sql.push(')');
-        store::raw(db, &sql, values)
-    };
+        let n = i * 3;
+        sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+        values.extend([
+            p.room_id.into(),
+            p.draft.author.id.into(),
+            (*client_id).to_owned().into(),
+        ]);
+    }
+    sql.push(')');
+    let stmt = store::raw(db, &sql, values);
     for row in message::Entity::find().from_raw_sql(stmt).all(db).await? {
         if let (Some(a), Some(c)) = (row.author_id, row.client_id.clone()) {
             originals.insert((row.room_id, a, c), row);
@@ -413,45 +401,51 @@ async fn find_originals(
 
 /// PostgreSQL: the whole commit is **one statement** in its own implicit transaction, so the
 /// rooms stay locked for its execution only, not for client round trips (two replicas sending
-/// into the same rooms take turns on these row locks). It locks the rooms in id order (so
-/// replicas never deadlock; the update touches only rows already locked), advances every
-/// counter, and inserts the rows numbered from each room's old counter. Arrays as parameters
-/// keep the statement text constant, so each connection prepares it once. A room that is gone
-/// gets no rows.
+/// into the same rooms take turns on these row locks). It finds the drafts whose
+/// (room, author, client_id) is already stored (one index probe each: `LIMIT 1` keeps the
+/// lateral probe from being flattened into a join, which a generic plan for unknown arrays
+/// would turn into a scan of `messages`), numbers the others per room, locks their rooms in id
+/// order (so replicas never deadlock; the update touches only rows already locked), advances
+/// the counters and inserts the rows from each room's old counter. Arrays as parameters keep
+/// the statement text constant, so each connection prepares it once. A room that is gone gets
+/// no rows.
+///
+/// Returns the inserted rows and the originals, by position in `new`.
 async fn store_postgres(
     db: &DatabaseConnection,
-    per_room: &BTreeMap<i64, i64>,
     new: &[&Pending],
-) -> Result<Vec<message::Model>, sea_orm::DbErr> {
-    const SQL: &str = "WITH locked AS ( \
-            SELECT id FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE \
+) -> Result<(Vec<message::Model>, HashMap<usize, message::Model>), sea_orm::DbErr> {
+    const SQL: &str = "WITH input AS ( \
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
+                WITH ORDINALITY AS m(room_id, author_id, content, client_id, ord) \
+        ), existing AS ( \
+            SELECT i.ord, e.id FROM input i CROSS JOIN LATERAL ( \
+                SELECT id FROM messages WHERE room_id = i.room_id AND author_id = i.author_id \
+                    AND client_id = i.client_id LIMIT 1) AS e \
+            WHERE i.client_id <> '' \
+        ), fresh AS ( \
+            SELECT i.*, row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord) AS k \
+            FROM input i WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.ord = i.ord) \
+        ), counts AS ( \
+            SELECT room_id AS id, count(*) AS n FROM fresh GROUP BY room_id \
+        ), locked AS ( \
+            SELECT id FROM rooms WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE \
         ), bumped AS ( \
             UPDATE rooms SET last_seq = rooms.last_seq + c.n \
-            FROM unnest($1::bigint[], $2::bigint[]) AS c(id, n) JOIN locked l ON l.id = c.id \
+            FROM counts c JOIN locked l ON l.id = c.id \
             WHERE rooms.id = c.id \
             RETURNING rooms.id, rooms.last_seq - c.n AS base \
+        ), inserted AS ( \
+            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
+            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5 \
+            FROM fresh f JOIN bumped b ON b.id = f.room_id \
+            RETURNING * \
         ) \
-        INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
-        SELECT m.room_id, b.base + m.k, m.author_id, m.content, NULLIF(m.client_id, ''), $8 \
-        FROM unnest($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[]) \
-            AS m(room_id, k, author_id, content, client_id) \
-        JOIN bumped b ON b.id = m.room_id \
-        RETURNING *";
-    // k: the draft's 1-based position among its room's new drafts (its seq is base + k).
-    let mut k: HashMap<i64, i64> = HashMap::new();
-    let positions: Vec<i64> = new
-        .iter()
-        .map(|p| {
-            let n = k.entry(p.room_id).or_default();
-            *n += 1;
-            *n
-        })
-        .collect();
+        SELECT 0::bigint AS existing_ord, inserted.* FROM inserted \
+        UNION ALL \
+        SELECT x.ord, m.* FROM existing x JOIN messages m ON m.id = x.id";
     let values: Vec<sea_orm::Value> = vec![
-        per_room.keys().copied().collect::<Vec<i64>>().into(),
-        per_room.values().copied().collect::<Vec<i64>>().into(),
         new.iter().map(|p| p.room_id).collect::<Vec<i64>>().into(),
-        positions.into(),
         new.iter()
             .map(|p| p.draft.author.id)
             .collect::<Vec<i64>>()
@@ -468,10 +462,20 @@ async fn store_postgres(
             .into(),
         Utc::now().into(),
     ];
-    message::Entity::find()
-        .from_raw_sql(store::raw(db, SQL, values))
-        .all(db)
-        .await
+    let mut inserted = Vec::new();
+    let mut existing = HashMap::new();
+    for row in db.query_all_raw(store::raw(db, SQL, values)).await? {
+        let ord: i64 = row.try_get("", "existing_ord")?;
+        let model = message::Model::from_query_result(&row, "")?;
+        // ORDINALITY counts from 1; 0 marks an inserted row.
+        match usize::try_from(ord) {
+            Ok(n) if n > 0 => {
+                existing.insert(n - 1, model);
+            }
+            _ => inserted.push(model),
+        }
+    }
+    Ok((inserted, existing))
 }
 
 /// SQLite (one writer at a time): advance the counters, insert the rows, in one transaction.
