@@ -51,11 +51,23 @@ impl AppState {
         if denied {
             return Err(ApiError::invalid_token());
         }
+        let expires_at = claims.expires_at();
+        let mut roles = claims.roles;
+        // The token's admin claim is checked against the database (admin tokens only; admins
+        // are few): a demoted admin loses the rights at once, not when the token expires.
+        if roles.iter().any(|r| r == "admin") {
+            let still_admin = crate::store::users::find(&self.db, id)
+                .await?
+                .is_some_and(|u| u.is_admin());
+            if !still_admin {
+                roles.retain(|r| r != "admin");
+            }
+        }
         Ok(CurrentUser {
             id,
-            expires_at: claims.expires_at(),
+            expires_at,
             username: claims.name,
-            roles: claims.roles,
+            roles,
             jti: claims.jti,
             sid: claims.sid,
         })

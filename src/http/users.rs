@@ -266,7 +266,9 @@ pub async fn update_user(
     if !roles.iter().any(|r| r == "user") {
         roles.insert(0, "user".into());
     }
-    roles.dedup();
+    // Each role once, in the order given.
+    let mut seen = std::collections::HashSet::new();
+    roles.retain(|r| seen.insert(r.clone()));
     let user = store::users::set_roles(&state.db, id, &roles).await?;
     Ok(Json(user.public(true)))
 }

@@ -84,6 +84,17 @@ fn describe() {
     );
     metrics::describe_counter!(GAP_FILLS, "Gap fills of a room's stream from the database");
     metrics::describe_gauge!(DB_POOL, "Database pool connections by state");
+    // Counters of rare events are exported from the start, at 0: an alert on their rate needs
+    // the series to exist before the first event.
+    for name in [
+        SLOW_CONSUMER_CLOSES,
+        REDIS_RECONNECTS,
+        GAP_FILLS,
+        MESSAGES_COMMITTED,
+        MESSAGES_DELIVERED,
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 pub fn ws_connected(endpoint: &'static str, delta: f64) {

@@ -640,7 +640,11 @@ async fn feed_fragments(sink: &mut WsSink, frame: Utf8Bytes) -> Result<(), tungs
 
 /// Drains the queue into the socket; sends the close frame when the socket is closed.
 async fn writer(mut sink: WsSink, ctl: Arc<SocketCtl>, flush_interval: Duration) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    // One timer for both: the next ping, or the moment the peer will have been silent for
+    // `DEAD_AFTER_SECS` (whichever comes first), so a silent peer goes at 60 s, not at the
+    // next ping after that.
+    let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
+    let mut keepalive = Box::pin(tokio::time::sleep_until(next_ping));
     let mut pacer = FlushPacer::new(flush_interval);
     // Frames taken from the queue and not yet written: a close interrupts a write (the peer
     // may not be reading), and what is left here still goes out before the close frame.
@@ -686,16 +690,23 @@ async fn writer(mut sink: WsSink, ctl: Arc<SocketCtl>, flush_interval: Duration)
                 // Written: free the batch's allocation too (an idle socket keeps none).
                 batch = VecDeque::new();
             }
-            _ = ping.tick() => {
+            () = &mut keepalive => {
+                let now = tokio::time::Instant::now();
                 let silent = chrono::Utc::now().timestamp() - ctl.last_seen.load(std::sync::atomic::Ordering::Relaxed);
-                if silent > DEAD_AFTER_SECS {
+                if silent >= DEAD_AFTER_SECS {
                     ctl.close(hub::CLOSE_GOING_AWAY);
                     return;
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    ctl.close(hub::CLOSE_GOING_AWAY);
-                    return;
+                if now >= next_ping {
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        ctl.close(hub::CLOSE_GOING_AWAY);
+                        return;
+                    }
+                    next_ping = now + PING_EVERY;
                 }
+                // `silent` is in whole seconds: at most one second late.
+                let dead_at = now + Duration::from_secs((DEAD_AFTER_SECS - silent).unsigned_abs());
+                keepalive.as_mut().reset(next_ping.min(dead_at));
             }
         }
     }

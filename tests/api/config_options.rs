@@ -566,6 +566,61 @@ dual_test!(admin_from_the_environment_exists_at_start, |b| async move {
     assert_eq!(status, 401);
 });
 
+dual_test!(a_demoted_admin_loses_the_rights_at_once, |b| async move {
+    let db = fresh_database(b).await;
+    let app = spawn_with(with_admin(
+        chat::Config::for_tests(&db),
+        "chief",
+        "admin-password-2",
+    ))
+    .await;
+    let (_, body) = login(&app, "chief", "admin-password-2").await;
+    let chief = body["access"].as_str().unwrap().to_owned();
+    let deputy = app.register("deputy").await;
+    let other = app.register("other").await;
+
+    // Promoted (each role once, in the order given), the deputy logs in again as an admin.
+    let (status, body) = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", deputy.id),
+            Some(&chief),
+            Some(json!({"roles": ["admin", "user", "admin"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(roles(&body), ["admin", "user"]);
+    let (_, body) = login(&app, "deputy", PASSWORD).await;
+    let deputy_admin = body["access"].as_str().unwrap().to_owned();
+    assert_eq!(can_set_roles(&app, &deputy_admin, other.id).await, 200);
+
+    // Demoted: the token that still says "admin" no longer carries the rights, and cannot
+    // promote its owner back.
+    let (status, _) = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", deputy.id),
+            Some(&chief),
+            Some(json!({"roles": ["user"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(can_set_roles(&app, &deputy_admin, other.id).await, 403);
+    let (status, _) = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", deputy.id),
+            Some(&deputy_admin),
+            Some(json!({"roles": ["user", "admin"]})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, me) = app.get("/api/v1/users/me", Some(&deputy_admin)).await;
+    assert_eq!(roles(&me), ["user"], "{me}");
+    // The real admin is unaffected.
+    assert_eq!(can_set_roles(&app, &chief, other.id).await, 200);
+});
+
 dual_test!(
     admin_from_the_environment_promotes_an_existing_user,
     |b| async move {

@@ -52,6 +52,14 @@ async fn metrics_move_with_traffic() {
         .text()
         .await
         .unwrap();
+    // Counters of rare events exist before the first event (alerts on their rate need them).
+    for name in [
+        "chat_slow_consumer_closes_total",
+        "chat_redis_reconnects_total",
+        "chat_bus_gap_fills_total",
+    ] {
+        assert!(before.contains(name), "{name} missing from /metrics");
+    }
     let user = app.register("metric_user").await;
     app.create_room(&user, "metrics", "public").await;
     let mut ws = ws_connect(&app.ws_url(""), "metrics", &user.access, None).await;

@@ -610,6 +610,10 @@ async fn token_expiry_closes_with_4001() {
     let mut ws = ws_connect(&app.ws_url(""), "expiry", &users[0].access, None).await;
     ready(&mut ws).await;
     assert_eq!(close_code(&mut ws, 15).await, Some(4001));
+    // REST agrees: past `exp` (whole seconds) the token is refused, with no grace period.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = app.get("/api/v1/users/me", Some(&users[0].access)).await;
+    assert_eq!(status, 401, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
