@@ -184,6 +184,30 @@ impl AppState {
         Ok(state)
     }
 
+    /// The configuration this state was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Rooms this replica's fan-out is subscribed to (tests and diagnostics).
+    pub fn subscribed_room_count(&self) -> usize {
+        self.hub.room_count()
+    }
+
+    /// Create `username` as an admin, or grant `admin` to the existing user of that name
+    /// (see [`crate::admin::ensure_admin`]).
+    ///
+    /// # Errors
+    /// As [`crate::admin::ensure_admin`].
+    pub async fn ensure_admin(
+        &self,
+        username: &str,
+        email: &str,
+        password: &str,
+    ) -> anyhow::Result<i64> {
+        crate::admin::ensure_admin(&self.db, &self.hasher, username, email, password).await
+    }
+
     async fn ensure_admin_from_env(&self) -> anyhow::Result<()> {
         let c = &self.config;
         if let (Some(u), Some(e), Some(p)) = (&c.admin_username, &c.admin_email, &c.admin_password)
