@@ -7,17 +7,17 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    extract::{FromRequest, Request, rejection::PathRejection, rejection::QueryRejection},
+    extract::rejection::{PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
 
 /// Field name → messages, as in `"fields": {"username": ["is already taken"]}`.
-pub type FieldErrors = BTreeMap<String, Vec<String>>;
+pub(crate) type FieldErrors = BTreeMap<String, Vec<String>>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400: unparseable JSON, wrong types, bad query or path parameters.
     #[error("{message}")]
     BadRequest {
@@ -56,19 +56,19 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn unauthenticated() -> Self {
+    pub(crate) fn unauthenticated() -> Self {
         Self::Unauthorized("unauthenticated", "authentication required")
     }
 
-    pub fn invalid_token() -> Self {
+    pub(crate) fn invalid_token() -> Self {
         Self::Unauthorized("invalid_token", "the token is invalid, expired or revoked")
     }
 
-    pub fn invalid_credentials() -> Self {
+    pub(crate) fn invalid_credentials() -> Self {
         Self::Unauthorized("invalid_credentials", "wrong login or password")
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::BadRequest {
             message: message.into(),
             fields: None,
@@ -76,7 +76,7 @@ impl ApiError {
     }
 
     /// A 422 for one field.
-    pub fn invalid_field(field: &str, message: &str) -> Self {
+    pub(crate) fn invalid_field(field: &str, message: &str) -> Self {
         let mut fields = FieldErrors::new();
         fields.insert(field.to_owned(), vec![message.to_owned()]);
         Self::Validation {
@@ -85,16 +85,7 @@ impl ApiError {
         }
     }
 
-    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        let fields = FieldErrors::from([(field.to_owned(), vec![message.clone()])]);
-        Self::Conflict {
-            message: format!("{field} {message}"),
-            fields,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { .. } => "bad_request",
             Self::Unauthorized(code, _) => code,
@@ -110,7 +101,7 @@ impl ApiError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(..) => StatusCode::UNAUTHORIZED,
@@ -129,17 +120,17 @@ impl ApiError {
 
 /// The wire shape of an error, also used by the OpenAPI document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable machine-readable code, e.g. `validation_failed`.
-    pub code: String,
-    pub message: String,
+    pub(crate) code: String,
+    pub(crate) message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fields: Option<FieldErrors>,
+    pub(crate) fields: Option<FieldErrors>,
 }
 
 impl IntoResponse for ApiError {
@@ -221,119 +212,3 @@ impl From<QueryRejection> for ApiError {
         Self::bad_request(format!("invalid query parameter: {}", r.body_text()))
     }
 }
-
-/// `on_unique("username", "is already taken")`: turn a unique-key clash into a 409 naming the field.
-pub fn on_unique(
-    field: &'static str,
-    message: &'static str,
-) -> impl Fn(sea_orm::DbErr) -> ApiError {
-    move |e| match e.sql_err() {
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => ApiError::conflict(field, message),
-        _ => ApiError::from(e),
-    }
-}
-
-/// Our JSON body extractor: like `axum::Json`, but every rejection is an [`ApiError`] and a
-/// type error names the offending field (`fields: {"limit": ["invalid type: …"]}`).
-pub struct Json<T>(pub T);
-
-impl<S, T> FromRequest<S> for Json<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
-        if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(Json)
-    }
-}
-
-/// The request body, with the 64 KiB limit reported as 413.
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::Bytes::from_request(req, state)
-        .await
-        .map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
-            }
-        })
-}
-
-/// Parse JSON with the path of any type error, for a precise 400.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
-            ApiError::bad_request(format!("malformed JSON: {inner}"))
-        } else {
-            let fields = FieldErrors::from([(path.clone(), vec![inner.to_string()])]);
-            ApiError::BadRequest {
-                message: format!("invalid value for `{path}`"),
-                fields: Some(fields),
-            }
-        }
-    })
-}
-
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// Fallback for unknown routes, in the same error shape.
-pub async fn not_found_fallback() -> ApiError {
-    ApiError::NotFound("route")
-}
-
-/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
-pub struct MaybeJson<T>(pub Option<T>);
-
-impl<S, T> FromRequest<S> for MaybeJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        let bytes = read_body(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(None));
-        }
-        if !has_type {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        parse_json(&bytes).map(|v| Self(Some(v)))
-    }
-}
-
-/// `axum::extract::Path` with rejections in our error shape (400).
-#[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct Path<T>(pub T);
-
-/// `axum::extract::Query` with rejections in our error shape (400).
-#[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);

@@ -1,4 +1,4 @@
-//! `chat-server`: configuration from the environment, then `serve`, `migrate` or `admin`.
+//! `chat-server`: CLI → configuration → telemetry → `serve`, `migrate` or `admin`.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,6 @@ use chat::{
     config::{AdminCommand, Cli, Command},
 };
 use clap::Parser;
-use migration::MigratorTrait;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
@@ -48,8 +47,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            let db = chat::state::connect_db(&config).await?;
-            migration::Migrator::up(&db, None).await?;
+            let db = chat::connect_db(&config).await?;
+            chat::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -61,19 +60,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password,
                 },
         } => {
-            let db = chat::state::connect_db(&config).await?;
-            if config.auto_migrate {
-                migration::Migrator::up(&db, None).await?;
-            }
-            let hasher = chat::auth::PasswordHasher::new(1);
-            let id = chat::admin::ensure_admin(
-                &db,
-                &hasher,
-                &username,
-                &email,
-                password.expose_secret(),
-            )
-            .await?;
+            let id =
+                chat::create_admin(&config, &username, &email, password.expose_secret()).await?;
             println!("admin `{username}` ready (id {id})");
             Ok(())
         }

@@ -1,25 +1,20 @@
-//! The in-process bus of embedded mode: a publish is a dispatch into this replica's hub.
+//! The in-process bus of embedded mode: a publish is a dispatch into this replica's fan-out.
 
-use std::sync::Arc;
+use std::sync::Weak;
 
 use async_trait::async_trait;
 
-use super::{Bus, BusState, Envelope, hub::Hub};
+use super::{Bus, BusState, Envelope, Inbound, InboundSlot};
 
-pub struct LocalBus {
-    hub: Arc<Hub>,
-}
-
-impl LocalBus {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
-    }
+#[derive(Default)]
+pub(crate) struct LocalBus {
+    inbound: InboundSlot,
 }
 
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, env: Envelope) -> anyhow::Result<()> {
-        self.hub.dispatch(env);
+        self.inbound.with(|inbound| inbound.receive(env));
         Ok(())
     }
 
@@ -31,5 +26,9 @@ impl Bus for LocalBus {
 
     fn state(&self) -> BusState {
         BusState::Local
+    }
+
+    fn attach(&self, inbound: Weak<dyn Inbound>) {
+        self.inbound.set(inbound);
     }
 }

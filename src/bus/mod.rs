@@ -1,32 +1,31 @@
-//! Fan-out of chat events to WebSocket sessions, across every replica.
-//!
-//! Everything a socket receives besides its own replies (`ready`, `ack`, `pong`, `error`) is an
-//! [`Envelope`] published on the [`Bus`]: a small header (room, kind, `seq`, trace context) and
-//! the client frame, serialised once by the publisher and shared by every recipient.
+//! Bytes between replicas. An [`Envelope`] is a small routing header (room, kind, `seq`,
+//! trace context) and an opaque payload (the frame its recipients send, serialised once by
+//! the publisher). The bus moves envelopes to every replica's [`Inbound`] side (the fan-out)
+//! and knows nothing of what they mean to sockets.
 //!
 //! Two implementations sit behind [`Bus`], chosen by configuration (`REDIS_URL`):
-//! * [`local::LocalBus`]: hands envelopes straight to this replica's [`hub::Hub`].
+//! * [`local::LocalBus`]: hands envelopes straight to this replica's inbound side.
 //! * [`redis::RedisBus`]: one Redis pub/sub connection per replica, one channel per room with
 //!   local sockets, plus a control channel; publishes go through a pooled connection.
 //!
 //! Redis pub/sub is at-most-once, so the bus is not the source of truth: every message carries
-//! its room `seq`, and the hub fills any gap from the database before delivering further.
+//! its room `seq`, and the receiving side fills any gap from the database.
+//!
+//! May import: `config`, `error`, `telemetry`.
 
-pub mod hub;
-pub mod local;
-pub mod outbox;
-pub mod presence;
-pub mod redis;
+pub(crate) mod local;
+pub(crate) mod redis;
+
+use std::sync::{OnceLock, Weak};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What an envelope asks the receiving replicas to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A new message: delivered in `seq` order, gaps filled from the database.
     Message,
     /// Any other room event (edit, delete, typing, presence, room update): delivered as is.
@@ -37,48 +36,46 @@ pub enum Kind {
     Kick,
     /// Control topic: close `user`'s sockets authenticated by `sid`/`jti` (or all) with 4001.
     Revoke,
-    /// Control topic: a replica's pub/sub liveness probe.
-    Probe,
 }
 
 /// The routing header of an envelope. Kept small: it crosses Redis for every message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Header {
+pub(crate) struct Header {
     /// Replica that published it (receivers skip their own echo).
-    pub origin: u64,
+    pub(crate) origin: u64,
     /// Room id; 0 on the control topic.
-    pub room: i64,
-    pub kind: Kind,
+    pub(crate) room: i64,
+    pub(crate) kind: Kind,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub seq: i64,
+    pub(crate) seq: i64,
     /// Kick/Revoke: the user concerned. Event: a user whose sockets skip it (typing).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub user: i64,
+    pub(crate) user: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sid: Option<String>,
+    pub(crate) sid: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub all: bool,
+    pub(crate) all: bool,
     /// W3C `traceparent` of the span that published it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tp: Option<String>,
+    pub(crate) tp: Option<String>,
     /// Publish time, microseconds since the epoch (for the fan-out latency histogram).
     #[serde(default)]
-    pub at: i64,
+    pub(crate) at: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
-/// One event on its way to sockets. `frame` is the exact text each socket receives.
+/// One event on its way to every replica. `payload` is opaque to the bus.
 #[derive(Debug, Clone)]
-pub struct Envelope {
-    pub header: Header,
-    pub frame: Utf8Bytes,
+pub(crate) struct Envelope {
+    pub(crate) header: Header,
+    pub(crate) payload: Bytes,
 }
 
 impl Envelope {
-    pub fn new(room: i64, kind: Kind, frame: impl Into<Utf8Bytes>) -> Self {
+    pub(crate) fn new(room: i64, kind: Kind, payload: impl Into<Bytes>) -> Self {
         Self {
             header: Header {
                 origin: 0,
@@ -89,39 +86,35 @@ impl Envelope {
                 sid: None,
                 all: false,
                 tp: crate::telemetry::current_traceparent(),
-                at: now_micros(),
+                at: crate::telemetry::now_micros(),
             },
-            frame: frame.into(),
+            payload: payload.into(),
         }
     }
 
     /// Wire form: the header as one line of JSON, a newline, then the frame verbatim.
-    pub fn encode(&self) -> Bytes {
+    pub(crate) fn encode(&self) -> Bytes {
         let header = serde_json::to_vec(&self.header).unwrap_or_default();
-        let mut buf = BytesMut::with_capacity(header.len() + 1 + self.frame.len());
+        let mut buf = BytesMut::with_capacity(header.len() + 1 + self.payload.len());
         buf.put_slice(&header);
         buf.put_u8(b'\n');
-        buf.put_slice(self.frame.as_bytes());
+        buf.put_slice(&self.payload);
         buf.freeze()
     }
 
     /// Parse the wire form; `None` for anything malformed (logged by the caller).
-    pub fn decode(bytes: Bytes) -> Option<Self> {
+    pub(crate) fn decode(bytes: Bytes) -> Option<Self> {
         let nl = bytes.iter().position(|b| *b == b'\n')?;
         let header: Header = serde_json::from_slice(&bytes[..nl]).ok()?;
-        let frame = Utf8Bytes::try_from(bytes.slice(nl + 1..)).ok()?;
-        Some(Self { header, frame })
+        let payload = bytes.slice(nl + 1..);
+        Some(Self { header, payload })
     }
-}
-
-pub fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 /// Liveness of the bus, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BusState {
+pub(crate) enum BusState {
     /// In-process bus: always live.
     Local,
     /// Redis pub/sub: a probe came back recently.
@@ -130,12 +123,40 @@ pub enum BusState {
     Down,
 }
 
+/// What receives this replica's envelopes (the fan-out). The bus holds it weakly: the
+/// receiver owns the bus, not the other way round.
+pub(crate) trait Inbound: Send + Sync {
+    /// One envelope for this replica (its own publishes included). Must not wait.
+    fn receive(&self, env: Envelope);
+    /// Rooms with local subscribers: resubscribed after a reconnection.
+    fn active_rooms(&self) -> Vec<i64>;
+    /// The bus was down: anything published meanwhile must be read from the database.
+    fn reconnected(&self);
+}
+
+/// The late-bound inbound side of a bus.
+#[derive(Default)]
+pub(crate) struct InboundSlot(OnceLock<Weak<dyn Inbound>>);
+
+impl InboundSlot {
+    pub(crate) fn set(&self, inbound: Weak<dyn Inbound>) {
+        let _ = self.0.set(inbound);
+    }
+
+    /// Run `f` on the inbound side, if attached and alive.
+    pub(crate) fn with(&self, f: impl FnOnce(&dyn Inbound)) {
+        if let Some(inbound) = self.0.get().and_then(Weak::upgrade) {
+            f(&*inbound);
+        }
+    }
+}
+
 /// Publish to every replica; subscribe this replica to a room's events.
 ///
-/// Subscriptions are per replica, not per socket: the [`hub::Hub`] asks for a room when its
-/// first local socket appears and releases it when the last one goes.
+/// Subscriptions are per replica, not per socket: the fan-out asks for a room when its first
+/// local socket appears and releases it when the last one goes.
 #[async_trait]
-pub trait Bus: Send + Sync {
+pub(crate) trait Bus: Send + Sync {
     /// Deliver `env` to every replica, this one included.
     ///
     /// # Errors
@@ -168,4 +189,7 @@ pub trait Bus: Send + Sync {
     fn unsubscribe(&self, room: i64);
 
     fn state(&self) -> BusState;
+
+    /// Where received envelopes go; set once, before the first publish.
+    fn attach(&self, inbound: Weak<dyn Inbound>);
 }

@@ -4,7 +4,7 @@
 //!   channel (`chat:room:{id}`) is SUBSCRIBEd when its first local socket appears and
 //!   UNSUBSCRIBEd (batched) when its last one goes; `chat:control` carries revocations; the
 //!   replica's own `chat:probe:{origin}` carries its liveness probe. The reader hands each
-//!   envelope to the hub's per-room inbox and never waits on a socket or the database.
+//!   envelope to the fan-out's per-room inbox and never waits on a socket or the database.
 //! * **Publishes**: through a `deadpool-redis` pool, pipelined per batch. Local sockets are
 //!   served directly (the echo from Redis is skipped by origin), so a replica's own sockets
 //!   don't depend on Redis. A publish that fails is queued and retried when Redis is back.
@@ -17,7 +17,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
@@ -26,11 +26,13 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Bus, BusState, Envelope, Kind, hub::Hub, now_micros};
-use crate::telemetry::metrics;
+use super::{Bus, BusState, Envelope, Inbound, InboundSlot, Kind};
+use crate::telemetry::{metrics, now_micros};
 
 const CONTROL: &str = "chat:control";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -38,6 +40,8 @@ const PROBE_STALE_MICROS: i64 = 5_000_000;
 const PROBE_DEAD_MICROS: i64 = 10_000_000;
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_LIMIT: usize = 100_000;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 fn room_channel(room: i64) -> String {
     format!("chat:room:{room}")
@@ -48,13 +52,13 @@ enum SubCmd {
     Unsubscribe(i64),
 }
 
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     shared: Arc<Shared>,
     cmd: mpsc::UnboundedSender<SubCmd>,
 }
 
 struct Shared {
-    hub: Arc<Hub>,
+    inbound: InboundSlot,
     pool: deadpool_redis::Pool,
     origin: u64,
     probe_channel: String,
@@ -66,21 +70,22 @@ struct Shared {
 }
 
 impl RedisBus {
-    /// Start the subscription task. Returns at once: the bus reports `down` until the first
-    /// probe comes back, and keeps reconnecting in the background.
+    /// Start the subscription and probe tasks on `tasks`; both stop with `stop`. Returns at
+    /// once: the bus reports `down` until the first probe comes back, and keeps reconnecting
+    /// in the background.
     ///
     /// # Errors
     /// If `url` is not a valid Redis URL.
-    pub fn start(
+    pub(crate) fn start(
         url: &str,
         pool: deadpool_redis::Pool,
-        hub: Arc<Hub>,
         origin: u64,
-        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let shared = Arc::new(Shared {
-            hub,
+            inbound: InboundSlot::default(),
             pool,
             origin,
             probe_channel: format!("chat:probe:{origin}"),
@@ -89,14 +94,10 @@ impl RedisBus {
             retry: Mutex::default(),
         });
         let (cmd, rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscriber(client, shared.clone(), rx, shutdown.clone()));
-        tokio::spawn(prober(shared.clone(), shutdown));
+        tasks.spawn(subscriber(client, shared.clone(), rx, stop.clone()));
+        tasks.spawn(prober(shared.clone(), stop.clone()));
         Ok(Self { shared, cmd })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -121,20 +122,54 @@ impl Shared {
     /// Re-publish what failed earlier, oldest first.
     async fn flush_retries(&self) {
         loop {
-            let batch: Vec<(String, Bytes)> = {
-                let retry = lock(&self.retry);
-                retry.iter().take(256).cloned().collect()
-            };
+            let batch: Vec<(String, Bytes)> = self.retry.lock().iter().take(256).cloned().collect();
             if batch.is_empty() {
                 return;
             }
             if self.publish_raw(&batch).await.is_err() {
                 return;
             }
-            let mut retry = lock(&self.retry);
+            let mut retry = self.retry.lock();
             for _ in 0..batch.len() {
                 retry.pop_front();
             }
+        }
+    }
+
+    fn active_rooms(&self) -> HashSet<i64> {
+        let mut rooms = HashSet::new();
+        self.inbound
+            .with(|inbound| rooms.extend(inbound.active_rooms()));
+        rooms
+    }
+
+    /// One message from the subscription: our probe, or an envelope for the fan-out.
+    fn on_message(&self, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        if channel == self.probe_channel {
+            self.last_probe.store(now_micros(), Ordering::Release);
+            return;
+        }
+        match Envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            // Our own publish: already delivered locally.
+            Some(env) if env.header.origin == self.origin => {}
+            Some(env) => self.inbound.with(|inbound| inbound.receive(env)),
+            None => tracing::warn!(channel, "undecodable envelope dropped"),
+        }
+    }
+
+    fn on_connected(&self, first: bool, rooms: usize) {
+        self.connected.store(true, Ordering::Release);
+        if first {
+            tracing::info!(rooms, "redis pub/sub connected");
+        } else {
+            metrics::redis_reconnect();
+            tracing::info!(
+                rooms,
+                "redis pub/sub reconnected; filling gaps from the database"
+            );
+            // Anything published while we were away is in the database.
+            self.inbound.with(|inbound| inbound.reconnected());
         }
     }
 }
@@ -150,14 +185,15 @@ impl Bus for RedisBus {
         for mut env in envs {
             env.header.origin = self.shared.origin;
             items.push((Shared::channel_of(&env), env.encode()));
-            self.shared.hub.dispatch(env);
+            // Local sockets are served directly, whatever Redis does.
+            self.shared.inbound.with(|inbound| inbound.receive(env));
         }
-        let backlog = !lock(&self.shared.retry).is_empty();
+        let backlog = !self.shared.retry.lock().is_empty();
         if !backlog && self.shared.publish_raw(&items).await.is_ok() {
             return Ok(());
         }
         // Keep the order: behind whatever already waits.
-        let mut retry = lock(&self.shared.retry);
+        let mut retry = self.shared.retry.lock();
         for item in items {
             if retry.len() >= RETRY_LIMIT {
                 retry.pop_front();
@@ -192,14 +228,18 @@ impl Bus for RedisBus {
             BusState::Down
         }
     }
+
+    fn attach(&self, inbound: Weak<dyn Inbound>) {
+        self.shared.inbound.set(inbound);
+    }
 }
 
 /// Publishes a probe every second and retries failed publishes.
-async fn prober(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn prober(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let probe = (
@@ -212,147 +252,170 @@ async fn prober(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// Owns the pub/sub connection: (re)connects, (un)subscribes, reads.
+/// Why a served connection ended.
+enum Ended {
+    /// Shutdown, or the bus was dropped.
+    Stopped,
+    /// The connection failed: reconnect.
+    Lost(String),
+}
+
+/// One live pub/sub connection and the rooms subscribed on it.
+struct Connection {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    rooms: HashSet<i64>,
+}
+
+/// Owns the pub/sub connection: (re)connects with capped exponential backoff, subscribes
+/// every active room, then serves the connection until it fails.
 async fn subscriber(
     client: redis::Client,
     shared: Arc<Shared>,
     mut cmds: mpsc::UnboundedReceiver<SubCmd>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     let mut first = true;
     loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let connected = tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await;
-        let pubsub = match connected {
-            Ok(Ok(p)) => p,
-            other => {
-                let reason = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timeout".into(),
-                };
-                tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis(), "redis pub/sub connect failed");
-                shared.connected.store(false, Ordering::Release);
-                // While down, subscriptions are only recorded (answered at once).
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = &mut deadline => break,
-                        cmd = cmds.recv() => match cmd {
-                            Some(SubCmd::Subscribe(_, ack)) => { let _ = ack.send(()); }
-                            Some(SubCmd::Unsubscribe(_)) => {}
-                            None => return,
-                        }
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let mut rooms: HashSet<i64> = shared.hub.active_rooms().into_iter().collect();
-        let mut channels: Vec<String> = vec![CONTROL.to_owned(), shared.probe_channel.clone()];
-        channels.extend(rooms.iter().map(|r| room_channel(*r)));
-        if let Err(e) = tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&channels))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r.map_err(Into::into))
-        {
-            tracing::warn!(error = %e, "redis subscribe failed");
-            continue;
-        }
-        shared.connected.store(true, Ordering::Release);
-        backoff = Duration::from_millis(100);
-        if first {
-            tracing::info!(rooms = rooms.len(), "redis pub/sub connected");
-        } else {
-            metrics::redis_reconnect();
-            tracing::info!(
-                rooms = rooms.len(),
-                "redis pub/sub reconnected; filling gaps from the database"
-            );
-            // Anything published while we were away is in the database.
-            shared.hub.resync_all();
-        }
-        first = false;
-        let started = now_micros();
-        let mut check = tokio::time::interval(PROBE_EVERY);
-        let reason: String = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break "connection closed".into() };
-                    let channel = msg.get_channel_name();
-                    if channel == shared.probe_channel {
-                        shared.last_probe.store(now_micros(), Ordering::Release);
-                        continue;
-                    }
-                    match Envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
-                        Some(env) if env.header.origin == shared.origin => {}
-                        Some(env) => shared.hub.dispatch(env),
-                        None => tracing::warn!(channel, "undecodable envelope dropped"),
-                    }
-                }
-                cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    let mut subscribe = Vec::new();
-                    let mut acks = Vec::new();
-                    let mut unsubscribe = HashSet::new();
-                    let mut next = Some(cmd);
-                    // Batch whatever else is waiting.
-                    while let Some(cmd) = next.take().or_else(|| cmds.try_recv().ok()) {
-                        match cmd {
-                            SubCmd::Subscribe(room, ack) => {
-                                unsubscribe.remove(&room);
-                                if rooms.insert(room) {
-                                    subscribe.push(room_channel(room));
-                                }
-                                acks.push(ack);
-                            }
-                            SubCmd::Unsubscribe(room) => {
-                                unsubscribe.insert(room);
-                            }
-                        }
-                    }
-                    let active: HashSet<i64> = shared.hub.active_rooms().into_iter().collect();
-                    let leaving: Vec<String> = unsubscribe
-                        .into_iter()
-                        .filter(|r| !active.contains(r) && rooms.remove(r))
-                        .map(room_channel)
-                        .collect();
-                    let mut failed = None;
-                    if !subscribe.is_empty()
-                        && let Err(e) = tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&subscribe)).await.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
-                    {
-                        failed = Some(e.to_string());
-                    }
-                    if failed.is_none()
-                        && !leaving.is_empty()
-                        && let Err(e) = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(&leaving)).await.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
-                    {
-                        failed = Some(e.to_string());
-                    }
-                    for ack in acks {
-                        let _ = ack.send(());
-                    }
-                    if let Some(e) = failed {
-                        break e;
-                    }
-                }
-                _ = check.tick() => {
-                    let last = shared.last_probe.load(Ordering::Acquire).max(started);
-                    if now_micros() - last > PROBE_DEAD_MICROS {
-                        break "probes stopped coming back".into();
-                    }
+        let reason = match connect(&client, &shared).await {
+            Ok(mut conn) => {
+                backoff = MIN_BACKOFF;
+                shared.on_connected(first, conn.rooms.len());
+                first = false;
+                match serve(&shared, &mut conn, &mut cmds, &stop).await {
+                    Ended::Stopped => return,
+                    Ended::Lost(reason) => reason,
                 }
             }
+            Err(e) => e.to_string(),
         };
         shared.connected.store(false, Ordering::Release);
-        tracing::warn!(reason = %reason, "redis pub/sub lost; reconnecting");
-        tokio::time::sleep(backoff).await;
+        tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis(), "redis pub/sub down; reconnecting");
+        if !wait_while_down(&mut cmds, &stop, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A new pub/sub connection subscribed to the control, probe and every active room channel.
+async fn connect(client: &redis::Client, shared: &Shared) -> anyhow::Result<Connection> {
+    let pubsub = tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await??;
+    let (mut sink, stream) = pubsub.split();
+    let rooms = shared.active_rooms();
+    let mut channels: Vec<String> = vec![CONTROL.to_owned(), shared.probe_channel.clone()];
+    channels.extend(rooms.iter().map(|r| room_channel(*r)));
+    tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&channels)).await??;
+    Ok(Connection {
+        sink,
+        stream,
+        rooms,
+    })
+}
+
+/// While Redis is down, subscriptions are only recorded (answered at once); the rooms are
+/// subscribed, and their gaps filled from the database, on reconnection. `false` on shutdown.
+async fn wait_while_down(
+    cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+    stop: &CancellationToken,
+    backoff: Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(backoff);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = &mut deadline => return true,
+            cmd = cmds.recv() => match cmd {
+                Some(SubCmd::Subscribe(_, ack)) => { let _ = ack.send(()); }
+                Some(SubCmd::Unsubscribe(_)) => {}
+                None => return false,
+            }
+        }
+    }
+}
+
+/// Read the subscription, apply (un)subscribe commands and watch the probes.
+async fn serve(
+    shared: &Shared,
+    conn: &mut Connection,
+    cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+    stop: &CancellationToken,
+) -> Ended {
+    let started = now_micros();
+    let mut check = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ended::Stopped,
+            msg = conn.stream.next() => match msg {
+                Some(msg) => shared.on_message(&msg),
+                None => return Ended::Lost("connection closed".into()),
+            },
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return Ended::Stopped };
+                if let Err(e) = apply_commands(shared, conn, cmd, cmds).await {
+                    return Ended::Lost(e.to_string());
+                }
+            }
+            _ = check.tick() => {
+                let last = shared.last_probe.load(Ordering::Acquire).max(started);
+                if now_micros() - last > PROBE_DEAD_MICROS {
+                    return Ended::Lost("probes stopped coming back".into());
+                }
+            }
+        }
+    }
+}
+
+/// Apply `first` and every command already waiting, as one SUBSCRIBE and one UNSUBSCRIBE.
+/// Subscribers are answered once their SUBSCRIBE is confirmed (or failed).
+async fn apply_commands(
+    shared: &Shared,
+    conn: &mut Connection,
+    first: SubCmd,
+    cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+) -> anyhow::Result<()> {
+    let mut subscribe = Vec::new();
+    let mut acks = Vec::new();
+    let mut unsubscribe = HashSet::new();
+    let mut next = Some(first);
+    while let Some(cmd) = next.take().or_else(|| cmds.try_recv().ok()) {
+        match cmd {
+            SubCmd::Subscribe(room, ack) => {
+                unsubscribe.remove(&room);
+                if conn.rooms.insert(room) {
+                    subscribe.push(room_channel(room));
+                }
+                acks.push(ack);
+            }
+            SubCmd::Unsubscribe(room) => {
+                unsubscribe.insert(room);
+            }
+        }
+    }
+    // A room released and joined again meanwhile stays subscribed.
+    let active = shared.active_rooms();
+    let leaving: Vec<String> = unsubscribe
+        .into_iter()
+        .filter(|r| !active.contains(r) && conn.rooms.remove(r))
+        .map(room_channel)
+        .collect();
+    let mut result = Ok(());
+    if !subscribe.is_empty() {
+        result = tokio::time::timeout(OP_TIMEOUT, conn.sink.subscribe(&subscribe))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(Into::into));
+    }
+    if result.is_ok() && !leaving.is_empty() {
+        result = tokio::time::timeout(OP_TIMEOUT, conn.sink.unsubscribe(&leaving))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(Into::into));
+    }
+    for ack in acks {
+        let _ = ack.send(());
+    }
+    result
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/auth/*` (SPEC §4): register, login, refresh, logout.
 
-use std::{net::SocketAddr, sync::LazyLock};
+use std::net::SocketAddr;
 
 use axum::{
     Router,
@@ -9,25 +9,19 @@ use axum::{
     response::IntoResponse,
     routing::post,
 };
-use chrono::{Duration, Utc};
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
+use super::extract::{Json, MaybeJson};
 use crate::{
-    auth::CurrentUser,
-    error::{ApiError, FieldErrors, Json, MaybeJson},
-    model::User,
-    state::AppState,
+    chat::{Chat, auth::CurrentUser},
+    domain::{model::User, validate::USERNAME_RE},
+    error::{ApiError, FieldErrors},
     store::{self, sessions::Rotation},
-    ws::protocol,
 };
 
-pub static USERNAME_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_.\-]+$").expect("literal regex"));
-
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new()
         .route("/auth/register", post(register))
         .route("/auth/login", post(login))
@@ -36,7 +30,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
-pub struct RegisterRequest {
+pub(crate) struct RegisterRequest {
     /// 3–32 of `[A-Za-z0-9_.-]`, unique case-insensitively.
     #[validate(
         required(message = "is required"),
@@ -64,7 +58,7 @@ pub struct RegisterRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     /// Username or email.
     pub login: Option<String>,
     pub username: Option<String>,
@@ -73,12 +67,12 @@ pub struct LoginRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     pub refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct LogoutRequest {
+pub(crate) struct LogoutRequest {
     /// The refresh token of the session to end (defaults to the access token's session).
     pub refresh: Option<String>,
     /// End every session of the user.
@@ -87,7 +81,7 @@ pub struct LogoutRequest {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     pub access: String,
     pub refresh: String,
     pub token_type: &'static str,
@@ -96,20 +90,20 @@ pub struct Tokens {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RegisterResponse {
+pub(crate) struct RegisterResponse {
     pub user: User,
     pub tokens: Tokens,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LoginResponse {
+pub(crate) struct LoginResponse {
     #[serde(flatten)]
     pub tokens: Tokens,
     pub user: User,
 }
 
 /// Run the derive validation and extra checks, reporting every offending field at once.
-pub fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), ApiError> {
+pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), ApiError> {
     if let Err(errors) = v.validate()
         && let ApiError::Validation { fields, .. } = ApiError::from(errors)
     {
@@ -128,12 +122,12 @@ pub fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), Api
 }
 
 fn check_auth_rate(
-    state: &AppState,
+    chat: &Chat,
     headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
 ) -> Result<(), ApiError> {
-    let ip = super::client_ip(state, headers, peer);
-    state.auth_limiter.check_key(&ip).map_err(|not_until| {
+    let ip = super::client_ip(&chat.config, headers, peer);
+    chat.auth_limiter.check_key(&ip).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -143,7 +137,7 @@ fn check_auth_rate(
 
 /// Issue an access token and start (or continue) a refresh family.
 async fn issue(
-    state: &AppState,
+    chat: &Chat,
     user: &User,
     family: Option<(String, String)>,
 ) -> Result<Tokens, ApiError> {
@@ -151,12 +145,12 @@ async fn issue(
         Some(pair) => pair,
         None => {
             let issued =
-                store::sessions::start(&state.db, user.id, state.config.refresh_token_ttl_secs)
+                store::sessions::start(&chat.db, user.id, chat.config.refresh_token_ttl_secs)
                     .await?;
             (issued.token, issued.family)
         }
     };
-    let access = state
+    let access = chat
         .keys
         .issue_access(user.id, &user.username, user.roles.clone(), &family)?;
     Ok(Tokens {
@@ -171,13 +165,13 @@ async fn issue(
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = RegisterResponse), (status = 409, body = crate::error::ErrorBody),
         (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
-pub async fn register(
-    State(state): State<AppState>,
+pub(crate) async fn register(
+    State(chat): State<Chat>,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_auth_rate(&state, &headers, Some(&peer))?;
+    check_auth_rate(&chat, &headers, Some(&peer))?;
     let mut extra = FieldErrors::new();
     if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
         && p != c
@@ -192,9 +186,9 @@ pub async fn register(
     else {
         return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
     };
-    let hash = state.hasher.hash(password).await?;
+    let hash = chat.hasher.hash(password).await?;
     let user = store::users::create(
-        &state.db,
+        &chat.db,
         store::users::NewUser {
             username,
             email,
@@ -205,7 +199,7 @@ pub async fn register(
         },
     )
     .await?;
-    let tokens = issue(&state, &user, None).await?;
+    let tokens = issue(&chat, &user, None).await?;
     tracing::info!(user_id = user.id, "registered");
     Ok((StatusCode::CREATED, Json(RegisterResponse { user, tokens })))
 }
@@ -214,13 +208,13 @@ pub async fn register(
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
         (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
-pub async fn login(
-    State(state): State<AppState>,
+pub(crate) async fn login(
+    State(chat): State<Chat>,
     peer: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    check_auth_rate(&state, &headers, Some(&peer))?;
+    check_auth_rate(&chat, &headers, Some(&peer))?;
     let login = body
         .login
         .or(body.username)
@@ -245,37 +239,37 @@ pub async fn login(
             fields,
         });
     }
-    let found = store::users::find_for_login(&state.db, &login).await?;
+    let found = store::users::find_for_login(&chat.db, &login).await?;
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), Some(h)),
         None => (None, None),
     };
     // Unknown users are verified against a dummy hash: same code, about the same time.
-    let ok = state.hasher.verify(password, hash).await?;
+    let ok = chat.hasher.verify(password, hash).await?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::invalid_credentials());
     };
-    let tokens = issue(&state, &user, None).await?;
+    let tokens = issue(&chat, &user, None).await?;
     Ok(Json(LoginResponse { tokens, user }))
 }
 
 /// `POST /api/v1/auth/refresh`: rotate a refresh token.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn refresh(
-    State(state): State<AppState>,
+pub(crate) async fn refresh(
+    State(chat): State<Chat>,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<Tokens>, ApiError> {
     let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
         return Err(ApiError::invalid_field("refresh", "is required"));
     };
-    match store::sessions::rotate(&state.db, &token, state.config.refresh_token_ttl_secs).await? {
+    match store::sessions::rotate(&chat.db, &token, chat.config.refresh_token_ttl_secs).await? {
         Rotation::Rotated { user_id, issued } => {
-            let user = store::users::find(&state.db, user_id)
+            let user = store::users::find(&chat.db, user_id)
                 .await?
                 .ok_or_else(ApiError::invalid_token)?;
             Ok(Json(
-                issue(&state, &user, Some((issued.token, issued.family))).await?,
+                issue(&chat, &user, Some((issued.token, issued.family))).await?,
             ))
         }
         Rotation::Reused { user_id, family } => {
@@ -283,75 +277,39 @@ pub async fn refresh(
                 user_id,
                 "refresh token reuse detected; session family revoked"
             );
-            revoke_sessions(&state, user_id, &[family], false).await?;
+            chat.revoke_sessions(user_id, &[family], false).await?;
             Err(ApiError::invalid_token())
         }
         Rotation::Invalid => Err(ApiError::invalid_token()),
     }
 }
 
-/// Deny the access tokens of `families` until they would have expired and close their sockets
-/// on every replica (4001).
-pub async fn revoke_sessions(
-    state: &AppState,
-    user_id: i64,
-    families: &[String],
-    all: bool,
-) -> Result<(), ApiError> {
-    let until = Utc::now() + Duration::seconds(state.keys.access_ttl_secs + 60);
-    let keys: Vec<String> = families.iter().map(|f| format!("sid:{f}")).collect();
-    state
-        .deny
-        .deny(&keys, until)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    let envelopes: Vec<_> = if all {
-        vec![protocol::revoke(user_id, None, true)]
-    } else {
-        families
-            .iter()
-            .map(|f| protocol::revoke(user_id, Some(f.clone()), false))
-            .collect()
-    };
-    for env in envelopes {
-        if let Err(e) = state.bus.publish(env).await {
-            tracing::warn!(error = %e, "revocation not published; sockets close when their token expires");
-        }
-    }
-    Ok(())
-}
-
 /// `POST /api/v1/auth/logout`: end this session (or, with `all`, every session).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Option<LogoutRequest>),
     security(("bearer" = [])), responses((status = 204), (status = 401, body = crate::error::ErrorBody)))]
-pub async fn logout(
-    State(state): State<AppState>,
+pub(crate) async fn logout(
+    State(chat): State<Chat>,
     user: CurrentUser,
     MaybeJson(body): MaybeJson<LogoutRequest>,
 ) -> Result<StatusCode, ApiError> {
     let body = body.unwrap_or_default();
-    let until = Utc::now() + Duration::seconds(state.keys.access_ttl_secs + 60);
-    state
-        .deny
-        .deny(&[format!("jti:{}", user.jti)], until)
-        .await
-        .map_err(ApiError::Unavailable)?;
+    chat.revoke_token(&user.jti).await?;
     if body.all {
-        let mut families = store::sessions::revoke_all(&state.db, user.id, None).await?;
+        let mut families = store::sessions::revoke_all(&chat.db, user.id, None).await?;
         families.push(user.sid.clone());
-        revoke_sessions(&state, user.id, &families, true).await?;
+        chat.revoke_sessions(user.id, &families, true).await?;
     } else {
         let mut families = vec![user.sid.clone()];
         if let Some(refresh) = body.refresh.as_deref()
-            && let Some(f) = store::sessions::family_of(&state.db, refresh, user.id).await?
+            && let Some(f) = store::sessions::family_of(&chat.db, refresh, user.id).await?
             && f != user.sid
         {
             families.push(f);
         }
         for f in &families {
-            store::sessions::revoke_family(&state.db, f).await?;
+            store::sessions::revoke_family(&chat.db, f).await?;
         }
-        revoke_sessions(&state, user.id, &families, false).await?;
+        chat.revoke_sessions(user.id, &families, false).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

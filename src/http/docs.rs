@@ -9,7 +9,7 @@ use utoipa::{
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{auth, health, messages, rooms, users};
-use crate::{error, model, state::AppState};
+use crate::{chat::Chat, domain::model, error};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,7 +38,7 @@ use crate::{error, model, state::AppState};
         (name = "operations", description = "Probes"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -57,6 +57,6 @@ impl Modify for BearerAuth {
     }
 }
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new().merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
 }

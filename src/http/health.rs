@@ -1,15 +1,13 @@
 //! Probes and metrics (SPEC §9): `/healthz` (the process serves), `/readyz` (database answers,
 //! bus live, not draining), `/metrics` (Prometheus text).
 
-use std::sync::atomic::Ordering;
-
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
-use crate::{bus::BusState, state::AppState};
+use crate::{bus::BusState, chat::Chat};
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -18,21 +16,21 @@ pub fn routes() -> Router<AppState> {
 
 /// `GET /healthz`
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
-pub async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 200 when ready for traffic, else 503 with the failing parts.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(chat): State<Chat>) -> impl IntoResponse {
     let db_ok = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        state.db.execute_unprepared("SELECT 1"),
+        chat.db.execute_unprepared("SELECT 1"),
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let bus = state.bus.state();
-    let draining = state.draining.load(Ordering::Acquire);
+    let bus = chat.bus.state();
+    let draining = chat.stop.is_cancelled();
     let ready = db_ok && bus != BusState::Down && !draining;
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
@@ -49,13 +47,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    crate::telemetry::metrics::record_db_pool(&state.db);
+pub(crate) async fn metrics(State(chat): State<Chat>) -> impl IntoResponse {
+    crate::telemetry::metrics::record_db_pool(&chat.db);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        crate::telemetry::metrics::render(),
     )
 }

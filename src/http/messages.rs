@@ -10,19 +10,25 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::rooms::{publish, visible};
+use super::extract::{Json, Path, Query};
 use crate::{
-    auth::CurrentUser,
-    error::{ApiError, FieldErrors, Json, Path, Query},
-    model::{Message, UserRef},
-    send::{Draft, Sent},
-    state::AppState,
+    chat::{
+        Chat,
+        auth::CurrentUser,
+        send::{Draft, Sent},
+    },
+    domain::{
+        event::Event,
+        model::{Message, UserRef},
+        validate,
+    },
+    error::ApiError,
+    fanout::route,
     store,
     telemetry::metrics,
-    ws::protocol::{self, validate_client_id, validate_content},
 };
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new()
         .route(
             "/rooms/{name}/messages",
@@ -35,7 +41,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Messages with a smaller `seq`.
     pub before_seq: Option<i64>,
     /// Messages with a larger `seq` (oldest first).
@@ -45,14 +51,14 @@ pub struct HistoryQuery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HistoryResponse {
+pub(crate) struct HistoryResponse {
     /// Ascending `seq`.
     pub items: Vec<Message>,
     pub has_more: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct SendRequest {
+pub(crate) struct SendRequest {
     /// 1–4000 characters, not blank.
     pub content: Option<String>,
     /// Idempotency key (1–64 characters), unique per room and author.
@@ -60,36 +66,35 @@ pub struct SendRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct EditRequest {
+pub(crate) struct EditRequest {
     pub content: Option<String>,
 }
 
-fn content_errors(content: Option<&str>, fields: &mut FieldErrors) {
-    match content {
-        None => {
-            fields.insert("content".into(), vec!["is required".into()]);
-        }
-        Some(c) => {
-            if let Err(m) = validate_content(c) {
-                fields.insert("content".into(), vec![m]);
-            }
-        }
+/// A 422 for `fields`, unless empty.
+fn check(fields: crate::error::FieldErrors) -> Result<(), ApiError> {
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation {
+            message: "validation failed".into(),
+            fields,
+        })
     }
 }
 
 /// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), params(HistoryQuery),
     responses((status = 200, body = HistoryResponse), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn list_messages(
-    State(state): State<AppState>,
+pub(crate) async fn list_messages(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let (room, _) = visible(&state, &name, &me).await?;
+    let (room, _) = chat.visible_room(&name, &me).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     let (items, has_more) = store::messages::history(
-        &state.db,
+        &chat.db,
         room.id,
         &room.name,
         q.before_seq,
@@ -104,33 +109,18 @@ pub async fn list_messages(
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), request_body = SendRequest,
     responses((status = 201, body = Message), (status = 200, body = Message), (status = 403, body = crate::error::ErrorBody),
         (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
-pub async fn create_message(
-    State(state): State<AppState>,
+pub(crate) async fn create_message(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
     Json(body): Json<SendRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (room, role) = visible(&state, &name, &me).await?;
-    if role.is_none() {
-        return Err(ApiError::Forbidden("join the room to post in it"));
-    }
-    let mut fields = FieldErrors::new();
-    content_errors(body.content.as_deref(), &mut fields);
-    if let Some(Err(m)) = body.client_id.as_deref().map(validate_client_id) {
-        fields.insert("client_id".into(), vec![m]);
-    }
-    if !fields.is_empty() {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    }
-    if let Err(not_until) = state.msg_limiter.check_key(&me.id) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        return Err(ApiError::RateLimited(wait.as_secs().max(1)));
-    }
+    let room = chat.writable_room(&name, &me).await?;
+    check(validate::draft(
+        body.content.as_deref(),
+        body.client_id.as_deref(),
+    ))?;
+    chat.admit(me.id)?;
     let draft = Draft {
         author: UserRef {
             id: me.id,
@@ -139,7 +129,7 @@ pub async fn create_message(
         content: body.content.unwrap_or_default(),
         client_id: body.client_id,
     };
-    match state.sender.send(room.id, &room.name, draft).await? {
+    match chat.sender.submit(room.id, &room.name, draft).await? {
         Sent::Created(msg) => {
             metrics::accepted("rest");
             Ok((StatusCode::CREATED, Json(msg)))
@@ -151,46 +141,40 @@ pub async fn create_message(
 /// `PATCH /api/v1/rooms/{name}/messages/{id}` (author): broadcasts `message_edited`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}/messages/{id}", tag = "messages", security(("bearer" = [])), request_body = EditRequest,
     responses((status = 200, body = Message), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn edit_message(
-    State(state): State<AppState>,
+pub(crate) async fn edit_message(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, id)): Path<(String, i64)>,
     Json(body): Json<EditRequest>,
 ) -> Result<Json<Message>, ApiError> {
-    let (room, _) = visible(&state, &name, &me).await?;
-    let row = store::messages::find(&state.db, room.id, id)
+    let (room, _) = chat.visible_room(&name, &me).await?;
+    let row = store::messages::find(&chat.db, room.id, id)
         .await?
         .ok_or(ApiError::NotFound("message"))?;
     if row.author_id != Some(me.id) {
         return Err(ApiError::Forbidden("only the author may edit a message"));
     }
-    let mut fields = FieldErrors::new();
-    content_errors(body.content.as_deref(), &mut fields);
-    if !fields.is_empty() {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    }
-    let row = store::messages::edit(&state.db, row, body.content.unwrap_or_default()).await?;
-    let msg = store::messages::to_wire(&state.db, &room.name, vec![row])
+    check(validate::draft(body.content.as_deref(), None))?;
+    let row = store::messages::edit(&chat.db, row, body.content.unwrap_or_default()).await?;
+    let msg = store::messages::to_wire(&chat.db, &room.name, vec![row])
         .await?
         .pop()
         .ok_or(ApiError::NotFound("message"))?;
-    publish(&state, protocol::message_edited(room.id, &msg)).await;
+    chat.publish(route::to_room(room.id, &Event::MessageEdited(&msg)))
+        .await;
     Ok(Json(msg))
 }
 
 /// `DELETE /api/v1/rooms/{name}/messages/{id}` (author, room owner, admin): broadcasts `message_deleted`.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}/messages/{id}", tag = "messages", security(("bearer" = [])),
     responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete_message(
-    State(state): State<AppState>,
+pub(crate) async fn delete_message(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<StatusCode, ApiError> {
-    let (room, _) = visible(&state, &name, &me).await?;
-    let row = store::messages::find(&state.db, room.id, id)
+    let (room, _) = chat.visible_room(&name, &me).await?;
+    let row = store::messages::find(&chat.db, room.id, id)
         .await?
         .ok_or(ApiError::NotFound("message"))?;
     if row.author_id != Some(me.id) && room.owner_id != Some(me.id) && !me.is_admin() {
@@ -199,11 +183,12 @@ pub async fn delete_message(
         ));
     }
     let seq = row.seq;
-    store::messages::delete(&state.db, row).await?;
-    publish(
-        &state,
-        protocol::message_deleted(room.id, &room.name, id, seq),
-    )
-    .await;
+    store::messages::delete(&chat.db, row).await?;
+    let deleted = Event::MessageDeleted {
+        room: &room.name,
+        id,
+        seq,
+    };
+    chat.publish(route::to_room(room.id, &deleted)).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,17 +10,18 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use validator::Validate;
 
-use super::auth::{revoke_sessions, validate_all};
+use super::{
+    auth::validate_all,
+    extract::{Json, Path, Query},
+};
 use crate::{
-    auth::CurrentUser,
-    error::{ApiError, FieldErrors, Json, Path, Query},
-    model::{Page, PublicUser, User},
-    state::AppState,
+    chat::{Chat, auth::CurrentUser},
+    domain::model::{Page, PublicUser, User},
+    error::{ApiError, FieldErrors},
     store,
-    ws::protocol,
 };
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new()
         .route("/users/me", get(get_me).patch(update_me).delete(delete_me))
         .route("/users/me/password", put(change_password))
@@ -32,7 +33,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
-pub struct UpdateMeRequest {
+pub(crate) struct UpdateMeRequest {
     #[validate(
         email(message = "is not a valid email address"),
         length(max = 254, message = "is too long")
@@ -48,7 +49,7 @@ pub struct UpdateMeRequest {
 }
 
 /// Distinguish an absent field (`None`) from an explicit `null` (`Some(None)`).
-pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -57,7 +58,7 @@ where
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
-pub struct ChangePasswordRequest {
+pub(crate) struct ChangePasswordRequest {
     #[validate(required(message = "is required"))]
     pub current_password: Option<String>,
     #[validate(
@@ -68,18 +69,18 @@ pub struct ChangePasswordRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct DeleteMeRequest {
+pub(crate) struct DeleteMeRequest {
     pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct UpdateUserRequest {
+pub(crate) struct UpdateUserRequest {
     /// Any of `user`, `admin`.
     pub roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
-pub struct ListUsersQuery {
+pub(crate) struct ListUsersQuery {
     /// Substring of the username, case-insensitive.
     pub q: Option<String>,
     /// 1–100, default 20.
@@ -90,12 +91,12 @@ pub struct ListUsersQuery {
 /// `GET /api/v1/users/me`
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = User), (status = 401, body = crate::error::ErrorBody)))]
-pub async fn get_me(
-    State(state): State<AppState>,
+pub(crate) async fn get_me(
+    State(chat): State<Chat>,
     me: CurrentUser,
 ) -> Result<Json<User>, ApiError> {
     Ok(Json(
-        store::users::find(&state.db, me.id)
+        store::users::find(&chat.db, me.id)
             .await?
             .ok_or_else(ApiError::invalid_token)?,
     ))
@@ -104,8 +105,8 @@ pub async fn get_me(
 /// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
     responses((status = 200, body = User), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn update_me(
-    State(state): State<AppState>,
+pub(crate) async fn update_me(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Json(body): Json<UpdateMeRequest>,
 ) -> Result<Json<User>, ApiError> {
@@ -127,15 +128,15 @@ pub async fn update_me(
         last_name: body.last_name,
     };
     Ok(Json(
-        store::users::update_profile(&state.db, me.id, up).await?,
+        store::users::update_profile(&chat.db, me.id, up).await?,
     ))
 }
 
 /// `PUT /api/v1/users/me/password`: every other session is revoked.
 #[utoipa::path(put, path = "/api/v1/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePasswordRequest,
     responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn change_password(
-    State(state): State<AppState>,
+pub(crate) async fn change_password(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
@@ -143,62 +144,53 @@ pub async fn change_password(
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
         return Err(ApiError::bad_request("missing fields"));
     };
-    let hash = store::users::password_hash(&state.db, me.id)
+    let hash = store::users::password_hash(&chat.db, me.id)
         .await?
         .ok_or_else(ApiError::invalid_token)?;
-    if !state.hasher.verify(current, Some(hash)).await? {
+    if !chat.hasher.verify(current, Some(hash)).await? {
         return Err(ApiError::invalid_field("current_password", "is incorrect"));
     }
-    let new_hash = state.hasher.hash(new).await?;
-    store::users::set_password(&state.db, me.id, new_hash).await?;
-    let others = store::sessions::revoke_all(&state.db, me.id, Some(&me.sid)).await?;
-    revoke_sessions(&state, me.id, &others, false).await?;
+    let new_hash = chat.hasher.hash(new).await?;
+    store::users::set_password(&chat.db, me.id, new_hash).await?;
+    let others = store::sessions::revoke_all(&chat.db, me.id, Some(&me.sid)).await?;
+    chat.revoke_sessions(me.id, &others, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /api/v1/users/me`: needs the password; messages stay with a `null` author.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteMeRequest,
     responses((status = 204), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn delete_me(
-    State(state): State<AppState>,
+pub(crate) async fn delete_me(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Json(body): Json<DeleteMeRequest>,
 ) -> Result<StatusCode, ApiError> {
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
         return Err(ApiError::invalid_field("password", "is required"));
     };
-    let hash = store::users::password_hash(&state.db, me.id)
+    let hash = store::users::password_hash(&chat.db, me.id)
         .await?
         .ok_or_else(ApiError::invalid_token)?;
-    if !state.hasher.verify(password, Some(hash)).await? {
+    if !chat.hasher.verify(password, Some(hash)).await? {
         return Err(ApiError::invalid_field("password", "is incorrect"));
     }
-    remove_user(&state, me.id).await?;
+    remove_user(&chat, me.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a user everywhere: their tokens stop working and their sockets close (4001).
-async fn remove_user(state: &AppState, id: i64) -> Result<(), ApiError> {
-    if !store::users::delete(&state.db, id).await? {
+async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
+    if !store::users::delete(&chat.db, id).await? {
         return Err(ApiError::NotFound("user"));
     }
-    let until = chrono::Utc::now() + chrono::Duration::seconds(state.keys.access_ttl_secs + 60);
-    state
-        .deny
-        .deny(&[format!("user:{id}")], until)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    if let Err(e) = state.bus.publish(protocol::revoke(id, None, true)).await {
-        tracing::warn!(error = %e, "revocation not published");
-    }
-    Ok(())
+    chat.revoke_user(id).await
 }
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListUsersQuery),
     responses((status = 200, body = Page<PublicUser>), (status = 401, body = crate::error::ErrorBody)))]
-pub async fn list_users(
-    State(state): State<AppState>,
+pub(crate) async fn list_users(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
 ) -> Result<Json<Page<PublicUser>>, ApiError> {
@@ -210,7 +202,7 @@ pub async fn list_users(
         ),
         None => None,
     };
-    let (users, next) = store::users::list(&state.db, q.q.as_deref(), limit, cursor).await?;
+    let (users, next) = store::users::list(&chat.db, q.q.as_deref(), limit, cursor).await?;
     let items = users
         .into_iter()
         .map(|u| {
@@ -227,12 +219,12 @@ pub async fn list_users(
 /// `GET /api/v1/users/{id}`
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = PublicUser), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_user(
-    State(state): State<AppState>,
+pub(crate) async fn get_user(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<Json<PublicUser>, ApiError> {
-    let user = store::users::find(&state.db, id)
+    let user = store::users::find(&chat.db, id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     let with_email = me.is_admin() || user.id == me.id;
@@ -242,8 +234,8 @@ pub async fn get_user(
 /// `PATCH /api/v1/users/{id}` (admin): set `roles`.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), request_body = UpdateUserRequest,
     responses((status = 200, body = PublicUser), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn update_user(
-    State(state): State<AppState>,
+pub(crate) async fn update_user(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path(id): Path<i64>,
     Json(body): Json<UpdateUserRequest>,
@@ -269,21 +261,21 @@ pub async fn update_user(
     // Each role once, in the order given.
     let mut seen = std::collections::HashSet::new();
     roles.retain(|r| seen.insert(r.clone()));
-    let user = store::users::set_roles(&state.db, id, &roles).await?;
+    let user = store::users::set_roles(&chat.db, id, &roles).await?;
     Ok(Json(user.public(true)))
 }
 
 /// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete_user(
-    State(state): State<AppState>,
+pub(crate) async fn delete_user(
+    State(chat): State<Chat>,
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     if !me.is_admin() {
         return Err(ApiError::Forbidden("admin only"));
     }
-    remove_user(&state, id).await?;
+    remove_user(&chat, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

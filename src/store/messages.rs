@@ -1,5 +1,5 @@
-//! Message history, edits and deletes. New messages are written by [`crate::send`], which owns
-//! the `seq` counter.
+//! Message history, gap fills, edits and deletes. New messages are written by
+//! [`super::commit`], which owns the `seq` counter.
 
 use std::collections::HashMap;
 
@@ -10,10 +10,11 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use crate::{error::ApiError, model::Message};
+use super::StoreError;
+use crate::domain::model::{Message, UserRef};
 
 /// Turn rows into wire messages (one query for the authors).
-pub async fn to_wire(
+pub(crate) async fn to_wire(
     db: &impl ConnectionTrait,
     room: &str,
     rows: Vec<message::Model>,
@@ -21,37 +22,45 @@ pub async fn to_wire(
     let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.author_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let authors: HashMap<i64, crate::model::UserRef> = super::users::refs(db, &ids)
+    let authors: HashMap<i64, UserRef> = super::users::refs(db, &ids)
         .await?
         .into_iter()
         .map(|u| (u.id, u))
         .collect();
     Ok(rows
         .into_iter()
-        .map(|r| Message {
-            id: r.id,
-            room: room.to_owned(),
-            seq: r.seq,
-            user: r.author_id.and_then(|a| authors.get(&a).cloned()),
-            content: r.content,
-            client_id: r.client_id,
-            created_at: r.created_at,
-            edited_at: r.edited_at,
+        .map(|r| {
+            let author = r.author_id.and_then(|a| authors.get(&a).cloned());
+            to_message(room, r, author)
         })
         .collect())
+}
+
+/// A stored row as a wire message (the one place that maps them).
+pub(crate) fn to_message(room: &str, row: message::Model, author: Option<UserRef>) -> Message {
+    Message {
+        id: row.id,
+        room: room.to_owned(),
+        seq: row.seq,
+        user: author,
+        content: row.content,
+        client_id: row.client_id,
+        created_at: row.created_at,
+        edited_at: row.edited_at,
+    }
 }
 
 /// A page of history in ascending `seq`, and whether more exists in the direction read.
 /// With `after_seq` the page starts right after it; otherwise it ends right before
 /// `before_seq` (or at the newest message).
-pub async fn history(
+pub(crate) async fn history(
     db: &DatabaseConnection,
     room_id: i64,
     room: &str,
     before_seq: Option<i64>,
     after_seq: Option<i64>,
     limit: u64,
-) -> Result<(Vec<Message>, bool), ApiError> {
+) -> Result<(Vec<Message>, bool), StoreError> {
     let mut q = message::Entity::find()
         .filter(message::Column::RoomId.eq(room_id))
         .filter(message::Column::DeletedAt.is_null())
@@ -82,13 +91,13 @@ pub async fn history(
 
 /// One row of a gap fill: every `seq` is reported, deleted messages without content, so the
 /// reader can advance past them.
-pub struct FillRow {
-    pub seq: i64,
-    pub message: Option<Message>,
+pub(crate) struct FillRow {
+    pub(crate) seq: i64,
+    pub(crate) message: Option<Message>,
 }
 
 /// Up to `limit` messages of `room_id` after `after`, deleted ones included as `None`.
-pub async fn after_seq(
+pub(crate) async fn after_seq(
     db: &DatabaseConnection,
     room_id: i64,
     after: i64,
@@ -125,11 +134,11 @@ pub async fn after_seq(
         .collect())
 }
 
-pub async fn find(
+pub(crate) async fn find(
     db: &DatabaseConnection,
     room_id: i64,
     id: i64,
-) -> Result<Option<message::Model>, ApiError> {
+) -> Result<Option<message::Model>, StoreError> {
     Ok(message::Entity::find_by_id(id)
         .filter(message::Column::RoomId.eq(room_id))
         .filter(message::Column::DeletedAt.is_null())
@@ -137,11 +146,11 @@ pub async fn find(
         .await?)
 }
 
-pub async fn edit(
+pub(crate) async fn edit(
     db: &DatabaseConnection,
     row: message::Model,
     content: String,
-) -> Result<message::Model, ApiError> {
+) -> Result<message::Model, StoreError> {
     let mut am: message::ActiveModel = row.into();
     am.content = Set(content);
     am.edited_at = Set(Some(Utc::now()));
@@ -150,7 +159,7 @@ pub async fn edit(
 
 /// Soft delete: the row keeps its `seq` (so the sequence stays gap-free for readers) but its
 /// content is erased and it no longer appears in history.
-pub async fn delete(db: &DatabaseConnection, row: message::Model) -> Result<(), ApiError> {
+pub(crate) async fn delete(db: &DatabaseConnection, row: message::Model) -> Result<(), StoreError> {
     let mut am: message::ActiveModel = row.into();
     am.content = Set(String::new());
     am.deleted_at = Set(Some(Utc::now()));

@@ -1,14 +1,94 @@
-//! Persistence services over SeaORM. They take and return domain types from [`crate::model`];
-//! entities stay in here. SQL that must be identical on SQLite and PostgreSQL goes through
-//! SeaQuery builders; the two raw statements (the `seq` counter) pick their placeholder style
-//! from the connection's backend.
+//! All SQL of the service. Functions take and return domain types from
+//! [`crate::domain::model`] (entities stay in here) and fail with [`StoreError`], never with
+//! an HTTP error. SQL that must be identical on SQLite and PostgreSQL goes through SeaQuery
+//! builders; raw statements (the group commit, the idempotency lookup) pick their placeholder
+//! style from the connection's backend through [`raw`].
+//!
+//! May import: `domain`, `config`, `error`, `telemetry`.
 
-pub mod messages;
-pub mod rooms;
-pub mod sessions;
-pub mod users;
+pub(crate) mod commit;
+pub(crate) mod messages;
+pub(crate) mod revoked;
+pub(crate) mod rooms;
+pub(crate) mod sessions;
+pub(crate) mod users;
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, SqlErr, Statement, Value};
+
+use crate::error::{ApiError, FieldErrors};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A unique key clashed: the fields concerned.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        fields: FieldErrors,
+    },
+    /// The database cannot be reached (no connection from the pool, or the server went away).
+    #[error("database unavailable")]
+    Unavailable(#[source] DbErr),
+    #[error("database error")]
+    Db(#[source] DbErr),
+}
+
+impl StoreError {
+    /// A clash on one field, as in `name is already taken`.
+    pub(crate) fn conflict(field: &str, message: &str) -> Self {
+        Self::Conflict {
+            message: format!("{field} {message}"),
+            fields: FieldErrors::from([(field.to_owned(), vec![message.to_owned()])]),
+        }
+    }
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        match e {
+            // The pool could not hand out a connection, or the server went away: a dependency
+            // is down, not a bug.
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(e),
+            _ => Self::Db(e),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict { message, fields } => Self::Conflict { message, fields },
+            StoreError::Unavailable(e) => Self::Unavailable(e.into()),
+            StoreError::Db(e) => Self::Internal(e.into()),
+        }
+    }
+}
+
+/// The database's message if `e` is a unique-key clash (the one place that asks).
+pub(crate) fn unique_violation(e: &DbErr) -> Option<String> {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(msg)) => Some(msg),
+        _ => None,
+    }
+}
+
+/// `on_unique("name", "is already taken")`: a unique-key clash becomes a conflict on that
+/// field; anything else stays a database error.
+pub(crate) fn on_unique(
+    field: &'static str,
+    message: &'static str,
+) -> impl Fn(DbErr) -> StoreError {
+    move |e| {
+        if unique_violation(&e).is_some() {
+            StoreError::conflict(field, message)
+        } else {
+            StoreError::from(e)
+        }
+    }
+}
 
 /// A raw statement with `$1`-style placeholders, rewritten to `?` for SQLite.
 pub(crate) fn raw(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {

@@ -13,24 +13,22 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
-use crate::{
-    error::ApiError,
-    model::{Member, Room, UserRef},
-};
+use super::StoreError;
+use crate::domain::model::{Member, Room, UserRef};
 
-pub use entity::room::Model as RoomRow;
+pub(crate) use entity::room::Model as RoomRow;
 
-pub async fn find_by_name(
+pub(crate) async fn find_by_name(
     db: &impl ConnectionTrait,
     name: &str,
-) -> Result<Option<RoomRow>, ApiError> {
+) -> Result<Option<RoomRow>, StoreError> {
     Ok(room::Entity::find()
         .filter(room::Column::Name.eq(name))
         .one(db)
         .await?)
 }
 
-pub async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i64, sea_orm::DbErr> {
+pub(crate) async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i64, sea_orm::DbErr> {
     Ok(room::Entity::find_by_id(room_id)
         .select_only()
         .column(room::Column::LastSeq)
@@ -40,7 +38,7 @@ pub async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i64, sea_
         .unwrap_or(0))
 }
 
-pub async fn name_of(
+pub(crate) async fn name_of(
     db: &DatabaseConnection,
     room_id: i64,
 ) -> Result<Option<String>, sea_orm::DbErr> {
@@ -53,11 +51,11 @@ pub async fn name_of(
 }
 
 /// The caller's role in the room, if a member.
-pub async fn role_of(
+pub(crate) async fn role_of(
     db: &impl ConnectionTrait,
     room_id: i64,
     user_id: i64,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, StoreError> {
     Ok(room_member::Entity::find_by_id((room_id, user_id))
         .one(db)
         .await?
@@ -68,13 +66,13 @@ pub async fn role_of(
 ///
 /// # Errors
 /// 409 on `name` if taken.
-pub async fn create(
+pub(crate) async fn create(
     db: &DatabaseConnection,
     name: &str,
     topic: Option<String>,
     visibility: &str,
     owner: i64,
-) -> Result<RoomRow, ApiError> {
+) -> Result<RoomRow, StoreError> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let row = room::ActiveModel {
@@ -89,7 +87,7 @@ pub async fn create(
     }
     .insert(&txn)
     .await
-    .map_err(crate::error::on_unique("name", "is already taken"))?;
+    .map_err(super::on_unique("name", "is already taken"))?;
     room_member::ActiveModel {
         room_id: Set(row.id),
         user_id: Set(owner),
@@ -103,11 +101,11 @@ pub async fn create(
 }
 
 /// Add a member (idempotent); `true` if newly added.
-pub async fn add_member(
+pub(crate) async fn add_member(
     db: &DatabaseConnection,
     room_id: i64,
     user_id: i64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, StoreError> {
     let res = room_member::Entity::insert(room_member::ActiveModel {
         room_id: Set(room_id),
         user_id: Set(user_id),
@@ -120,23 +118,23 @@ pub async fn add_member(
     Ok(matches!(res, sea_orm::TryInsertResult::Inserted(n) if n > 0))
 }
 
-pub async fn remove_member(
+pub(crate) async fn remove_member(
     db: &DatabaseConnection,
     room_id: i64,
     user_id: i64,
-) -> Result<bool, ApiError> {
+) -> Result<bool, StoreError> {
     let res = room_member::Entity::delete_by_id((room_id, user_id))
         .exec(db)
         .await?;
     Ok(res.rows_affected > 0)
 }
 
-pub async fn update(
+pub(crate) async fn update(
     db: &DatabaseConnection,
     row: RoomRow,
     topic: Option<Option<String>>,
     visibility: Option<String>,
-) -> Result<RoomRow, ApiError> {
+) -> Result<RoomRow, StoreError> {
     let mut am: room::ActiveModel = row.into();
     if let Some(t) = topic {
         am.topic = Set(t);
@@ -148,7 +146,7 @@ pub async fn update(
     Ok(am.update(db).await?)
 }
 
-pub async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), ApiError> {
+pub(crate) async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), StoreError> {
     let txn = db.begin().await?;
     entity::message::Entity::delete_many()
         .filter(entity::message::Column::RoomId.eq(room_id))
@@ -164,11 +162,11 @@ pub async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), ApiErro
 }
 
 /// The wire form of a room; `online_count` comes from presence.
-pub async fn to_wire(
+pub(crate) async fn to_wire(
     db: &DatabaseConnection,
     row: RoomRow,
     online_count: i64,
-) -> Result<Room, ApiError> {
+) -> Result<Room, StoreError> {
     let member_count = i64::try_from(
         room_member::Entity::find()
             .filter(room_member::Column::RoomId.eq(row.id))
@@ -195,14 +193,14 @@ pub async fn to_wire(
 
 /// Rooms the caller may see: public ones plus private ones they are in. `joined` restricts to
 /// the caller's rooms. Ordered by name; the cursor is the last name of the previous page.
-pub async fn list(
+pub(crate) async fn list(
     db: &DatabaseConnection,
     caller: i64,
     q: Option<&str>,
     joined: bool,
     limit: u64,
     cursor: Option<&str>,
-) -> Result<(Vec<RoomRow>, Option<String>), ApiError> {
+) -> Result<(Vec<RoomRow>, Option<String>), StoreError> {
     let mine = room_member::Entity::find()
         .select_only()
         .column(room_member::Column::RoomId)
@@ -241,7 +239,10 @@ pub async fn list(
 }
 
 /// Members with their role; `online` is filled by the caller from presence.
-pub async fn members(db: &DatabaseConnection, room_id: i64) -> Result<Vec<Member>, ApiError> {
+pub(crate) async fn members(
+    db: &DatabaseConnection,
+    room_id: i64,
+) -> Result<Vec<Member>, StoreError> {
     let rows = room_member::Entity::find()
         .filter(room_member::Column::RoomId.eq(room_id))
         .order_by_asc(room_member::Column::JoinedAt)
@@ -264,15 +265,4 @@ pub async fn members(db: &DatabaseConnection, room_id: i64) -> Result<Vec<Member
             })
         })
         .collect())
-}
-
-/// Ids of the rooms `user_id` is a member of.
-pub async fn rooms_of(db: &DatabaseConnection, user_id: i64) -> Result<Vec<i64>, ApiError> {
-    Ok(room_member::Entity::find()
-        .select_only()
-        .column(room_member::Column::RoomId)
-        .filter(room_member::Column::UserId.eq(user_id))
-        .into_tuple::<i64>()
-        .all(db)
-        .await?)
 }

@@ -13,9 +13,9 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use super::StoreError;
 
-pub fn hash_token(token: &str) -> String {
+pub(crate) fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -26,17 +26,17 @@ fn new_token() -> String {
 }
 
 /// A new refresh token and the family it belongs to.
-pub struct Issued {
+pub(crate) struct Issued {
     pub token: String,
     pub family: String,
 }
 
 /// Start a new family (a login).
-pub async fn start(
+pub(crate) async fn start(
     db: &DatabaseConnection,
     user_id: i64,
     ttl_secs: u64,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, StoreError> {
     let family = uuid::Uuid::new_v4().to_string();
     let token = new_token();
     insert(db, user_id, &family, &token, ttl_secs).await?;
@@ -68,7 +68,7 @@ async fn insert(
 }
 
 /// The outcome of presenting a refresh token.
-pub enum Rotation {
+pub(crate) enum Rotation {
     Rotated {
         user_id: i64,
         issued: Issued,
@@ -83,11 +83,11 @@ pub enum Rotation {
 }
 
 /// Rotate `token`: issue its successor in the same family, or detect reuse.
-pub async fn rotate(
+pub(crate) async fn rotate(
     db: &DatabaseConnection,
     token: &str,
     ttl_secs: u64,
-) -> Result<Rotation, ApiError> {
+) -> Result<Rotation, StoreError> {
     let Some(row) = session::Entity::find()
         .filter(session::Column::TokenHash.eq(hash_token(token)))
         .one(db)
@@ -134,7 +134,7 @@ pub async fn rotate(
     })
 }
 
-pub async fn revoke_family(db: &DatabaseConnection, family: &str) -> Result<(), ApiError> {
+pub(crate) async fn revoke_family(db: &DatabaseConnection, family: &str) -> Result<(), StoreError> {
     session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::Family.eq(family))
@@ -145,11 +145,11 @@ pub async fn revoke_family(db: &DatabaseConnection, family: &str) -> Result<(), 
 }
 
 /// The family of a refresh token, if it belongs to `user_id`.
-pub async fn family_of(
+pub(crate) async fn family_of(
     db: &DatabaseConnection,
     token: &str,
     user_id: i64,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, StoreError> {
     Ok(session::Entity::find()
         .filter(session::Column::TokenHash.eq(hash_token(token)))
         .filter(session::Column::UserId.eq(user_id))
@@ -159,11 +159,11 @@ pub async fn family_of(
 }
 
 /// Revoke every live family of `user_id` except `keep`; returns the revoked families.
-pub async fn revoke_all(
+pub(crate) async fn revoke_all(
     db: &DatabaseConnection,
     user_id: i64,
     keep: Option<&str>,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>, StoreError> {
     let mut q = session::Entity::find()
         .filter(session::Column::UserId.eq(user_id))
         .filter(session::Column::RevokedAt.is_null());

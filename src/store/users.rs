@@ -11,12 +11,13 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
+use super::StoreError;
 use crate::{
-    error::{ApiError, FieldErrors},
-    model::{User, UserRef},
+    domain::model::{User, UserRef},
+    error::FieldErrors,
 };
 
-pub struct NewUser {
+pub(crate) struct NewUser {
     pub username: String,
     pub email: String,
     pub password_hash: String,
@@ -48,7 +49,7 @@ async fn taken(
     username: Option<&str>,
     email: Option<&str>,
     except: Option<i64>,
-) -> Result<FieldErrors, ApiError> {
+) -> Result<FieldErrors, StoreError> {
     let mut fields = FieldErrors::new();
     if let Some(name) = username {
         let mut q =
@@ -72,30 +73,29 @@ async fn taken(
     Ok(fields)
 }
 
-fn conflict(fields: FieldErrors) -> ApiError {
+fn conflict(fields: FieldErrors) -> StoreError {
     let names: Vec<&str> = fields.keys().map(String::as_str).collect();
-    ApiError::Conflict {
+    StoreError::Conflict {
         message: format!("{} already taken", names.join(" and ")),
         fields,
     }
 }
 
-fn unique_violation(e: sea_orm::DbErr) -> ApiError {
-    match e.sql_err() {
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) => {
-            if msg.contains("email") {
-                ApiError::conflict("email", "is already registered")
-            } else {
-                ApiError::conflict("username", "is already taken")
-            }
-        }
-        _ => e.into(),
+/// A unique-key clash on insert or update (a race past [`taken`]) names its field.
+fn unique_violation(e: sea_orm::DbErr) -> StoreError {
+    let Some(msg) = super::unique_violation(&e) else {
+        return e.into();
+    };
+    if msg.contains("email") {
+        StoreError::conflict("email", "is already registered")
+    } else {
+        StoreError::conflict("username", "is already taken")
     }
 }
 
 /// # Errors
 /// 409 naming `username` and/or `email` when taken.
-pub async fn create(db: &DatabaseConnection, new: NewUser) -> Result<User, ApiError> {
+pub(crate) async fn create(db: &DatabaseConnection, new: NewUser) -> Result<User, StoreError> {
     let fields = taken(db, Some(&new.username), Some(&new.email), None).await?;
     if !fields.is_empty() {
         return Err(conflict(fields));
@@ -120,15 +120,15 @@ pub async fn create(db: &DatabaseConnection, new: NewUser) -> Result<User, ApiEr
     Ok(to_user(model))
 }
 
-pub async fn find(db: &impl ConnectionTrait, id: i64) -> Result<Option<User>, ApiError> {
+pub(crate) async fn find(db: &impl ConnectionTrait, id: i64) -> Result<Option<User>, StoreError> {
     Ok(user::Entity::find_by_id(id).one(db).await?.map(to_user))
 }
 
 /// The user and their password hash, by username or email (case-insensitive).
-pub async fn find_for_login(
+pub(crate) async fn find_for_login(
     db: &DatabaseConnection,
     login: &str,
-) -> Result<Option<(User, String)>, ApiError> {
+) -> Result<Option<(User, String)>, StoreError> {
     let lower = login.to_lowercase();
     let column = if lower.contains('@') {
         user::Column::EmailLower
@@ -145,14 +145,17 @@ pub async fn find_for_login(
         }))
 }
 
-pub async fn password_hash(db: &DatabaseConnection, id: i64) -> Result<Option<String>, ApiError> {
+pub(crate) async fn password_hash(
+    db: &DatabaseConnection,
+    id: i64,
+) -> Result<Option<String>, StoreError> {
     Ok(user::Entity::find_by_id(id)
         .one(db)
         .await?
         .map(|m| m.password_hash))
 }
 
-pub struct ProfileUpdate {
+pub(crate) struct ProfileUpdate {
     pub email: Option<String>,
     pub first_name: Option<Option<String>>,
     pub last_name: Option<Option<String>>,
@@ -160,11 +163,11 @@ pub struct ProfileUpdate {
 
 /// # Errors
 /// 404 if the user is gone; 409 on `email` if taken.
-pub async fn update_profile(
+pub(crate) async fn update_profile(
     db: &DatabaseConnection,
     id: i64,
     up: ProfileUpdate,
-) -> Result<User, ApiError> {
+) -> Result<User, StoreError> {
     if let Some(email) = &up.email {
         let fields = taken(db, None, Some(email), Some(id)).await?;
         if !fields.is_empty() {
@@ -174,7 +177,7 @@ pub async fn update_profile(
     let model = user::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or(ApiError::NotFound("user"))?;
+        .ok_or(StoreError::NotFound("user"))?;
     let mut am: user::ActiveModel = model.into();
     if let Some(email) = up.email {
         am.email_lower = Set(email.to_lowercase());
@@ -190,7 +193,11 @@ pub async fn update_profile(
     Ok(to_user(am.update(db).await.map_err(unique_violation)?))
 }
 
-pub async fn set_password(db: &DatabaseConnection, id: i64, hash: String) -> Result<(), ApiError> {
+pub(crate) async fn set_password(
+    db: &DatabaseConnection,
+    id: i64,
+    hash: String,
+) -> Result<(), StoreError> {
     user::Entity::update_many()
         .col_expr(user::Column::PasswordHash, Expr::value(hash))
         .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -200,15 +207,15 @@ pub async fn set_password(db: &DatabaseConnection, id: i64, hash: String) -> Res
     Ok(())
 }
 
-pub async fn set_roles(
+pub(crate) async fn set_roles(
     db: &DatabaseConnection,
     id: i64,
     roles: &[String],
-) -> Result<User, ApiError> {
+) -> Result<User, StoreError> {
     let model = user::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or(ApiError::NotFound("user"))?;
+        .ok_or(StoreError::NotFound("user"))?;
     let mut am: user::ActiveModel = model.into();
     am.roles = Set(roles.join(","));
     am.updated_at = Set(Utc::now());
@@ -217,7 +224,7 @@ pub async fn set_roles(
 
 /// Delete the account. Their messages stay with a `null` author (the foreign key sets it, and
 /// we clear it explicitly too, for SQLite connections without foreign-key enforcement).
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, ApiError> {
+pub(crate) async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, StoreError> {
     let txn = db.begin().await?;
     entity::message::Entity::update_many()
         .col_expr(
@@ -249,12 +256,12 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, ApiError> 
 }
 
 /// Users whose username matches `q` (substring, case-insensitive), by id, after `cursor`.
-pub async fn list(
+pub(crate) async fn list(
     db: &DatabaseConnection,
     q: Option<&str>,
     limit: u64,
     cursor: Option<i64>,
-) -> Result<(Vec<User>, Option<i64>), ApiError> {
+) -> Result<(Vec<User>, Option<i64>), StoreError> {
     let mut query = user::Entity::find()
         .order_by_asc(user::Column::Id)
         .limit(limit + 1);
@@ -278,7 +285,10 @@ pub async fn list(
 }
 
 /// `{id, username}` for each of `ids` that exists.
-pub async fn refs(db: &impl ConnectionTrait, ids: &[i64]) -> Result<Vec<UserRef>, sea_orm::DbErr> {
+pub(crate) async fn refs(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<Vec<UserRef>, sea_orm::DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

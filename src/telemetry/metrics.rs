@@ -20,32 +20,39 @@ pub const REDIS_RECONNECTS: &str = "chat_redis_reconnects_total";
 pub const GAP_FILLS: &str = "chat_bus_gap_fills_total";
 pub const DB_POOL: &str = "chat_db_pool_connections";
 
-/// Install the process-wide recorder once and return its handle (tests build many apps in one
-/// process; they share it).
-pub fn install() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide recorder once (tests build many apps in one process; they share
+/// it).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let http = [
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(FANOUT_LATENCY.into()), &latency)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &http))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.into()), &batch))
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    });
+}
+
+/// The Prometheus text of every metric (empty before [`install`]).
+pub fn render() -> String {
     HANDLE
-        .get_or_init(|| {
-            let latency = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ];
-            let http = [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ];
-            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(FANOUT_LATENCY.into()), &latency)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &http))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.into()), &batch))
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (a test harness); then ours only renders.
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone()
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 fn describe() {
@@ -121,7 +128,7 @@ pub fn delivered(n: u64, published_at_micros: i64) {
     }
     counter!(MESSAGES_DELIVERED).increment(n);
     #[allow(clippy::cast_precision_loss)]
-    let secs = (crate::bus::now_micros() - published_at_micros).max(0) as f64 / 1e6;
+    let secs = (super::now_micros() - published_at_micros).max(0) as f64 / 1e6;
     histogram!(FANOUT_LATENCY).record(secs);
 }
 
@@ -157,7 +164,10 @@ pub fn record_db_pool(db: &sea_orm::DatabaseConnection) {
 pub async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
-    let route = crate::http::route_of(&req);
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];

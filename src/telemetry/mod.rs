@@ -27,6 +27,11 @@ pub fn tracing_enabled() -> bool {
     TRACING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Wall-clock time in microseconds since the epoch (publish stamps, fan-out latency).
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// Flushes and shuts the exporter down when dropped (end of `main`).
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,

@@ -1,10 +1,14 @@
 //! WebSocket endpoints (SPEC §8): `GET /ws/rooms/{name}` (one room) and `GET /ws`
 //! (multiplexed). The access token is verified, and the room checked, *before* the upgrade,
 //! so refusals are plain HTTP 401/403/404 in the error format of SPEC §3.
+//!
+//! May import: `chat`, `fanout`, `store`, `domain`, `config`, `error`, `telemetry` — never
+//! `http`.
 
-pub mod protocol;
-pub mod session;
-pub mod upgrade;
+mod protocol;
+mod session;
+mod upgrade;
+mod writer;
 
 use axum::{
     Router,
@@ -16,26 +20,35 @@ use axum::{
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use futures::StreamExt;
+
 use self::upgrade::WsUpgrade;
-use crate::{auth::extract::bearer, error::ApiError, state::AppState, store};
+use crate::{
+    chat::{
+        Chat,
+        access::Refusal,
+        auth::{CurrentUser, bearer},
+    },
+    error::ApiError,
+};
 
 /// Largest client frame; bigger ones close the socket with 1009.
-pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+const MAX_FRAME_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize)]
-pub struct WsQuery {
+pub(crate) struct WsQuery {
     token: Option<String>,
     since_seq: Option<i64>,
 }
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<Chat> {
     Router::new()
         .route("/ws/rooms/{name}", get(room_socket))
         .route("/ws", get(mux_socket))
 }
 
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let allowed = &state.config.allowed_origins;
+fn check_origin(chat: &Chat, headers: &HeaderMap) -> Result<(), ApiError> {
+    let allowed = &chat.config.allowed_origins;
     if allowed.is_empty() {
         return Ok(());
     }
@@ -48,20 +61,20 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn authenticate(
-    state: &AppState,
+    chat: &Chat,
     query: &WsQuery,
     headers: &HeaderMap,
-) -> Result<crate::auth::CurrentUser, ApiError> {
+) -> Result<CurrentUser, ApiError> {
     let token = query
         .token
         .as_deref()
         .or_else(|| bearer(headers))
         .ok_or_else(ApiError::unauthenticated)?;
-    state.authenticate(token).await
+    chat.authenticate(token).await
 }
 
 /// Bytes read from the network per read call (tungstenite's read buffer).
-pub const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 512;
 
 fn config() -> WebSocketConfig {
     // Chat frames are small: a small read buffer keeps an idle socket cheap (larger frames,
@@ -77,49 +90,51 @@ fn config() -> WebSocketConfig {
 
 /// `GET /ws/rooms/{name}?token=…[&since_seq=N]`: one room's live events.
 async fn room_socket(
-    State(state): State<AppState>,
+    State(chat): State<Chat>,
     Path(name): Path<String>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    check_origin(&state, &headers)?;
-    let user = authenticate(&state, &query, &headers).await?;
-    let room = store::rooms::find_by_name(&state.db, &name)
-        .await?
-        .ok_or(ApiError::NotFound("room"))?;
-    if store::rooms::role_of(&state.db, room.id, user.id)
-        .await?
-        .is_none()
-    {
-        if room.visibility != "public" {
-            return Err(ApiError::Forbidden("this private room needs an invitation"));
-        }
-        store::rooms::add_member(&state.db, room.id, user.id).await?;
-    }
+    check_origin(&chat, &headers)?;
+    let user = authenticate(&chat, &query, &headers).await?;
+    let room = chat.room_named(&name).await?;
+    let entry = chat
+        .may_enter(&room, user.id, Refusal::NeedsInvitation)
+        .await?;
     if query.since_seq.is_some_and(|s| s < 0) {
         return Err(ApiError::bad_request(
             "since_seq must be a non-negative integer",
         ));
     }
     let since = query.since_seq;
-    Ok(ws?.on_upgrade(config(), move |socket| {
-        session::run(state, socket, user, session::Mode::Room { room, since })
+    // Joined only once nothing else can refuse the request.
+    let ws = ws?;
+    chat.complete_entry(&room, user.id, entry).await?;
+    let tasks = chat.tasks.clone();
+    Ok(ws.on_upgrade(&tasks, config(), move |socket| {
+        session::run(
+            chat,
+            socket.split(),
+            user,
+            session::Mode::Room { room, since },
+        )
     }))
 }
 
 /// `GET /ws?token=…`: many rooms on one socket, by `subscribe`/`unsubscribe` frames.
 async fn mux_socket(
-    State(state): State<AppState>,
+    State(chat): State<Chat>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    check_origin(&state, &headers)?;
-    let user = authenticate(&state, &query, &headers).await?;
-    Ok(ws?.on_upgrade(config(), move |socket| {
-        session::run(state, socket, user, session::Mode::Mux)
+    check_origin(&chat, &headers)?;
+    let user = authenticate(&chat, &query, &headers).await?;
+    let tasks = chat.tasks.clone();
+    Ok(ws?.on_upgrade(&tasks, config(), move |socket| {
+        session::run(chat, socket.split(), user, session::Mode::Mux)
     }))
 }

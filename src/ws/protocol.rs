@@ -1,25 +1,41 @@
-//! The WebSocket protocol (SPEC §8): client frames in, server frames out.
+//! The WebSocket protocol (SPEC §8): client frames in, per-socket frames out, and the close
+//! code of each close reason.
 //!
 //! Client frames are parsed by hand from a `serde_json::Value` so that every bad frame gets a
 //! precise `error` frame (`invalid_json`, `invalid_frame`, `unknown_type`, `validation_failed`)
-//! and the socket stays usable. Broadcast frames are serialised once per event into an
-//! [`Envelope`]; per-socket frames (`ready`, `ack`, `pong`, `error`) are small.
+//! and the socket stays usable. Room events (messages, typing, presence…) have their wire form
+//! in [`crate::domain::event`]; the frames here (`ready`, `ack`, `pong`, `error`…) are each
+//! socket's own.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
-    bus::{Envelope, Kind},
-    model::{Message, Room, UserRef},
+    domain::{
+        model::{Message, Room, UserRef},
+        validate,
+    },
+    fanout::socket::CloseReason,
 };
 
-/// Content limits of SPEC §7.
-pub const MAX_CONTENT_CHARS: usize = 4000;
-pub const MAX_CLIENT_ID_CHARS: usize = 64;
+/// The close code and reason of a [`CloseReason`] (SPEC §8).
+pub(crate) fn close_code(reason: CloseReason) -> (u16, &'static str) {
+    match reason {
+        CloseReason::Normal => (1000, ""),
+        CloseReason::GoingAway => (1001, "going away"),
+        CloseReason::Flood => (1008, "rate limit exceeded"),
+        CloseReason::TooBig => (1009, "frame too large"),
+        CloseReason::Restart => (1012, "server restarting; reconnect"),
+        CloseReason::TokenRevoked => (4001, "token expired or revoked"),
+        CloseReason::Removed => (4003, "removed from room"),
+        CloseReason::RoomDeleted => (4404, "room deleted"),
+        CloseReason::SlowConsumer => (4429, "slow consumer; resume with since_seq"),
+    }
+}
 
 #[derive(Debug, PartialEq)]
-pub enum ClientFrame {
+pub(crate) enum ClientFrame {
     Message {
         room: Option<String>,
         content: String,
@@ -43,9 +59,9 @@ pub enum ClientFrame {
 
 /// A frame the server could not accept: becomes an `error` frame.
 #[derive(Debug, PartialEq)]
-pub struct FrameError {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct FrameError {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> FrameError {
@@ -70,40 +86,11 @@ fn req_string(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String,
     opt_string(obj, key)?.ok_or_else(|| bad("invalid_frame", format!("`{key}` is required")))
 }
 
-/// Check message content: 1–4000 characters, not blank.
-///
-/// # Errors
-/// A human-readable reason.
-pub fn validate_content(content: &str) -> Result<(), String> {
-    if content.trim().is_empty() {
-        return Err("content must not be blank".into());
-    }
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(format!(
-            "content must be at most {MAX_CONTENT_CHARS} characters"
-        ));
-    }
-    Ok(())
-}
-
-/// Check an idempotency key: 1–64 characters.
-///
-/// # Errors
-/// A human-readable reason.
-pub fn validate_client_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.chars().count() > MAX_CLIENT_ID_CHARS {
-        return Err(format!(
-            "client_id must be 1–{MAX_CLIENT_ID_CHARS} characters"
-        ));
-    }
-    Ok(())
-}
-
 /// Parse one text frame.
 ///
 /// # Errors
 /// A [`FrameError`] for the `error` frame.
-pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| bad("invalid_json", format!("malformed JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -117,7 +104,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             for key in ["message", "text"] {
                 if obj.contains_key(key) {
                     let content = req_string(&obj, key)?;
-                    validate_content(&content).map_err(|m| bad("validation_failed", m))?;
+                    validate::content(&content).map_err(|m| bad("validation_failed", m))?;
                     return Ok(ClientFrame::Message {
                         room: opt_string(&obj, "room")?,
                         content,
@@ -131,10 +118,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     match kind {
         "message" => {
             let content = req_string(&obj, "content")?;
-            validate_content(&content).map_err(|m| bad("validation_failed", m))?;
+            validate::content(&content).map_err(|m| bad("validation_failed", m))?;
             let client_id = opt_string(&obj, "client_id")?;
             if let Some(id) = &client_id {
-                validate_client_id(id).map_err(|m| bad("validation_failed", m))?;
+                validate::client_id(id).map_err(|m| bad("validation_failed", m))?;
             }
             Ok(ClientFrame::Message {
                 room: opt_string(&obj, "room")?,
@@ -174,150 +161,47 @@ fn text(value: &impl Serialize) -> Utf8Bytes {
     serde_json::to_string(value).unwrap_or_default().into()
 }
 
-#[derive(Serialize)]
-struct Tagged<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    body: &'a T,
-}
-
-/// `{"type":"message", …message}` as an envelope, ready to publish.
-pub fn message_envelope(room_id: i64, msg: &Message) -> Envelope {
-    let mut env = Envelope::new(
-        room_id,
-        Kind::Message,
-        text(&Tagged {
-            kind: "message",
-            body: msg,
-        }),
-    );
-    env.header.seq = msg.seq;
-    env
-}
-
-pub fn message_edited(room_id: i64, msg: &Message) -> Envelope {
-    Envelope::new(
-        room_id,
-        Kind::Event,
-        text(&Tagged {
-            kind: "message_edited",
-            body: msg,
-        }),
-    )
-}
-
-pub fn message_deleted(room_id: i64, room: &str, id: i64, seq: i64) -> Envelope {
-    Envelope::new(
-        room_id,
-        Kind::Event,
-        text(&json!({"type": "message_deleted", "room": room, "id": id, "seq": seq})),
-    )
-}
-
-/// `typing` goes to everyone in the room but the typist.
-pub fn typing(room_id: i64, room: &str, user: &UserRef) -> Envelope {
-    let mut env = Envelope::new(
-        room_id,
-        Kind::Event,
-        text(&json!({"type": "typing", "room": room, "user": user})),
-    );
-    env.header.user = user.id;
-    env
-}
-
-/// `presence` goes to everyone in the room but the user concerned.
-pub fn presence(room_id: i64, room: &str, event: &str, user: &UserRef) -> Envelope {
-    let mut env = Envelope::new(
-        room_id,
-        Kind::Event,
-        text(&json!({"type": "presence", "room": room, "event": event, "user": user})),
-    );
-    env.header.user = user.id;
-    env
-}
-
-pub fn room_updated(room: &Room) -> Envelope {
-    Envelope::new(
-        room.id,
-        Kind::Event,
-        text(&json!({"type": "room_updated", "room": room})),
-    )
-}
-
-pub fn room_deleted(room_id: i64, room: &str) -> Envelope {
-    Envelope::new(
-        room_id,
-        Kind::RoomDeleted,
-        text(&json!({"type": "room_deleted", "room": room})),
-    )
-}
-
-/// `user` was removed from the room: their sockets there get `removed`, then close 4003.
-pub fn kicked(room_id: i64, room: &str, user: i64) -> Envelope {
-    let mut env = Envelope::new(
-        room_id,
-        Kind::Kick,
-        text(&json!({"type": "removed", "room": room})),
-    );
-    env.header.user = user;
-    env
-}
-
-/// Close `user`'s sockets of session `sid` (or all of them) with 4001.
-pub fn revoke(user: i64, sid: Option<String>, all: bool) -> Envelope {
-    let mut env = Envelope::new(0, Kind::Revoke, "");
-    env.header.user = user;
-    env.header.sid = sid;
-    env.header.all = all;
-    env
-}
-
-pub fn ready(room: &Room, user: &UserRef, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
+pub(crate) fn ready(room: &Room, user: &UserRef, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
     text(
         &json!({"type": "ready", "room": room, "user": user, "online": online, "last_seq": last_seq}),
     )
 }
 
-pub fn ready_mux(user: &UserRef) -> Utf8Bytes {
+pub(crate) fn ready_mux(user: &UserRef) -> Utf8Bytes {
     text(&json!({"type": "ready", "user": user}))
 }
 
-pub fn subscribed(room: &Room, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
+pub(crate) fn subscribed(room: &Room, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
     text(
         &json!({"type": "subscribed", "room": room.name, "room_info": room, "online": online, "last_seq": last_seq}),
     )
 }
 
-pub fn unsubscribed(room: &str) -> Utf8Bytes {
+pub(crate) fn unsubscribed(room: &str) -> Utf8Bytes {
     text(&json!({"type": "unsubscribed", "room": room}))
 }
 
-pub fn ack(room: &str, msg: &Message) -> Utf8Bytes {
+pub(crate) fn ack(room: &str, msg: &Message) -> Utf8Bytes {
     text(
         &json!({"type": "ack", "room": room, "client_id": msg.client_id, "id": msg.id, "seq": msg.seq}),
     )
 }
 
-pub fn pong() -> Utf8Bytes {
+pub(crate) fn auth_ok() -> Utf8Bytes {
+    Utf8Bytes::from_static(r#"{"type":"auth_ok"}"#)
+}
+
+pub(crate) fn pong() -> Utf8Bytes {
     Utf8Bytes::from_static(r#"{"type":"pong"}"#)
 }
 
-pub fn error(code: &str, message: &str, room: Option<&str>) -> Utf8Bytes {
+pub(crate) fn error(code: &str, message: &str, room: Option<&str>) -> Utf8Bytes {
     match room {
         Some(room) => {
             text(&json!({"type": "error", "code": code, "message": message, "room": room}))
         }
         None => text(&json!({"type": "error", "code": code, "message": message})),
     }
-}
-
-/// Replayed history: the same frame as live.
-pub fn message_frame(msg: &Message) -> Utf8Bytes {
-    text(&Tagged {
-        kind: "message",
-        body: msg,
-    })
 }
 
 #[cfg(test)]

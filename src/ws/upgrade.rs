@@ -26,13 +26,15 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
 };
 
+use tokio_util::task::TaskTracker;
+
 use crate::error::ApiError;
 
 /// An upgraded socket.
-pub type Socket = WebSocketStream<BufIo<TokioIo<Upgraded>>>;
+pub(super) type Socket = WebSocketStream<BufIo<TokioIo<Upgraded>>>;
 
 /// A validated upgrade request (HTTP/1.1 `GET` with `Upgrade: websocket`).
-pub struct WsUpgrade {
+pub(super) struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
 }
@@ -93,7 +95,12 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 impl WsUpgrade {
     /// Answer `101 Switching Protocols` and run `session` on the socket once hyper hands it
     /// over.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
+    pub(super) fn on_upgrade<F, Fut>(
+        self,
+        tasks: &TaskTracker,
+        config: WebSocketConfig,
+        session: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -120,7 +127,7 @@ impl WsUpgrade {
             let (_, session) = unbox(start);
             session(socket).await;
         };
-        tokio::spawn(fut);
+        tasks.spawn(fut);
         let accept = derive_accept_key(self.key.as_bytes());
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
@@ -136,7 +143,7 @@ impl WsUpgrade {
 /// Move a value out of its box and free the box now (a box moved out of with `*b` is freed
 /// only at the end of its scope: in an async block, after the last await).
 #[allow(clippy::boxed_local)] // taking the box is the point: it is freed on return
-pub fn unbox<T>(boxed: Box<T>) -> T {
+pub(super) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
 
@@ -149,14 +156,14 @@ const BUF_HIGH_WATER: usize = 64 * 1024;
 /// tungstenite (configured with `write_buffer_size = 0`) hands each frame to `poll_write` at
 /// once; the frames gather here until the session's writer flushes, so one flush is still one
 /// `write` system call for many frames. When everything is written the buffer is freed.
-pub struct BufIo<S> {
+pub(super) struct BufIo<S> {
     inner: S,
     buf: Vec<u8>,
     written: usize,
 }
 
 impl<S> BufIo<S> {
-    pub fn new(inner: S) -> Self {
+    pub(super) fn new(inner: S) -> Self {
         Self {
             inner,
             buf: Vec::new(),

@@ -1,6 +1,6 @@
 //! Who is online in which room, cluster-wide (SPEC §8 `presence`, §6 `online`).
 //!
-//! The hub counts a user's sockets per room on this replica; only the transitions 0→1 and
+//! The fan-out counts a user's sockets per room on this replica; only the transitions 0→1 and
 //! 1→0 reach a [`Presence`], which answers whether the user just came online (or went offline)
 //! in the whole cluster, so `join`/`leave` events fire once per user, not per socket or replica.
 //!
@@ -11,16 +11,24 @@
 //!   refresh their entries every 10 s with a 30 s TTL, and sweep expired ones, so the users of
 //!   a crashed replica go offline (with one `leave` event) within about 30 s.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-};
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use redis::Script;
 
+use super::Chat;
+use crate::{
+    domain::{
+        event::{Event, PresenceChange},
+        model::UserRef,
+    },
+    fanout::route,
+    store,
+};
+
 #[async_trait]
-pub trait Presence: Send + Sync {
+pub(crate) trait Presence: Send + Sync {
     /// This replica's first socket of `user` in `room` opened; `true` if the user was offline
     /// everywhere.
     async fn join(&self, room: i64, user: i64) -> anyhow::Result<bool>;
@@ -37,53 +45,104 @@ pub trait Presence: Send + Sync {
     }
 }
 
-/// Refresh this replica's presence entries.
-pub async fn heartbeat(state: &crate::state::AppState) {
-    if let Err(e) = state.presence.heartbeat().await {
-        tracing::warn!(error = %e, "presence heartbeat failed");
-    }
-}
-
-/// Expire the entries of crashed replicas and announce those users' `leave`, once each.
-pub async fn sweep(state: &crate::state::AppState) {
-    let pairs = match state.presence.sweep().await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "presence sweep failed");
+impl Chat {
+    /// This replica's first socket of `user` entered `room`: announce `join` if the user just
+    /// came online in the whole cluster.
+    pub(crate) async fn presence_entered(&self, room_id: i64, room: &str, user: &UserRef) {
+        if !self.hub.presence_inc(room_id, user.id) {
             return;
         }
-    };
-    for (room, user) in pairs {
-        let name = crate::store::rooms::name_of(&state.db, room)
-            .await
-            .ok()
-            .flatten();
-        let user = crate::store::users::refs(&state.db, &[user])
-            .await
-            .ok()
-            .and_then(|v| v.into_iter().next());
-        if let (Some(name), Some(user)) = (name, user) {
-            let env = crate::ws::protocol::presence(room, &name, "leave", &user);
-            if let Err(e) = state.bus.publish(env).await {
-                tracing::debug!(error = %e, "presence leave not published");
+        match self.presence.join(room_id, user.id).await {
+            Ok(true) => {
+                self.announce(room_id, room, PresenceChange::Join, user)
+                    .await
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence join failed"),
+        }
+    }
+
+    /// A socket of `user` left `room`: announce `leave` if it was their last in the cluster.
+    pub(crate) async fn presence_left(&self, room_id: i64, room: &str, user: &UserRef) {
+        if !self.hub.presence_dec(room_id, user.id) {
+            return;
+        }
+        match self.presence.leave(room_id, user.id).await {
+            Ok(true) => {
+                self.announce(room_id, room, PresenceChange::Leave, user)
+                    .await
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence leave failed"),
+        }
+    }
+
+    async fn announce(&self, room_id: i64, room: &str, event: PresenceChange, user: &UserRef) {
+        let event = Event::Presence { room, event, user };
+        self.publish(route::to_room_but(room_id, &event, user.id))
+            .await;
+    }
+
+    /// Users online in `room_id`, cluster-wide (empty, with a warning, if presence is
+    /// unreachable).
+    pub(crate) async fn online_users(&self, room_id: i64) -> Vec<UserRef> {
+        match self.presence.online(room_id).await {
+            Ok(ids) => store::users::refs(&self.db, &ids).await.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unavailable");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Ids of the users online in `room_id` (empty if presence is unreachable).
+    pub(crate) async fn online_ids(&self, room_id: i64) -> Vec<i64> {
+        self.presence.online(room_id).await.unwrap_or_default()
+    }
+
+    /// Refresh this replica's presence entries.
+    pub(crate) async fn presence_heartbeat(&self) {
+        if let Err(e) = self.presence.heartbeat().await {
+            tracing::warn!(error = %e, "presence heartbeat failed");
+        }
+    }
+
+    /// Expire the entries of crashed replicas and announce those users' `leave`, once each.
+    pub(crate) async fn presence_sweep(&self) {
+        let pairs = match self.presence.sweep().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence sweep failed");
+                return;
+            }
+        };
+        for (room, user) in pairs {
+            let name = store::rooms::name_of(&self.db, room).await.ok().flatten();
+            let user = store::users::refs(&self.db, &[user])
+                .await
+                .ok()
+                .and_then(|v| v.into_iter().next());
+            if let (Some(name), Some(user)) = (name, user) {
+                self.announce(room, &name, PresenceChange::Leave, &user)
+                    .await;
             }
         }
     }
 }
 
 #[derive(Default)]
-pub struct LocalPresence {
+pub(crate) struct LocalPresence {
     rooms: Mutex<HashMap<i64, HashSet<i64>>>,
 }
 
 #[async_trait]
 impl Presence for LocalPresence {
     async fn join(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        Ok(lock(&self.rooms).entry(room).or_default().insert(user))
+        Ok(self.rooms.lock().entry(room).or_default().insert(user))
     }
 
     async fn leave(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        let mut rooms = lock(&self.rooms);
+        let mut rooms = self.rooms.lock();
         let removed = rooms.get_mut(&room).is_some_and(|s| s.remove(&user));
         if rooms.get(&room).is_some_and(HashSet::is_empty) {
             rooms.remove(&room);
@@ -92,7 +151,9 @@ impl Presence for LocalPresence {
     }
 
     async fn online(&self, room: i64) -> anyhow::Result<Vec<i64>> {
-        Ok(lock(&self.rooms)
+        Ok(self
+            .rooms
+            .lock()
             .get(&room)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default())
@@ -103,14 +164,10 @@ impl Presence for LocalPresence {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Heartbeat TTL of a replica's presence entries.
-pub const PRESENCE_TTL_MS: i64 = 30_000;
+const PRESENCE_TTL_MS: i64 = 30_000;
 
-pub struct RedisPresence {
+pub(crate) struct RedisPresence {
     pool: deadpool_redis::Pool,
     replica: String,
     /// (room, user) pairs this replica holds, refreshed by [`RedisPresence::heartbeat`].
@@ -135,7 +192,7 @@ impl RedisPresence {
         self.heartbeat_inner().await
     }
 
-    pub fn new(pool: deadpool_redis::Pool, replica: String) -> Self {
+    pub(crate) fn new(pool: deadpool_redis::Pool, replica: String) -> Self {
         // KEYS: user key, online key, rooms key. ARGV: replica, now ms, expiry ms, user, room.
         let join_script = Script::new(
             r"
@@ -199,7 +256,7 @@ impl RedisPresence {
     /// # Errors
     /// If Redis cannot be reached.
     async fn heartbeat_inner(&self) -> anyhow::Result<()> {
-        let pairs: Vec<(i64, i64)> = lock(&self.local).iter().copied().collect();
+        let pairs: Vec<(i64, i64)> = self.local.lock().iter().copied().collect();
         if pairs.is_empty() {
             return Ok(());
         }
@@ -225,7 +282,7 @@ impl RedisPresence {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn join(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        lock(&self.local).insert((room, user));
+        self.local.lock().insert((room, user));
         let now = chrono::Utc::now().timestamp_millis();
         let mut conn = self.pool.get().await?;
         let first: i64 = self
@@ -244,7 +301,7 @@ impl Presence for RedisPresence {
     }
 
     async fn leave(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        lock(&self.local).remove(&(room, user));
+        self.local.lock().remove(&(room, user));
         let now = chrono::Utc::now().timestamp_millis();
         let mut conn = self.pool.get().await?;
         let last: i64 = self

@@ -8,15 +8,16 @@
 
 use std::{
     collections::VecDeque,
-    sync::Mutex,
     task::{Context, Poll},
 };
 
 use futures::task::AtomicWaker;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use parking_lot::{Mutex, MutexGuard};
 
-pub struct Outbox {
-    queue: Mutex<VecDeque<Utf8Bytes>>,
+use crate::domain::event::Frame;
+
+pub(crate) struct Outbox {
+    queue: Mutex<VecDeque<Frame>>,
     capacity: usize,
     /// The writer, waiting for frames.
     writer: AtomicWaker,
@@ -26,10 +27,10 @@ pub struct Outbox {
 
 /// The queue holds `capacity` frames already.
 #[derive(Debug)]
-pub struct Full;
+pub(crate) struct Full;
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
@@ -38,18 +39,15 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Utf8Bytes>> {
-        // A poisoned lock only means a thread panicked while pushing a frame; go on.
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+        self.queue.lock()
     }
 
     /// Queue a frame unless the queue is full.
     ///
     /// # Errors
     /// [`Full`] when `capacity` frames are waiting.
-    pub fn try_push(&self, frame: Utf8Bytes) -> Result<(), Full> {
+    pub(crate) fn try_push(&self, frame: Frame) -> Result<(), Full> {
         {
             let mut queue = self.lock();
             if queue.len() >= self.capacity {
@@ -62,7 +60,7 @@ impl Outbox {
     }
 
     /// Queue a frame when there is room; `Pending` (and woken by the writer) while full.
-    pub fn poll_push(&self, cx: &mut Context<'_>, frame: &mut Option<Utf8Bytes>) -> Poll<()> {
+    pub(crate) fn poll_push(&self, cx: &mut Context<'_>, frame: &mut Option<Frame>) -> Poll<()> {
         let Some(f) = frame.take() else {
             return Poll::Ready(());
         };
@@ -83,21 +81,17 @@ impl Outbox {
     }
 
     /// Frames waiting.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The writer: `Ready` once something is queued.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.poll_at_least(1, cx)
     }
 
     /// The writer: `Ready` once at least `n` frames are queued.
-    pub fn poll_at_least(&self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_at_least(&self, n: usize, cx: &mut Context<'_>) -> Poll<()> {
         if self.len() >= n {
             return Poll::Ready(());
         }
@@ -111,14 +105,14 @@ impl Outbox {
     }
 
     /// The writer takes everything queued; the queue starts again empty (no allocation kept).
-    pub fn take_all(&self) -> VecDeque<Utf8Bytes> {
+    pub(crate) fn take_all(&self) -> VecDeque<Frame> {
         let taken = std::mem::take(&mut *self.lock());
         self.space.wake();
         taken
     }
 
     /// Wake both sides (the socket is closing).
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         self.writer.wake();
         self.space.wake();
     }
@@ -131,18 +125,18 @@ mod tests {
     #[test]
     fn bounded_and_empty_after_take() {
         let outbox = Outbox::new(2);
-        outbox.try_push(Utf8Bytes::from_static("a")).unwrap();
-        outbox.try_push(Utf8Bytes::from_static("b")).unwrap();
-        assert!(outbox.try_push(Utf8Bytes::from_static("c")).is_err());
+        outbox.try_push(Frame::from_static("a")).unwrap();
+        outbox.try_push(Frame::from_static("b")).unwrap();
+        assert!(outbox.try_push(Frame::from_static("c")).is_err());
         let taken: Vec<_> = outbox.take_all().into_iter().collect();
         assert_eq!(taken, ["a", "b"]);
-        assert!(outbox.is_empty());
+        assert_eq!(outbox.len(), 0);
         assert_eq!(
             outbox.lock().capacity(),
             0,
             "an empty queue holds no allocation"
         );
-        outbox.try_push(Utf8Bytes::from_static("c")).unwrap();
+        outbox.try_push(Frame::from_static("c")).unwrap();
         assert_eq!(outbox.len(), 1);
     }
 
@@ -164,14 +158,14 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
 
         // A push with room is ready at once and leaves no waker behind.
-        let mut frame = Some(Utf8Bytes::from_static("a"));
+        let mut frame = Some(Frame::from_static("a"));
         assert!(outbox.poll_push(&mut cx, &mut frame).is_ready());
         outbox.take_all();
         assert_eq!(counter.0.load(Ordering::SeqCst), 0, "no spurious wake");
 
         // A push into a full queue waits, keeps its frame and is woken by the writer's take.
-        outbox.try_push(Utf8Bytes::from_static("b")).unwrap();
-        let mut frame = Some(Utf8Bytes::from_static("c"));
+        outbox.try_push(Frame::from_static("b")).unwrap();
+        let mut frame = Some(Frame::from_static("c"));
         assert!(outbox.poll_push(&mut cx, &mut frame).is_pending());
         assert_eq!(frame.as_deref(), Some("c"));
         assert_eq!(outbox.take_all().len(), 1);

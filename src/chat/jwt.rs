@@ -10,53 +10,48 @@ use uuid::Uuid;
 /// The claims of an access token (SPEC §4), plus `sid`, the refresh-token family it belongs to,
 /// so that logging out a session can revoke every access token issued to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub name: String,
-    pub roles: Vec<String>,
-    pub iat: i64,
-    pub exp: i64,
-    pub iss: String,
-    pub aud: String,
-    pub jti: String,
-    pub typ: String,
-    pub sid: String,
+pub(crate) struct Claims {
+    pub(crate) sub: String,
+    pub(crate) name: String,
+    pub(crate) roles: Vec<String>,
+    pub(crate) iat: i64,
+    pub(crate) exp: i64,
+    pub(crate) iss: String,
+    pub(crate) aud: String,
+    pub(crate) jti: String,
+    pub(crate) typ: String,
+    pub(crate) sid: String,
 }
 
 impl Claims {
     /// The user id in `sub`.
-    pub fn user_id(&self) -> Option<i64> {
+    pub(crate) fn user_id(&self) -> Option<i64> {
         self.sub.parse().ok()
     }
 
-    pub fn expires_at(&self) -> DateTime<Utc> {
+    pub(crate) fn expires_at(&self) -> DateTime<Utc> {
         DateTime::from_timestamp(self.exp, 0).unwrap_or_else(Utc::now)
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
     }
 }
 
 /// Keys and validation rules, built once at start.
-pub struct JwtKeys {
+pub(crate) struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     issuer: String,
     audience: String,
-    pub access_ttl_secs: i64,
+    pub(crate) access_ttl_secs: i64,
 }
 
 /// What a freshly issued access token is, for the response body.
-pub struct IssuedAccess {
-    pub token: String,
-    pub jti: String,
-    pub expires_in: i64,
+pub(crate) struct IssuedAccess {
+    pub(crate) token: String,
+    pub(crate) expires_in: i64,
 }
 
 impl JwtKeys {
-    pub fn new(secret: &[u8], issuer: &str, audience: &str, access_ttl_secs: u64) -> Self {
+    pub(crate) fn new(secret: &[u8], issuer: &str, audience: &str, access_ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -77,7 +72,7 @@ impl JwtKeys {
     ///
     /// # Errors
     /// Only if the claims cannot be encoded, which does not happen with HS256.
-    pub fn issue_access(
+    pub(crate) fn issue_access(
         &self,
         user_id: i64,
         username: &str,
@@ -94,21 +89,20 @@ impl JwtKeys {
             exp: now + self.access_ttl_secs,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            jti: jti.clone(),
+            jti,
             typ: "access".into(),
             sid: sid.to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok(IssuedAccess {
             token,
-            jti,
             expires_in: self.access_ttl_secs,
         })
     }
 
     /// Verify signature, algorithm, `exp`, `iss`, `aud` and `typ`. Revocation is checked by the
     /// caller against the deny-list.
-    pub fn verify_access(&self, token: &str) -> Option<Claims> {
+    pub(crate) fn verify_access(&self, token: &str) -> Option<Claims> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let claims = data.claims;
         (claims.typ == "access" && claims.user_id().is_some()).then_some(claims)

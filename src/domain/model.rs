@@ -5,11 +5,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
-pub fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-pub fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => ts(t, s),
         None => s.serialize_none(),
@@ -18,42 +18,42 @@ pub fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S
 
 /// `{id, username}`: how a user appears inside rooms, messages and presence.
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
-pub struct UserRef {
-    pub id: i64,
-    pub username: String,
+pub(crate) struct UserRef {
+    pub(crate) id: i64,
+    pub(crate) username: String,
 }
 
 /// A user as others see them. `email` only for the user themself and admins.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct PublicUser {
-    pub id: i64,
-    pub username: String,
+pub(crate) struct PublicUser {
+    pub(crate) id: i64,
+    pub(crate) username: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub roles: Vec<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) first_name: Option<String>,
+    pub(crate) last_name: Option<String>,
+    pub(crate) roles: Vec<String>,
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// The full user, for `GET /users/me`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct User {
-    pub id: i64,
-    pub username: String,
-    pub email: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub roles: Vec<String>,
+pub(crate) struct User {
+    pub(crate) id: i64,
+    pub(crate) username: String,
+    pub(crate) email: String,
+    pub(crate) first_name: Option<String>,
+    pub(crate) last_name: Option<String>,
+    pub(crate) roles: Vec<String>,
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl User {
-    pub fn public(self, with_email: bool) -> PublicUser {
+    pub(crate) fn public(self, with_email: bool) -> PublicUser {
         PublicUser {
             id: self.id,
             username: self.username,
@@ -65,67 +65,60 @@ impl User {
         }
     }
 
-    pub fn as_ref(&self) -> UserRef {
-        UserRef {
-            id: self.id,
-            username: self.username.clone(),
-        }
-    }
-
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Room {
-    pub id: i64,
-    pub name: String,
-    pub topic: Option<String>,
+pub(crate) struct Room {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) topic: Option<String>,
     /// `public` or `private`.
-    pub visibility: String,
-    pub owner: Option<UserRef>,
-    pub member_count: i64,
-    pub online_count: i64,
-    pub last_seq: i64,
+    pub(crate) visibility: String,
+    pub(crate) owner: Option<UserRef>,
+    pub(crate) member_count: i64,
+    pub(crate) online_count: i64,
+    pub(crate) last_seq: i64,
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Message {
-    pub id: i64,
+pub(crate) struct Message {
+    pub(crate) id: i64,
     /// The room's name.
-    pub room: String,
-    pub seq: i64,
+    pub(crate) room: String,
+    pub(crate) seq: i64,
     /// `null` once the author deleted their account.
-    pub user: Option<UserRef>,
-    pub content: String,
-    pub client_id: Option<String>,
+    pub(crate) user: Option<UserRef>,
+    pub(crate) content: String,
+    pub(crate) client_id: Option<String>,
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: DateTime<Utc>,
+    pub(crate) created_at: DateTime<Utc>,
     #[serde(serialize_with = "ts_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    pub edited_at: Option<DateTime<Utc>>,
+    pub(crate) edited_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Member {
-    pub user: UserRef,
+pub(crate) struct Member {
+    pub(crate) user: UserRef,
     /// `owner` or `member`.
-    pub role: String,
+    pub(crate) role: String,
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
-    pub joined_at: DateTime<Utc>,
+    pub(crate) joined_at: DateTime<Utc>,
     /// Online anywhere in the cluster.
-    pub online: bool,
+    pub(crate) online: bool,
 }
 
 /// A page of results with an opaque cursor for the next one.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_cursor: Option<String>,
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Clone)]
-pub struct PasswordHasher {
+pub(crate) struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
 }
 
@@ -31,7 +31,7 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> Self {
+    pub(crate) fn new(concurrency: usize) -> Self {
         let (jobs, rx) = mpsc::channel::<Job>(1024);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..concurrency.max(1) {
@@ -78,7 +78,7 @@ impl PasswordHasher {
 
     /// # Errors
     /// If the pool is gone or argon2 refuses its parameters (neither expected).
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+    pub(crate) async fn hash(&self, password: String) -> anyhow::Result<String> {
         self.run(move || {
             Argon2::default()
                 .hash_password(password.as_bytes())
@@ -92,7 +92,11 @@ impl PasswordHasher {
     ///
     /// # Errors
     /// If the pool is gone.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> anyhow::Result<bool> {
         self.run(move || {
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());

@@ -2,13 +2,14 @@
 
 use sea_orm::DatabaseConnection;
 
-use crate::{auth::PasswordHasher, store};
+use super::password::PasswordHasher;
+use crate::store;
 
 /// Create `username` as an admin, or grant `admin` to the existing user of that name.
 ///
 /// # Errors
 /// Database errors, or an email already used by another account.
-pub async fn ensure_admin(
+pub(crate) async fn ensure_admin(
     db: &DatabaseConnection,
     hasher: &PasswordHasher,
     username: &str,

@@ -1,0 +1,90 @@
+//! Router assembly: the REST API under `/api/v1`, the WebSocket endpoints, probes, docs and
+//! the web client, under one tower stack.
+//!
+//! Layers, outermost first: request id (set and propagated), a tracing span per request whose
+//! URI has the `token` query parameter redacted and whose `Authorization` header is marked
+//! sensitive, HTTP metrics, panic catching, CORS, a timeout for REST requests, the 64 KiB body
+//! limit, and finally [`http::json_errors`], which gives the few responses produced outside
+//! our handlers (405, 408, 413, panics) the error shape of SPEC §3.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware,
+    routing::get,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, Any, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{chat::Chat, config::Config, http, telemetry, ws};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub(super) fn router(chat: Chat) -> Router {
+    let api = http::api_routes().layer(TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(chat.config.request_timeout_secs),
+    ));
+    let cors = cors(&chat.config);
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(ws::routes())
+        .merge(http::ops_routes())
+        .route("/", get(http::index))
+        .fallback(http::extract::not_found_fallback)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    X_REQUEST_ID.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                ]))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(telemetry::http_span)
+                        .on_response(telemetry::on_response),
+                )
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                .layer(middleware::from_fn(telemetry::metrics::track_http))
+                .layer(CatchPanicLayer::new())
+                .layer(cors)
+                .layer(axum::extract::DefaultBodyLimit::max(http::BODY_LIMIT))
+                .layer(middleware::from_fn(http::json_errors)),
+        )
+        .with_state(chat)
+}
+
+/// CORS for `ALLOWED_ORIGINS` (any origin when unset or `*`).
+fn cors(config: &Config) -> CorsLayer {
+    let allowed = &config.allowed_origins;
+    let cors = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        CorsLayer::new().allow_origin(Any)
+    } else {
+        let origins: Vec<HeaderValue> = allowed
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new().allow_origin(AllowOrigin::list(origins))
+    };
+    cors.allow_methods([
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ])
+    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+}

@@ -1,0 +1,158 @@
+//! Who may see, enter, write to and manage a room: the access rule, written once and called
+//! by REST, by both socket endpoints and by the send path.
+
+use super::{Chat, auth::CurrentUser};
+use crate::{
+    domain::validate::Visibility,
+    error::ApiError,
+    store::{self, rooms::RoomRow},
+};
+
+/// What a non-member is told when a private room refuses them. Both are deliberate: a
+/// private room is invisible (404) where merely naming it should reveal nothing, and an
+/// explicit join attempt on a room the caller already sees says why (403).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal {
+    NotFound,
+    NeedsInvitation,
+}
+
+impl Refusal {
+    fn error(self) -> ApiError {
+        match self {
+            Self::NotFound => ApiError::NotFound("room"),
+            Self::NeedsInvitation => ApiError::Forbidden("this private room needs an invitation"),
+        }
+    }
+}
+
+/// How a caller enters a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Already a member.
+    Member,
+    /// A public room: joining makes them a member.
+    Joins,
+}
+
+/// The owner or an admin may change, delete, invite to and remove from a room.
+pub(crate) fn may_manage(room: &RoomRow, me: &CurrentUser) -> bool {
+    me.is_admin() || room.owner_id == Some(me.id)
+}
+
+impl Chat {
+    /// The room if the caller may see it (public, a member, or an admin), with their role.
+    ///
+    /// # Errors
+    /// 404 if it does not exist or is private to others.
+    pub(crate) async fn visible_room(
+        &self,
+        name: &str,
+        me: &CurrentUser,
+    ) -> Result<(RoomRow, Option<String>), ApiError> {
+        let room = self.room_named(name).await?;
+        let role = store::rooms::role_of(&self.db, room.id, me.id).await?;
+        if Visibility::of(&room.visibility) != Visibility::Public
+            && role.is_none()
+            && !me.is_admin()
+        {
+            return Err(ApiError::NotFound("room"));
+        }
+        Ok((room, role))
+    }
+
+    /// The room a member may write to.
+    ///
+    /// # Errors
+    /// 404 as [`Chat::visible_room`]; 403 for a non-member.
+    pub(crate) async fn writable_room(
+        &self,
+        name: &str,
+        me: &CurrentUser,
+    ) -> Result<RoomRow, ApiError> {
+        let (room, role) = self.visible_room(name, me).await?;
+        if role.is_none() {
+            return Err(ApiError::Forbidden("join the room to post in it"));
+        }
+        Ok(room)
+    }
+
+    /// Enter `room` to read and write it: a member goes in; anyone joins a public room (and
+    /// becomes a member); a private one needs an invitation.
+    ///
+    /// # Errors
+    /// `refusal` for a private room; 503 if the database is down.
+    pub(crate) async fn enter_room(
+        &self,
+        room: RoomRow,
+        user_id: i64,
+        refusal: Refusal,
+    ) -> Result<RoomRow, ApiError> {
+        let entry = self.may_enter(&room, user_id, refusal).await?;
+        self.complete_entry(&room, user_id, entry).await?;
+        Ok(room)
+    }
+
+    /// The first half of [`Chat::enter_room`]: whether `user_id` may enter, changing nothing
+    /// (so that a request refused for another reason joins nothing).
+    ///
+    /// # Errors
+    /// As [`Chat::enter_room`].
+    pub(crate) async fn may_enter(
+        &self,
+        room: &RoomRow,
+        user_id: i64,
+        refusal: Refusal,
+    ) -> Result<Entry, ApiError> {
+        if store::rooms::role_of(&self.db, room.id, user_id)
+            .await?
+            .is_some()
+        {
+            return Ok(Entry::Member);
+        }
+        if Visibility::of(&room.visibility) != Visibility::Public {
+            return Err(refusal.error());
+        }
+        Ok(Entry::Joins)
+    }
+
+    /// The second half of [`Chat::enter_room`]: a newcomer to a public room becomes a member.
+    ///
+    /// # Errors
+    /// 503 if the database is down.
+    pub(crate) async fn complete_entry(
+        &self,
+        room: &RoomRow,
+        user_id: i64,
+        entry: Entry,
+    ) -> Result<(), ApiError> {
+        if entry == Entry::Joins {
+            store::rooms::add_member(&self.db, room.id, user_id).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Chat::enter_room`] by name.
+    ///
+    /// # Errors
+    /// 404 if there is no such room; as [`Chat::enter_room`].
+    pub(crate) async fn enter_room_named(
+        &self,
+        name: &str,
+        user_id: i64,
+        refusal: Refusal,
+    ) -> Result<RoomRow, ApiError> {
+        let room = self.room_named(name).await?;
+        self.enter_room(room, user_id, refusal).await
+    }
+
+    /// The room called `name`.
+    ///
+    /// # Errors
+    /// 404 if there is none.
+    pub(crate) async fn room_named(&self, name: &str) -> Result<RoomRow, ApiError> {
+        store::rooms::find_by_name(&self.db, name)
+            .await?
+            .ok_or(ApiError::NotFound("room"))
+    }
+}

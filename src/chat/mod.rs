@@ -1,0 +1,213 @@
+//! The rules of the service, each in one place, and the services every transport calls:
+//!
+//! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
+//! * [`access`]: who may see, enter, write to and manage a room.
+//! * [`send`]: the send pipeline (rate limit, group commit, publish).
+//! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
+//! * [`presence`]: who is online where, cluster-wide.
+//! * [`admin`]: the first admin.
+//!
+//! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
+//!
+//! May import: `fanout`, `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
+
+pub(crate) mod access;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod jwt;
+pub(crate) mod password;
+pub(crate) mod presence;
+pub(crate) mod revoke;
+pub(crate) mod send;
+
+use std::{net::IpAddr, num::NonZeroU32, ops::Deref, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::RngCore;
+use sea_orm::DatabaseConnection;
+use secrecy::ExposeSecret;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use self::{
+    jwt::JwtKeys,
+    password::PasswordHasher,
+    presence::{LocalPresence, Presence, RedisPresence},
+    revoke::{DbDenyList, DenyList, RedisDenyList},
+    send::Sender,
+};
+use crate::{
+    bus::{Bus, Envelope, local::LocalBus, redis::RedisBus},
+    config::Config,
+    fanout::hub::Hub,
+};
+
+/// The services, shared by every request and socket.
+pub(crate) struct Services {
+    pub(crate) config: Config,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) keys: JwtKeys,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) deny: Arc<dyn DenyList>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) sender: Sender,
+    /// Messages per user (burst and sustained).
+    pub(crate) msg_limiter: DefaultKeyedRateLimiter<i64>,
+    /// Login and register attempts per client address.
+    pub(crate) auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
+    /// for them.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled on shutdown: `/readyz` answers 503 from then on.
+    pub(crate) stop: CancellationToken,
+}
+
+/// Cheap-to-clone handle on the [`Services`].
+#[derive(Clone)]
+pub(crate) struct Chat(Arc<Services>);
+
+impl Deref for Chat {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The parts that differ between embedded and cluster mode.
+struct ModeParts {
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    deny: Arc<dyn DenyList>,
+}
+
+impl Chat {
+    /// Build every service over `db`. The run mode is chosen here, by configuration only:
+    /// with `REDIS_URL` the bus, presence and deny-list are Redis-backed; without it they are
+    /// in-process (deny-list in the database).
+    ///
+    /// # Errors
+    /// An unusable Redis URL, or a database that cannot be read.
+    pub(crate) async fn build(
+        config: Config,
+        db: DatabaseConnection,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let keys = jwt_keys(&config);
+        let replica_id = rand::rng().next_u64() >> 1;
+        let ModeParts {
+            bus,
+            presence,
+            deny,
+        } = match &config.redis_url {
+            Some(url) => cluster_parts(url.expose_secret(), replica_id, &tasks, &stop)?,
+            None => ModeParts {
+                bus: Arc::new(LocalBus::default()),
+                presence: Arc::new(LocalPresence::default()),
+                deny: DbDenyList::load(db.clone()).await?,
+            },
+        };
+        let hub = Hub::new(
+            db.clone(),
+            bus.clone(),
+            config.ws_queue_capacity,
+            tasks.clone(),
+        );
+        let per_sec = NonZeroU32::new(config.message_rate_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.message_rate_burst).unwrap_or(NonZeroU32::MIN);
+        let auth_per_min = NonZeroU32::new(config.auth_rate_per_min).unwrap_or(NonZeroU32::MIN);
+        let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+        });
+        Ok(Self(Arc::new(Services {
+            sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
+            keys,
+            hasher: PasswordHasher::new(hash_concurrency),
+            deny,
+            bus,
+            presence,
+            hub,
+            msg_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            auth_limiter: RateLimiter::keyed(Quota::per_minute(auth_per_min)),
+            tasks,
+            stop,
+            db,
+            config,
+        })))
+    }
+
+    /// Publish an event; a failure is logged (the state change is committed either way, and
+    /// receivers fill message gaps from the database).
+    pub(crate) async fn publish(&self, env: Envelope) {
+        if let Err(e) = self.bus.publish(env).await {
+            tracing::warn!(error = %e, "event not published");
+        }
+    }
+
+    /// Periodic work until shutdown: rate-limiter pruning, presence heartbeats and expiry
+    /// sweeps.
+    pub(crate) async fn housekeeping(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            n += 1;
+            if n.is_multiple_of(12) {
+                self.msg_limiter.retain_recent();
+                self.auth_limiter.retain_recent();
+            }
+            if n.is_multiple_of(2) {
+                self.presence_heartbeat().await;
+            }
+            self.presence_sweep().await;
+        }
+    }
+}
+
+/// The token keys: `JWT_SECRET`, or a random key (embedded mode only).
+fn jwt_keys(config: &Config) -> JwtKeys {
+    let secret: Vec<u8> = if let Some(s) = &config.jwt_secret {
+        s.expose_secret().as_bytes().to_vec()
+    } else {
+        tracing::warn!(
+            "JWT_SECRET is not set: using a random key; tokens will not survive a restart"
+        );
+        let mut key = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        key
+    };
+    JwtKeys::new(
+        &secret,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        config.access_token_ttl_secs,
+    )
+}
+
+/// Cluster mode: the Redis bus, presence and deny-list over one pool.
+fn cluster_parts(
+    url: &str,
+    replica_id: u64,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<ModeParts> {
+    let mut pool_config = deadpool_redis::Config::from_url(url);
+    let mut pc = deadpool_redis::PoolConfig::new(16);
+    pc.timeouts.wait = Some(Duration::from_secs(2));
+    pc.timeouts.create = Some(Duration::from_secs(2));
+    pc.timeouts.recycle = Some(Duration::from_secs(2));
+    pool_config.pool = Some(pc);
+    let pool = pool_config
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("REDIS_URL is not usable")?;
+    Ok(ModeParts {
+        bus: Arc::new(RedisBus::start(url, pool.clone(), replica_id, tasks, stop)?),
+        presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
+        deny: Arc::new(RedisDenyList::new(pool)),
+    })
+}

@@ -1,0 +1,218 @@
+//! Revocation: what logout, password changes and account deletion end before the tokens
+//! expire on their own, and the sockets those tokens opened.
+//!
+//! The deny-list keys are spelled in one place, [`DenyKey`]: `jti:<id>` (one token),
+//! `sid:<family>` (every access token of one login session) and `user:<id>` (every token of a
+//! user). Two deny-lists sit behind one trait:
+//! * [`DbDenyList`] (embedded mode): an in-process set, written through to the
+//!   `revoked_tokens` table and loaded from it at start, so revocations survive a restart.
+//! * [`RedisDenyList`] (cluster mode): `SET key 1 EX ttl`, checked with one `EXISTS` per
+//!   request, so every replica agrees at once.
+//!
+//! A failed check is an error, never "not revoked": the caller answers 503 (fail closed).
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::Mutex;
+use sea_orm::DatabaseConnection;
+
+use super::Chat;
+use crate::{error::ApiError, fanout::route, store};
+
+/// One deny-list entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DenyKey<'a> {
+    /// One access token, by `jti`.
+    Token(&'a str),
+    /// Every access token of one login session (refresh family).
+    Session(&'a str),
+    /// Every token of a user.
+    User(i64),
+}
+
+impl DenyKey<'_> {
+    fn key(self) -> String {
+        match self {
+            Self::Token(jti) => format!("jti:{jti}"),
+            Self::Session(sid) => format!("sid:{sid}"),
+            Self::User(id) => format!("user:{id}"),
+        }
+    }
+}
+
+impl Chat {
+    /// Whether a token of `user` in session `sid` with id `jti` is revoked.
+    ///
+    /// # Errors
+    /// 503 if the deny-list cannot be read.
+    pub(crate) async fn is_revoked(
+        &self,
+        user: i64,
+        sid: &str,
+        jti: &str,
+    ) -> Result<bool, ApiError> {
+        let keys = [
+            DenyKey::Token(jti).key(),
+            DenyKey::Session(sid).key(),
+            DenyKey::User(user).key(),
+        ];
+        self.deny
+            .any_denied(&keys)
+            .await
+            .map_err(ApiError::Unavailable)
+    }
+
+    /// Deny `keys` for as long as a token issued now could live.
+    async fn deny_keys(&self, keys: &[DenyKey<'_>]) -> Result<(), ApiError> {
+        let until = Utc::now() + Duration::seconds(self.keys.access_ttl_secs + 60);
+        let keys: Vec<String> = keys.iter().map(|k| k.key()).collect();
+        self.deny
+            .deny(&keys, until)
+            .await
+            .map_err(ApiError::Unavailable)
+    }
+
+    /// Revoke one access token (logout).
+    ///
+    /// # Errors
+    /// 503 if the deny-list cannot be written.
+    pub(crate) async fn revoke_token(&self, jti: &str) -> Result<(), ApiError> {
+        self.deny_keys(&[DenyKey::Token(jti)]).await
+    }
+
+    /// Deny the access tokens of `families` and close their sockets on every replica (4001);
+    /// with `all`, every socket of the user.
+    ///
+    /// # Errors
+    /// 503 if the deny-list cannot be written.
+    pub(crate) async fn revoke_sessions(
+        &self,
+        user_id: i64,
+        families: &[String],
+        all: bool,
+    ) -> Result<(), ApiError> {
+        let keys: Vec<DenyKey<'_>> = families.iter().map(|f| DenyKey::Session(f)).collect();
+        self.deny_keys(&keys).await?;
+        if all {
+            self.publish(route::revoke(user_id, None, true)).await;
+        } else {
+            for f in families {
+                self.publish(route::revoke(user_id, Some(f.clone()), false))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every token of `user_id` stops working and their sockets close (account deleted).
+    ///
+    /// # Errors
+    /// 503 if the deny-list cannot be written.
+    pub(crate) async fn revoke_user(&self, user_id: i64) -> Result<(), ApiError> {
+        self.deny_keys(&[DenyKey::User(user_id)]).await?;
+        self.publish(route::revoke(user_id, None, true)).await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+pub(crate) trait DenyList: Send + Sync {
+    /// Deny `keys` until `until`.
+    async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()>;
+    /// Whether any of `keys` is denied.
+    async fn any_denied(&self, keys: &[String]) -> anyhow::Result<bool>;
+}
+
+pub(crate) struct DbDenyList {
+    db: DatabaseConnection,
+    cache: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl DbDenyList {
+    /// Load the unexpired entries and purge the expired ones.
+    ///
+    /// # Errors
+    /// If the database cannot be read.
+    pub(crate) async fn load(db: DatabaseConnection) -> anyhow::Result<Arc<Self>> {
+        let cache = store::revoked::load_unexpired(&db)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(Arc::new(Self {
+            db,
+            cache: Mutex::new(cache),
+        }))
+    }
+}
+
+#[async_trait]
+impl DenyList for DbDenyList {
+    async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        store::revoked::insert(&self.db, &keys, until).await?;
+        let now = Utc::now();
+        // Lock held for a few map operations only, never across an await.
+        let mut cache = self.cache.lock();
+        cache.retain(|_, exp| *exp > now);
+        for k in keys {
+            cache.insert(k, until);
+        }
+        Ok(())
+    }
+
+    async fn any_denied(&self, keys: &[String]) -> anyhow::Result<bool> {
+        let now = Utc::now();
+        let cache = self.cache.lock();
+        Ok(keys
+            .iter()
+            .any(|k| cache.get(k).is_some_and(|exp| *exp > now)))
+    }
+}
+
+pub(crate) struct RedisDenyList {
+    pool: deadpool_redis::Pool,
+}
+
+impl RedisDenyList {
+    pub(crate) fn new(pool: deadpool_redis::Pool) -> Self {
+        Self { pool }
+    }
+}
+
+fn redis_key(k: &str) -> String {
+    format!("chat:deny:{k}")
+}
+
+#[async_trait]
+impl DenyList for RedisDenyList {
+    async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()> {
+        let ttl = (until - Utc::now()).num_seconds().max(1);
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.set_ex(redis_key(k), 1, ttl.unsigned_abs()).ignore();
+        }
+        pipe.query_async::<()>(&mut *conn).await?;
+        Ok(())
+    }
+
+    async fn any_denied(&self, keys: &[String]) -> anyhow::Result<bool> {
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.pool.get().await?;
+        let keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&keys)
+            .query_async(&mut *conn)
+            .await?;
+        Ok(n > 0)
+    }
+}

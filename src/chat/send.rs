@@ -1,0 +1,291 @@
+//! The send path, the spine of the service:
+//!
+//! socket or REST → validate → [`Chat::admit`] (rate limit) → **[`Sender::submit`]**: one
+//! transaction takes the rooms' next `seq` values and stores the messages
+//! ([`store::commit`]) → publish on the bus → every replica's fan-out → each socket's bounded
+//! queue, in `seq` order.
+//!
+//! Group commit: sends wait in one queue per replica; a single drain task takes whatever is
+//! waiting (up to [`MAX_BATCH`]) and commits it in **one** transaction. While a batch
+//! commits, the next one accumulates, so the commit rate adapts to the load. Each sender's
+//! messages keep their submission order. A send is answered only after its batch committed,
+//! and the batch is published before the answers go out, in `seq` order.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::Chat;
+use crate::{
+    bus::{Bus, Envelope},
+    domain::model::UserRef,
+    error::ApiError,
+    fanout::route,
+    store::{
+        self, StoreError,
+        commit::{NewMessage, Stored},
+    },
+    telemetry::{self, metrics},
+};
+
+/// Most messages committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// What a send produced: a new message, or the original of a repeated `client_id`.
+pub(crate) type Sent = Stored;
+
+/// A message to store (validated by the caller with [`crate::domain::validate`]).
+pub(crate) struct Draft {
+    pub(crate) author: UserRef,
+    pub(crate) content: String,
+    pub(crate) client_id: Option<String>,
+}
+
+struct Pending {
+    room_id: i64,
+    room: Arc<str>,
+    draft: Draft,
+    reply: oneshot::Sender<Result<Sent, ApiError>>,
+    span: tracing::Span,
+}
+
+impl Pending {
+    fn as_new(&self) -> NewMessage<'_> {
+        NewMessage {
+            room_id: self.room_id,
+            room: &self.room,
+            author: &self.draft.author,
+            content: &self.draft.content,
+            client_id: self.draft.client_id.as_deref(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    running: bool,
+}
+
+/// The replica's group-commit queue.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    bus: Arc<dyn Bus>,
+    /// The drain runs here, so that shutdown waits for the batch in flight.
+    tasks: TaskTracker,
+    queue: Mutex<Queue>,
+}
+
+impl Chat {
+    /// The per-user message rate limit, for every path that sends.
+    ///
+    /// # Errors
+    /// 429 with the seconds to wait.
+    pub(crate) fn admit(&self, user_id: i64) -> Result<(), ApiError> {
+        self.msg_limiter.check_key(&user_id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            ApiError::RateLimited(wait.as_secs().max(1))
+        })
+    }
+}
+
+impl Sender {
+    pub(crate) fn new(db: DatabaseConnection, bus: Arc<dyn Bus>, tasks: TaskTracker) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                bus,
+                tasks,
+                queue: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Queue `draft` for `room` now and return the future of its outcome. The caller has
+    /// validated the content, checked membership and applied the rate limit. The queue
+    /// position is taken by this call, not by the first poll: a socket submits its messages
+    /// one after another without waiting for each commit (many in flight), and they still
+    /// commit in submission order.
+    pub(crate) fn submit(
+        &self,
+        room_id: i64,
+        room: &str,
+        draft: Draft,
+    ) -> impl Future<Output = Result<Sent, ApiError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let span = if telemetry::tracing_enabled() {
+            tracing::info_span!("message.commit", room = room, room_id)
+        } else {
+            tracing::Span::none()
+        };
+        let start = {
+            let mut queue = self.inner.queue.lock();
+            queue.pending.push(Pending {
+                room_id,
+                room: room.into(),
+                draft,
+                reply,
+                span,
+            });
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            // The drain runs in its own task so that a caller going away (a dropped HTTP
+            // request) never abandons a batch half way.
+            let inner = self.inner.clone();
+            self.inner.tasks.spawn(async move { inner.drain().await });
+        }
+        async move {
+            rx.await.map_err(|_| {
+                ApiError::Internal(anyhow::anyhow!("send task ended without a reply"))
+            })?
+        }
+    }
+}
+
+impl Inner {
+    /// Commit batch after batch. A batch's publish and answers run in their own task while the
+    /// next batch commits; each waits for the previous one, so messages still reach the bus in
+    /// commit order and every sender is answered after its message was published.
+    async fn drain(&self) {
+        let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queue = self.queue.lock();
+                if queue.pending.is_empty() && publishing.is_none() {
+                    queue.running = false;
+                    return;
+                }
+                let n = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Nothing new: let the last publish finish (`running` covers it), then look again.
+                if let Some(previous) = publishing.take() {
+                    let _ = previous.await;
+                }
+                continue;
+            }
+            let parent = batch[0].span.clone();
+            let outcomes = self.commit_batch(&batch).instrument(parent.clone()).await;
+            let bus = self.bus.clone();
+            let previous = publishing.take();
+            publishing = Some(
+                self.tasks.spawn(
+                    async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        publish_and_answer(&*bus, batch, outcomes).await;
+                    }
+                    .instrument(parent),
+                ),
+            );
+        }
+    }
+
+    /// The batch's outcomes, in batch order.
+    async fn commit_batch(&self, batch: &[Pending]) -> Vec<Result<Sent, ApiError>> {
+        metrics::commit_batch(batch.len());
+        let started = std::time::Instant::now();
+        let drafts: Vec<NewMessage<'_>> = batch.iter().map(Pending::as_new).collect();
+        let committed = store::commit::commit(&self.db, &drafts).await;
+        tracing::debug!(
+            batch = batch.len(),
+            commit_us = started.elapsed().as_micros(),
+            "batch committed"
+        );
+        let outcomes = match committed {
+            Err(e) if store::unique_violation(&e).is_some() => {
+                // A retry with the same client_id raced on another replica: go one by one, so
+                // each finds its original.
+                let mut out = Vec::with_capacity(batch.len());
+                for draft in &drafts {
+                    match store::commit::commit(&self.db, std::slice::from_ref(draft)).await {
+                        Ok(mut r) => out.append(&mut r),
+                        Err(e) => out.push(Err(StoreError::from(e))),
+                    }
+                }
+                out
+            }
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let err = StoreError::from(e);
+                if matches!(err, StoreError::Db(_) | StoreError::Unavailable(_)) {
+                    tracing::error!(error = ?err, "message commit failed");
+                }
+                batch.iter().map(|_| Err(clone_err(&err))).collect()
+            }
+        };
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Stored::Created(_))))
+            .count();
+        metrics::messages_committed(created);
+        outcomes
+            .into_iter()
+            .map(|o| o.map_err(ApiError::from))
+            .collect()
+    }
+}
+
+/// Publish every new message of a committed batch, in `seq` order per room, then answer its
+/// senders.
+async fn publish_and_answer(
+    bus: &dyn Bus,
+    batch: Vec<Pending>,
+    mut outcomes: Vec<Result<Sent, ApiError>>,
+) {
+    let envelopes: Vec<Envelope> = batch
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(pending, outcome)| match outcome {
+            Ok(Sent::Created(msg)) => {
+                let _enter = pending.span.enter();
+                Some(route::message(pending.room_id, msg))
+            }
+            _ => None,
+        })
+        .collect();
+    // A failed publish is not the sender's problem: the message is committed, and every
+    // replica fills the gap from the database once the bus is back (the Redis bus also
+    // retries the publish).
+    if !envelopes.is_empty()
+        && let Err(e) = bus.publish_batch(envelopes).await
+    {
+        tracing::warn!(error = %e, "publish failed; receivers will fill from the database");
+    }
+    for pending in batch.into_iter().rev() {
+        let outcome = outcomes
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
+        let _ = pending.reply.send(outcome);
+    }
+}
+
+/// Store errors are not `Clone` (they carry causes); every draft of a failed batch gets the
+/// same kind of error, the cause is logged once.
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(what) => StoreError::NotFound(what),
+        StoreError::Unavailable(_) => {
+            StoreError::Unavailable(sea_orm::DbErr::Custom("database unavailable".into()))
+        }
+        StoreError::Conflict { message, fields } => StoreError::Conflict {
+            message: message.clone(),
+            fields: fields.clone(),
+        },
+        StoreError::Db(_) => StoreError::Db(sea_orm::DbErr::Custom("message commit failed".into())),
+    }
+}

@@ -1,0 +1,376 @@
+//! One room on this replica: its subscribers and the ordering rule (SPEC §8).
+//!
+//! Items for a room go into its channel's inbox and are processed by one task per room, which
+//! keeps the invariant: `message` events leave in strictly increasing `seq`, with no gap. An
+//! item whose `seq` is ahead of the last one delivered waits briefly for the missing ones
+//! (publishes from different replicas can cross in Redis); if they don't come, the gap is read
+//! from the database. Duplicates are dropped.
+//!
+//! Delivery is a `try_push` of a shared frame into each socket's bounded outbox: no
+//! allocation per recipient, one uncontended lock per recipient, and a full queue closes that
+//! socket as a slow consumer without slowing anyone else.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use sea_orm::DatabaseConnection;
+use tokio::{
+    sync::{Notify, OnceCell, mpsc},
+    time::Instant,
+};
+
+use super::{
+    route,
+    socket::{CloseReason, SocketCtl},
+};
+use crate::{
+    bus::{Envelope, Header, Kind},
+    domain::event::Frame,
+    store,
+    telemetry::{self, metrics},
+};
+
+/// How long an out-of-order message waits for the ones before it before the gap is read from
+/// the database.
+const REORDER_WAIT: Duration = Duration::from_millis(40);
+/// How long a failed gap fill waits before it is tried again.
+const FILL_RETRY: Duration = Duration::from_millis(500);
+/// Rows per database page when filling a gap.
+const FILL_PAGE: u64 = 500;
+
+/// An envelope as this replica delivers it: its header and its frame (checked to be text once
+/// per replica, not once per recipient).
+pub(super) struct Item {
+    pub(super) header: Header,
+    pub(super) frame: Frame,
+}
+
+impl Item {
+    /// `None` if the payload is not text (an envelope from a broken publisher).
+    pub(super) fn from_envelope(env: Envelope) -> Option<Self> {
+        let frame = Frame::try_from(env.payload).ok()?;
+        Some(Self {
+            header: env.header,
+            frame,
+        })
+    }
+}
+
+pub(super) enum RoomInput {
+    Item(Item),
+    /// Read everything after `last` from the database (after a bus reconnect).
+    Resync,
+    /// The last subscriber left: stop.
+    Stop,
+}
+
+struct Subscriber {
+    ctl: Arc<SocketCtl>,
+    /// While the socket replays history, live frames wait here (bounded like the queue).
+    paused: Option<Vec<Frame>>,
+}
+
+impl Subscriber {
+    /// Offer a frame; `false` means drop this subscriber.
+    fn offer(&mut self, frame: &Frame, capacity: usize) -> bool {
+        if self.ctl.is_closing() {
+            return false;
+        }
+        if let Some(buf) = &mut self.paused {
+            if buf.len() >= capacity {
+                self.ctl.close(CloseReason::SlowConsumer);
+                return false;
+            }
+            buf.push(frame.clone());
+            return true;
+        }
+        if self.ctl.outbox.try_push(frame.clone()).is_ok() {
+            true
+        } else {
+            self.ctl.close(CloseReason::SlowConsumer);
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct RoomState {
+    /// Highest `seq` delivered to this replica's sockets.
+    pub(super) last: i64,
+    subs: Vec<Subscriber>,
+    /// Messages that arrived ahead of `last + 1`.
+    pending: BTreeMap<i64, Item>,
+}
+
+pub(super) struct RoomChannel {
+    pub(super) id: i64,
+    db: DatabaseConnection,
+    /// Frames a socket may have queued (the paused buffer is bounded alike).
+    capacity: usize,
+    pub(super) inbox: mpsc::UnboundedSender<RoomInput>,
+    pub(super) init: OnceCell<()>,
+    /// Notified when `init` is set or the last reference goes (the room task waits on it).
+    pub(super) init_or_gone: Notify,
+    pub(super) state: Mutex<RoomState>,
+    /// Joined or joining sockets; the channel goes away when this drops to 0.
+    pub(super) refs: AtomicU64,
+}
+
+impl RoomChannel {
+    pub(super) fn new(
+        id: i64,
+        db: DatabaseConnection,
+        capacity: usize,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<RoomInput>) {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let channel = Arc::new(Self {
+            id,
+            db,
+            capacity,
+            inbox,
+            init: OnceCell::new(),
+            init_or_gone: Notify::new(),
+            state: Mutex::default(),
+            refs: AtomicU64::new(0),
+        });
+        (channel, rx)
+    }
+
+    /// Add a socket, paused until [`RoomChannel::resume`]; the `seq` it replays up to.
+    pub(super) fn add(&self, ctl: Arc<SocketCtl>) -> i64 {
+        let mut state = self.state.lock();
+        state.subs.push(Subscriber {
+            ctl,
+            paused: Some(Vec::new()),
+        });
+        state.last
+    }
+
+    /// End a socket's replay phase: queue the frames that arrived meanwhile and go live.
+    pub(super) fn resume(&self, socket: u64) {
+        let mut state = self.state.lock();
+        if let Some(sub) = state.subs.iter_mut().find(|s| s.ctl.id == socket)
+            && let Some(buf) = sub.paused.take()
+        {
+            for frame in buf {
+                if !sub.offer(&frame, self.capacity) {
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(super) fn remove(&self, socket: u64) {
+        self.state.lock().subs.retain(|s| s.ctl.id != socket);
+    }
+
+    /// Wait until the channel knows its starting `seq` (set by the first `join`; a failed one
+    /// is retried by the next joiner). `false` if the last subscriber left meanwhile.
+    async fn initialised(&self) -> bool {
+        while self.init.get().is_none() {
+            let notified = self.init_or_gone.notified();
+            tokio::pin!(notified);
+            // Registered before the checks, so a notification between them is not lost.
+            notified.as_mut().enable();
+            if self.init.get().is_some() {
+                break;
+            }
+            if self.refs.load(Ordering::Acquire) == 0 {
+                return false;
+            }
+            notified.await;
+        }
+        true
+    }
+
+    /// Apply the ordering rule to one item; `gap` is when to read a gap from the database.
+    fn apply(&self, item: Item, gap: &mut Option<Instant>) {
+        let mut state = self.state.lock();
+        match item.header.kind {
+            Kind::Message => {
+                let seq = item.header.seq;
+                if seq <= state.last {
+                    return; // duplicate (own echo after a fill, or replayed)
+                }
+                if seq == state.last + 1 {
+                    state.last = seq;
+                    self.deliver(&mut state, &item);
+                    self.drain_pending(&mut state);
+                } else {
+                    state.pending.insert(seq, item);
+                }
+                if state.pending.is_empty() {
+                    *gap = None;
+                } else if gap.is_none() {
+                    *gap = Some(Instant::now() + REORDER_WAIT);
+                }
+            }
+            Kind::Event => self.deliver(&mut state, &item),
+            Kind::RoomDeleted => self.deliver_close(&mut state, &item, CloseReason::RoomDeleted),
+            Kind::Kick => self.deliver_close(&mut state, &item, CloseReason::Removed),
+            Kind::Revoke => {}
+        }
+    }
+
+    fn deliver(&self, state: &mut RoomState, item: &Item) {
+        // The delivery joins the trace in which the message was accepted, on whichever replica.
+        let message = item.header.kind == Kind::Message;
+        let span = if message && telemetry::tracing_enabled() {
+            let span = tracing::info_span!(
+                "message.deliver",
+                room_id = item.header.room,
+                seq = item.header.seq,
+                recipients = tracing::field::Empty
+            );
+            telemetry::span_from_traceparent(span, item.header.tp.as_deref())
+        } else {
+            tracing::Span::none()
+        };
+        let _enter = span.enter();
+        let exclude = if item.header.kind == Kind::Event {
+            item.header.user
+        } else {
+            0
+        };
+        let mut delivered = 0u64;
+        state.subs.retain_mut(|sub| {
+            if exclude != 0 && sub.ctl.user_id == exclude {
+                return true;
+            }
+            let keep = sub.offer(&item.frame, self.capacity);
+            delivered += u64::from(keep);
+            keep
+        });
+        if message {
+            span.record("recipients", delivered);
+            metrics::delivered(delivered, item.header.at);
+        }
+    }
+
+    /// Deliver the frame, then close the recipients (a kick reaches only its user). On `/ws`
+    /// only the room is dropped: the socket stays open for its other rooms.
+    fn deliver_close(&self, state: &mut RoomState, item: &Item, reason: CloseReason) {
+        let only_user = (reason == CloseReason::Removed).then_some(item.header.user);
+        state.subs.retain_mut(|sub| {
+            if only_user.is_some_and(|u| u != sub.ctl.user_id) {
+                return true;
+            }
+            if !item.frame.is_empty() {
+                sub.offer(&item.frame, self.capacity);
+            }
+            if !sub.ctl.mux {
+                sub.ctl.close(reason);
+            }
+            false
+        });
+    }
+
+    fn drain_pending(&self, state: &mut RoomState) {
+        while let Some(entry) = state.pending.first_entry() {
+            let seq = *entry.key();
+            if seq <= state.last {
+                entry.remove();
+            } else if seq == state.last + 1 {
+                let item = entry.remove();
+                state.last = seq;
+                self.deliver(state, &item);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Read every message after `last` from the database and deliver it, then whatever was
+    /// pending. The state lock is never held across the query.
+    async fn fill_gap(&self) -> anyhow::Result<()> {
+        metrics::gap_fill();
+        loop {
+            let after = self.state.lock().last;
+            let rows = store::messages::after_seq(&self.db, self.id, after, FILL_PAGE).await?;
+            let full_page = rows.len() as u64 == FILL_PAGE;
+            let mut state = self.state.lock();
+            for row in rows {
+                if row.seq <= state.last {
+                    continue;
+                }
+                state.last = row.seq;
+                // A message deleted before it was delivered only advances the counter.
+                if let Some(item) = row
+                    .message
+                    .and_then(|msg| Item::from_envelope(route::message(self.id, &msg)))
+                {
+                    self.deliver(&mut state, &item);
+                }
+            }
+            self.drain_pending(&mut state);
+            if !full_page {
+                self.skip_hole(&mut state);
+                return Ok(());
+            }
+        }
+    }
+
+    /// The database has nothing between `last` and the first pending message: the room's
+    /// counter moved without a row (a rolled-back batch). Skip ahead rather than wait forever.
+    fn skip_hole(&self, state: &mut RoomState) {
+        if let Some((&first, _)) = state.pending.first_key_value()
+            && first > state.last + 1
+        {
+            tracing::warn!(
+                room = self.id,
+                from = state.last,
+                to = first,
+                "seq hole in database"
+            );
+            state.last = first - 1;
+            self.drain_pending(state);
+        }
+    }
+
+    /// After a fill: retry a failed one soon, or wait for what is still pending.
+    async fn resync(&self, gap: &mut Option<Instant>) {
+        if let Err(e) = self.fill_gap().await {
+            tracing::warn!(room = self.id, error = %e, "gap fill failed; retrying");
+            *gap = Some(Instant::now() + FILL_RETRY);
+        } else if !self.state.lock().pending.is_empty() {
+            *gap = Some(Instant::now() + REORDER_WAIT);
+        }
+    }
+}
+
+/// The room's task: applies the ordering rule and fans out, until the last subscriber left.
+pub(super) async fn run(channel: Arc<RoomChannel>, mut inbox: mpsc::UnboundedReceiver<RoomInput>) {
+    let mut gap: Option<Instant> = None;
+    loop {
+        let input = match gap {
+            Some(deadline) => tokio::select! {
+                input = inbox.recv() => input,
+                () = tokio::time::sleep_until(deadline) => {
+                    gap = None;
+                    Some(RoomInput::Resync)
+                }
+            },
+            None => inbox.recv().await,
+        };
+        let Some(input) = input else { break };
+        // Until the channel knows its starting `seq`, keep items queued.
+        if !channel.initialised().await {
+            return;
+        }
+        match input {
+            RoomInput::Item(item) => channel.apply(item, &mut gap),
+            RoomInput::Stop => {}
+            RoomInput::Resync => channel.resync(&mut gap).await,
+        }
+        if channel.refs.load(Ordering::Acquire) == 0 && inbox.is_empty() {
+            break;
+        }
+    }
+}

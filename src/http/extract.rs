@@ -1,0 +1,161 @@
+//! Request extractors with rejections in the error shape of SPEC §3: our [`Json`] (a type
+//! error names the offending field), [`MaybeJson`] (an optional body), [`Path`] and
+//! [`Query`]; and the caller, [`CurrentUser`], from `Authorization: Bearer`.
+
+use axum::{
+    extract::{FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, Request},
+    http::{StatusCode, header, header::AUTHORIZATION, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    chat::{
+        Chat,
+        auth::{CurrentUser, bearer},
+    },
+    error::{ApiError, FieldErrors},
+};
+
+/// Our JSON body extractor: like `axum::Json`, but every rejection is an [`ApiError`] and a
+/// type error names the offending field (`fields: {"limit": ["invalid type: …"]}`).
+pub(crate) struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// The request body, with the 64 KiB limit reported as 413.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
+            }
+        })
+}
+
+/// Parse JSON with the path of any type error, for a precise 400.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        } else {
+            let fields = FieldErrors::from([(path.clone(), vec![inner.to_string()])]);
+            ApiError::BadRequest {
+                message: format!("invalid value for `{path}`"),
+                fields: Some(fields),
+            }
+        }
+    })
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Fallback for unknown routes, in the same error shape.
+pub(crate) async fn not_found_fallback() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
+pub(crate) struct MaybeJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for MaybeJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        if !has_type {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(|v| Self(Some(v)))
+    }
+}
+
+/// `axum::extract::Path` with rejections in our error shape (400).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub T);
+
+/// `axum::extract::Query` with rejections in our error shape (400).
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub T);
+
+impl<S> FromRequestParts<S> for CurrentUser
+where
+    Chat: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Err(ApiError::unauthenticated());
+        }
+        let token = bearer(&parts.headers).ok_or_else(ApiError::invalid_token)?;
+        Chat::from_ref(state).authenticate(token).await
+    }
+}
+
+/// `Option<CurrentUser>`: `None` only when there is no `Authorization` header; a bad token is
+/// still a 401, never "anonymous".
+impl<S> OptionalFromRequestParts<S> for CurrentUser
+where
+    Chat: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}

@@ -1,0 +1,331 @@
+//! The group commit's SQL: one batch of new messages, numbered per room and stored in one
+//! transaction (on PostgreSQL one statement), with retries of a stored `client_id` answered by
+//! the original. The queue that forms the batches is `chat::send`.
+//!
+//! The row lock on each room (PostgreSQL) or the single writer (SQLite) makes `seq` gap-free
+//! and strictly increasing under any number of senders and replicas; each batch keeps its
+//! drafts' order within a room.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::Utc;
+use entity::message;
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
+    TransactionTrait,
+};
+
+use super::{StoreError, messages::to_message};
+use crate::domain::model::{Message, UserRef};
+
+/// One draft of a batch.
+pub(crate) struct NewMessage<'a> {
+    pub(crate) room_id: i64,
+    /// The room's name, for the stored message's wire form.
+    pub(crate) room: &'a str,
+    pub(crate) author: &'a UserRef,
+    pub(crate) content: &'a str,
+    pub(crate) client_id: Option<&'a str>,
+}
+
+/// What committing one draft produced.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    /// Stored, with its `seq`.
+    Created(Message),
+    /// The same `client_id` was already stored by this author: the original, nothing new.
+    Duplicate(Message),
+}
+
+impl Stored {
+    pub(crate) fn message(&self) -> &Message {
+        match self {
+            Self::Created(m) | Self::Duplicate(m) => m,
+        }
+    }
+}
+
+/// How one draft of a batch is answered.
+enum Plan {
+    New,
+    Existing(message::Model),
+    /// The same key as an earlier draft of this batch.
+    SameAs(usize),
+}
+
+/// Commit `batch` in one transaction; outcomes in batch order. A room that no longer exists
+/// fails its own drafts only.
+///
+/// # Errors
+/// The transaction failed as a whole (nothing of the batch is stored).
+pub(crate) async fn commit(
+    db: &DatabaseConnection,
+    batch: &[NewMessage<'_>],
+) -> Result<Vec<Result<Stored, StoreError>>, DbErr> {
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    // Idempotency: drafts whose (room, author, client_id) is already stored get the original
+    // (on PostgreSQL the commit statement itself looks them up).
+    let originals = if postgres {
+        HashMap::new()
+    } else {
+        find_originals(db, batch).await?
+    };
+    let (plan, per_room) = plan(batch, &originals);
+    let new: Vec<&NewMessage<'_>> = batch
+        .iter()
+        .zip(&plan)
+        .filter(|(_, plan)| matches!(plan, Plan::New))
+        .map(|(p, _)| p)
+        .collect();
+    // `existing`: stored originals found by the PostgreSQL statement, by position in `new`.
+    let (rows, existing) = if new.is_empty() {
+        (Vec::new(), HashMap::new())
+    } else if postgres {
+        insert_postgres(db, &new).await?
+    } else {
+        (insert_sqlite(db, &per_room, &new).await?, HashMap::new())
+    };
+    Ok(answer(batch, plan, rows, existing))
+}
+
+/// Plan each draft of `batch` (new, a stored original, or a repeat within the batch) and count
+/// the new ones per room.
+fn plan(
+    batch: &[NewMessage<'_>],
+    originals: &HashMap<(i64, i64, String), message::Model>,
+) -> (Vec<Plan>, BTreeMap<i64, i64>) {
+    let mut first_in_batch: HashMap<(i64, i64, &str), usize> = HashMap::new();
+    let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
+    let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
+    for (i, p) in batch.iter().enumerate() {
+        if let Some(client_id) = p.client_id {
+            let key = (p.room_id, p.author.id, client_id);
+            if let Some(orig) = originals.get(&(key.0, key.1, key.2.to_owned())) {
+                plan.push(Plan::Existing(orig.clone()));
+                continue;
+            }
+            if let Some(&j) = first_in_batch.get(&key) {
+                plan.push(Plan::SameAs(j));
+                continue;
+            }
+            first_in_batch.insert(key, i);
+        }
+        *per_room.entry(p.room_id).or_default() += 1;
+        plan.push(Plan::New);
+    }
+    (plan, per_room)
+}
+
+/// Each draft's outcome: each room's new rows, in `seq` order, belong to its new drafts in
+/// batch order; a room without rows no longer exists.
+fn answer(
+    batch: &[NewMessage<'_>],
+    plan: Vec<Plan>,
+    mut rows: Vec<message::Model>,
+    mut existing: HashMap<usize, message::Model>,
+) -> Vec<Result<Stored, StoreError>> {
+    let mut by_room: HashMap<i64, VecDeque<message::Model>> = HashMap::new();
+    rows.sort_unstable_by_key(|r| (r.room_id, r.seq));
+    for row in rows {
+        by_room.entry(row.room_id).or_default().push_back(row);
+    }
+    let mut out: Vec<Result<Stored, StoreError>> = Vec::with_capacity(batch.len());
+    let mut position = 0;
+    for (p, mut plan) in batch.iter().zip(plan) {
+        if matches!(plan, Plan::New) {
+            if let Some(row) = existing.remove(&position) {
+                plan = Plan::Existing(row);
+            }
+            position += 1;
+        }
+        let author = Some(p.author.clone());
+        let result = match plan {
+            Plan::New => match by_room.get_mut(&p.room_id).and_then(VecDeque::pop_front) {
+                Some(row) => Ok(Stored::Created(to_message(p.room, row, author))),
+                None => Err(StoreError::NotFound("room")),
+            },
+            Plan::Existing(row) => Ok(Stored::Duplicate(to_message(p.room, row, author))),
+            Plan::SameAs(j) => match &out[j] {
+                Ok(stored) => Ok(Stored::Duplicate(stored.message().clone())),
+                Err(_) => Err(StoreError::NotFound("room")),
+            },
+        };
+        out.push(result);
+    }
+    out
+}
+
+/// SQLite: the stored messages that `batch`'s drafts retry, by (room, author, client_id).
+async fn find_originals(
+    db: &DatabaseConnection,
+    batch: &[NewMessage<'_>],
+) -> Result<HashMap<(i64, i64, String), message::Model>, DbErr> {
+    let keyed: Vec<(&NewMessage<'_>, &str)> = batch
+        .iter()
+        .filter_map(|p| p.client_id.map(|c| (p, c)))
+        .collect();
+    let mut originals = HashMap::new();
+    if keyed.is_empty() {
+        return Ok(originals);
+    }
+    // Row-value lookup on the unique index (room, author, client_id): one probe per key.
+    let mut sql = String::from("SELECT * FROM messages WHERE (room_id, author_id, client_id) IN (");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keyed.len() * 3);
+    for (i, (p, client_id)) in keyed.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        let n = i * 3;
+        sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+        values.extend([
+            p.room_id.into(),
+            p.author.id.into(),
+            (*client_id).to_owned().into(),
+        ]);
+    }
+    sql.push(')');
+    let stmt = super::raw(db, &sql, values);
+    for row in message::Entity::find().from_raw_sql(stmt).all(db).await? {
+        if let (Some(a), Some(c)) = (row.author_id, row.client_id.clone()) {
+            originals.insert((row.room_id, a, c), row);
+        }
+    }
+    Ok(originals)
+}
+
+/// PostgreSQL: the whole commit is **one statement** in its own implicit transaction, so the
+/// rooms stay locked for its execution only, not for client round trips (two replicas sending
+/// into the same rooms take turns on these row locks). It finds the drafts whose
+/// (room, author, client_id) is already stored (one index probe each: `LIMIT 1` keeps the
+/// lateral probe from being flattened into a join, which a generic plan for unknown arrays
+/// would turn into a scan of `messages`), numbers the others per room, locks their rooms in id
+/// order (so replicas never deadlock; the update touches only rows already locked), advances
+/// the counters and inserts the rows from each room's old counter. Arrays as parameters keep
+/// the statement text constant, so each connection prepares it once. A room that is gone gets
+/// no rows.
+///
+/// Returns the inserted rows and the originals, by position in `new`.
+async fn insert_postgres(
+    db: &DatabaseConnection,
+    new: &[&NewMessage<'_>],
+) -> Result<(Vec<message::Model>, HashMap<usize, message::Model>), DbErr> {
+    const SQL: &str = "WITH input AS ( \
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
+                WITH ORDINALITY AS m(room_id, author_id, content, client_id, ord) \
+        ), existing AS ( \
+            SELECT i.ord, e.id FROM input i CROSS JOIN LATERAL ( \
+                SELECT id FROM messages WHERE room_id = i.room_id AND author_id = i.author_id \
+                    AND client_id = i.client_id LIMIT 1) AS e \
+            WHERE i.client_id <> '' \
+        ), fresh AS ( \
+            SELECT i.*, row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord) AS k \
+            FROM input i WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.ord = i.ord) \
+        ), counts AS ( \
+            SELECT room_id AS id, count(*) AS n FROM fresh GROUP BY room_id \
+        ), locked AS ( \
+            SELECT id FROM rooms WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE \
+        ), bumped AS ( \
+            UPDATE rooms SET last_seq = rooms.last_seq + c.n \
+            FROM counts c JOIN locked l ON l.id = c.id \
+            WHERE rooms.id = c.id \
+            RETURNING rooms.id, rooms.last_seq - c.n AS base \
+        ), inserted AS ( \
+            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
+            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5 \
+            FROM fresh f JOIN bumped b ON b.id = f.room_id \
+            RETURNING * \
+        ) \
+        SELECT 0::bigint AS existing_ord, inserted.* FROM inserted \
+        UNION ALL \
+        SELECT x.ord, m.* FROM existing x JOIN messages m ON m.id = x.id";
+    let values: Vec<sea_orm::Value> = vec![
+        new.iter().map(|p| p.room_id).collect::<Vec<i64>>().into(),
+        new.iter().map(|p| p.author.id).collect::<Vec<i64>>().into(),
+        new.iter()
+            .map(|p| p.content.to_owned())
+            .collect::<Vec<String>>()
+            .into(),
+        // A validated client_id is never empty, so '' stands for none (arrays of text cannot
+        // carry NULLs through the driver's binding).
+        new.iter()
+            .map(|p| p.client_id.unwrap_or_default().to_owned())
+            .collect::<Vec<String>>()
+            .into(),
+        Utc::now().into(),
+    ];
+    let mut inserted = Vec::new();
+    let mut existing = HashMap::new();
+    for row in db.query_all_raw(super::raw(db, SQL, values)).await? {
+        let ord: i64 = row.try_get("", "existing_ord")?;
+        let model = message::Model::from_query_result(&row, "")?;
+        // ORDINALITY counts from 1; 0 marks an inserted row.
+        match usize::try_from(ord) {
+            Ok(n) if n > 0 => {
+                existing.insert(n - 1, model);
+            }
+            _ => inserted.push(model),
+        }
+    }
+    Ok((inserted, existing))
+}
+
+/// SQLite (one writer at a time): advance the counters, insert the rows, in one transaction.
+async fn insert_sqlite(
+    db: &DatabaseConnection,
+    per_room: &BTreeMap<i64, i64>,
+    new: &[&NewMessage<'_>],
+) -> Result<Vec<message::Model>, DbErr> {
+    let txn = db.begin().await?;
+    // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
+    // they are written into the SQL; nothing from a client is.
+    let deltas: Vec<String> = per_room
+        .iter()
+        .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
+        .collect();
+    let update = format!(
+        "UPDATE rooms SET last_seq = rooms.last_seq + d.n FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+        deltas.join(" UNION ALL ")
+    );
+    // room id → next seq to hand out (rooms that are gone are missing).
+    let mut next_seq: HashMap<i64, i64> = HashMap::new();
+    for res in txn
+        .query_all_raw(sea_orm::Statement::from_string(
+            txn.get_database_backend(),
+            update,
+        ))
+        .await?
+    {
+        let id: i64 = res.try_get("", "id")?;
+        let last: i64 = res.try_get("", "last_seq")?;
+        let n = per_room.get(&id).copied().unwrap_or(0);
+        next_seq.insert(id, last - n + 1);
+    }
+    let now = Utc::now();
+    let mut models = Vec::with_capacity(new.len());
+    for p in new {
+        let Some(seq) = next_seq.get_mut(&p.room_id) else {
+            continue;
+        };
+        models.push(message::ActiveModel {
+            room_id: Set(p.room_id),
+            seq: Set(*seq),
+            author_id: Set(Some(p.author.id)),
+            content: Set(p.content.to_owned()),
+            client_id: Set(p.client_id.map(str::to_owned)),
+            created_at: Set(now),
+            edited_at: Set(None),
+            deleted_at: Set(None),
+            ..Default::default()
+        });
+        *seq += 1;
+    }
+    let rows = if models.is_empty() {
+        Vec::new()
+    } else {
+        message::Entity::insert_many(models)
+            .exec_with_returning(&txn)
+            .await?
+    };
+    txn.commit().await?;
+    Ok(rows)
+}

@@ -1,0 +1,322 @@
+//! A socket's writer task: drains the socket's outbox into the sink, one flush per batch,
+//! pings every 30 s, drops a peer silent for 60 s, and sends the close frame for whatever
+//! reason the socket was closed. Generic over the sink, so that it runs in unit tests without
+//! a socket (and on paused time).
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures::{Sink, SinkExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{
+    self, Bytes, Message, Utf8Bytes,
+    protocol::{
+        CloseFrame,
+        frame::{
+            Frame as WireFrame,
+            coding::{CloseCode, Data, OpCode},
+        },
+    },
+};
+
+use super::protocol;
+use crate::{
+    domain::event::Frame,
+    fanout::socket::{CloseReason, Side, SocketCtl},
+};
+
+/// How often an idle socket is pinged.
+pub(super) const PING_EVERY: Duration = Duration::from_secs(30);
+/// A peer silent this long is dropped.
+pub(super) const DEAD_AFTER: Duration = Duration::from_secs(60);
+/// How long a closing socket may take to flush its last frames and the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+/// A slow consumer's close frame waits behind the data already in the kernel buffers, until
+/// the client reads again; give it longer so that the client sees 4429, not a reset.
+const SLOW_CLOSE_FLUSH: Duration = Duration::from_secs(60);
+
+/// What the writer writes to: the socket's sending half (or a channel in tests).
+pub(crate) trait WsSink: Sink<Message, Error = tungstenite::Error> + Unpin + Send {}
+impl<T: Sink<Message, Error = tungstenite::Error> + Unpin + Send> WsSink for T {}
+
+/// Spaces a socket's writes under sustained traffic (`WS_FLUSH_INTERVAL_MS`): a token bucket
+/// of [`FLUSH_BURST`] writes refilled at one per interval. A quiet socket always has tokens,
+/// so its frames go out at once; a busy one writes once per interval, each write carrying
+/// every frame queued meanwhile — one syscall for many frames, on the server and in the
+/// client.
+struct FlushPacer {
+    interval: Duration,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+const FLUSH_BURST: f64 = 4.0;
+
+impl FlushPacer {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            tokens: FLUSH_BURST,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Take a token for a write now; `Some(t)`: wait until `t` first.
+    fn take(&mut self) -> Option<tokio::time::Instant> {
+        if self.interval.is_zero() {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = (now - self.last).as_secs_f64() / self.interval.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(FLUSH_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            let wait = self.interval.mul_f64(1.0 - self.tokens);
+            // The token that accrues while waiting is spent on this write.
+            self.tokens = 0.0;
+            self.last = now + wait;
+            Some(self.last)
+        }
+    }
+}
+
+/// With this many frames queued a write goes out without waiting for the pacer: the pacer
+/// only gathers frames, it never limits a socket's throughput.
+const COALESCED_ENOUGH: usize = 32;
+/// Frames longer than this go out in fragments of this size (RFC 6455 §5.4): the socket's
+/// buffers then never grow past a fragment, and an idle socket keeps none.
+const FRAGMENT: usize = 512;
+
+/// Write one text frame, fragmented if it is long.
+async fn feed_text<W: WsSink>(sink: &mut W, frame: Frame) -> Result<(), tungstenite::Error> {
+    if frame.len() <= FRAGMENT {
+        sink.feed(Message::Text(frame)).await
+    } else {
+        // Boxed: rare, and its future would otherwise enlarge every writer task.
+        Box::pin(feed_fragments(sink, frame)).await
+    }
+}
+
+async fn feed_fragments<W: WsSink>(sink: &mut W, frame: Frame) -> Result<(), tungstenite::Error> {
+    let bytes = Bytes::from(frame);
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + FRAGMENT).min(bytes.len());
+        let opcode = if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        let fragment = WireFrame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        sink.feed(Message::Frame(fragment)).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Drains the queue into the socket; sends the close frame when the socket is closed.
+pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_interval: Duration) {
+    // One timer for both: the next ping, or the moment the peer will have been silent for
+    // `DEAD_AFTER` (whichever comes first), so a silent peer goes at 60 s, not at the next
+    // ping after that.
+    let mut next_ping = Instant::now() + PING_EVERY;
+    let mut keepalive = Box::pin(tokio::time::sleep_until(next_ping));
+    let mut pacer = FlushPacer::new(flush_interval);
+    // Frames taken from the queue and not yet written: a close interrupts a write (the peer
+    // may not be reading), and what is left here still goes out before the close frame.
+    let mut batch = VecDeque::new();
+    // Registered once, not on every frame.
+    let ctl2 = ctl.clone();
+    let cancelled = ctl2.closed(Side::Writer);
+    tokio::pin!(cancelled);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            () = std::future::poll_fn(|cx| ctl.outbox.poll_ready(cx)) => {
+                // A long queue is written at once: waiting would only make it longer.
+                if ctl.outbox.len() < COALESCED_ENOUGH && let Some(at) = pacer.take() {
+                    // Busy socket: let more frames gather so that one write carries them.
+                    tokio::select! {
+                        biased;
+                        () = &mut cancelled => break,
+                        // Boxed: a timer inline would enlarge every writer task.
+                        () = Box::pin(tokio::time::sleep_until(at)) => {}
+                        // A queue that grows long meanwhile is written at once: the pacer
+                        // must never turn a fast reader into a slow consumer (4429).
+                        () = std::future::poll_fn(|cx| ctl.outbox.poll_at_least(COALESCED_ENOUGH, cx)) => {}
+                    }
+                }
+                // Everything queued goes out with one flush.
+                batch = ctl.outbox.take_all();
+                tokio::select! {
+                    biased;
+                    () = &mut cancelled => break,
+                    res = write_all(&mut sink, &mut batch) => if res.is_err() {
+                        ctl.close(CloseReason::GoingAway);
+                        return;
+                    },
+                }
+                // Written: free the batch's allocation too (an idle socket keeps none).
+                batch = VecDeque::new();
+            }
+            () = &mut keepalive => {
+                let Some(next) = keep_alive(&mut sink, &ctl, &mut next_ping).await else {
+                    return;
+                };
+                keepalive.as_mut().reset(next);
+            }
+        }
+    }
+    // Boxed: runs once, at the end.
+    Box::pin(close(sink, batch, &ctl)).await;
+}
+
+/// Write `batch` (emptying it) and flush.
+async fn write_all<W: WsSink>(
+    sink: &mut W,
+    batch: &mut VecDeque<Frame>,
+) -> Result<(), tungstenite::Error> {
+    while let Some(frame) = batch.pop_front() {
+        feed_text(sink, frame).await?;
+    }
+    sink.flush().await
+}
+
+/// The keep-alive timer fired: drop a peer silent for [`DEAD_AFTER`], ping every
+/// [`PING_EVERY`]. The next time to look, or `None` once the socket is closed.
+async fn keep_alive<W: WsSink>(
+    sink: &mut W,
+    ctl: &SocketCtl,
+    next_ping: &mut Instant,
+) -> Option<Instant> {
+    let now = Instant::now();
+    let dead_at = ctl.last_seen() + DEAD_AFTER;
+    if now >= dead_at {
+        ctl.close(CloseReason::GoingAway);
+        return None;
+    }
+    if now >= *next_ping {
+        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+            ctl.close(CloseReason::GoingAway);
+            return None;
+        }
+        *next_ping = now + PING_EVERY;
+    }
+    Some((*next_ping).min(dead_at))
+}
+
+/// Send what is left (unless the peer is the slow consumer) and the close frame.
+async fn close<W: WsSink>(mut sink: W, mut batch: VecDeque<Frame>, ctl: &SocketCtl) {
+    let reason = ctl.close_reason();
+    let slow = reason == CloseReason::SlowConsumer;
+    let flush = if slow { SLOW_CLOSE_FLUSH } else { CLOSE_FLUSH };
+    let (code, text) = protocol::close_code(reason);
+    let _ = tokio::time::timeout(flush, async {
+        if !slow {
+            // Frames queued before the close (e.g. `room_deleted`) go out first.
+            batch.extend(ctl.outbox.take_all());
+            for frame in batch {
+                feed_text(&mut sink, frame).await?;
+            }
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(text),
+        })))
+        .await?;
+        sink.close().await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{StreamExt, channel::mpsc};
+
+    use super::*;
+
+    /// A writer on a channel instead of a socket, for a socket that never hears from its peer
+    /// (or, with `answer`, that the reader marks as heard from).
+    async fn start(
+        flush: Duration,
+    ) -> (
+        Arc<SocketCtl>,
+        mpsc::UnboundedReceiver<Message>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let ctl = Arc::new(SocketCtl::new(1, 1, false, 16, "sid".into()));
+        let (tx, rx) = mpsc::unbounded();
+        let sink = tx.sink_map_err(|_| tungstenite::Error::ConnectionClosed);
+        let task = tokio::spawn(run(sink, ctl.clone(), flush));
+        // Let the writer start (and set its timers) at t = 0.
+        advance(0).await;
+        (ctl, rx, task)
+    }
+
+    async fn advance(secs: u64) {
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        // Let the writer run what the timer released.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_30_s_and_drops_a_peer_silent_for_60_s() {
+        let (ctl, mut rx, task) = start(Duration::ZERO).await;
+        advance(29).await;
+        assert!(rx.try_next().is_err(), "nothing before 30 s");
+        advance(1).await;
+        assert!(
+            matches!(rx.next().await, Some(Message::Ping(_))),
+            "a ping at 30 s"
+        );
+        advance(29).await;
+        assert!(!ctl.is_closing(), "still open at 59 s");
+        advance(1).await;
+        task.await.unwrap();
+        assert_eq!(
+            ctl.close_reason(),
+            CloseReason::GoingAway,
+            "dropped at 60 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_stays() {
+        let (ctl, mut rx, task) = start(Duration::ZERO).await;
+        for _ in 0..4 {
+            advance(30).await;
+            assert!(matches!(rx.next().await, Some(Message::Ping(_))));
+            ctl.touch(); // the pong
+        }
+        assert!(!ctl.is_closing(), "open after 120 s of answered pings");
+        ctl.close(CloseReason::Restart);
+        task.await.unwrap();
+        let Some(Message::Close(Some(frame))) = rx.next().await else {
+            panic!("a close frame");
+        };
+        assert_eq!(u16::from(frame.code), 1012);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_frames_go_out_before_the_close_frame() {
+        let (ctl, mut rx, task) = start(Duration::from_millis(50)).await;
+        ctl.outbox.try_push(Frame::from_static("a")).unwrap();
+        ctl.outbox.try_push(Frame::from_static("b")).unwrap();
+        ctl.close(CloseReason::RoomDeleted);
+        task.await.unwrap();
+        let got: Vec<Message> = rx.collect().await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(&got[0], Message::Text(t) if *t == "a"));
+        assert!(matches!(&got[1], Message::Text(t) if *t == "b"));
+        assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 4404));
+    }
+}
