@@ -25,6 +25,9 @@ async fn probes_answer_in_embedded_mode() {
     assert_eq!(body["bus"], "local");
 }
 
+/// Label pairs a sample must have.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic() {
     // A process of its own: apps in the test process share one recorder, so there another
@@ -52,7 +55,7 @@ async fn metrics_move_with_traffic() {
     assert!(next_of(&mut ws, "ack", 5).await.is_some());
     let after = app.metrics().await;
     // (name, labels, by how much it moved if that is known)
-    let moved: [(&str, &[(&str, &str)], Option<f64>); 7] = [
+    let moved: [(&str, Labels, Option<f64>); 7] = [
         (
             "chat_messages_accepted_total",
             &[("transport", "rest")],
