@@ -371,20 +371,10 @@ dual_test!(logout_revokes_session_and_access_token, |b| async move {
     assert_eq!(status, 401);
 
     // `all`: every session of the user ends; an empty body is fine.
-    let (_, s1) = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"login": "hank", "password": "correct horse battery"}),
-        )
-        .await;
-    let (_, s2) = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"login": "hank", "password": "correct horse battery"}),
-        )
-        .await;
+    let (status, s1) = app.login("hank", PASSWORD).await;
+    assert_eq!(status, 200, "{s1}");
+    let (status, s2) = app.login("hank", PASSWORD).await;
+    assert_eq!(status, 200, "{s2}");
     let res = app
         .http
         .post(app.url("/api/v1/auth/logout"))
@@ -405,13 +395,8 @@ dual_test!(logout_revokes_session_and_access_token, |b| async move {
         )
         .await;
     assert_eq!(status, 401);
-    let (_, s3) = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"login": "hank", "password": "correct horse battery"}),
-        )
-        .await;
+    let (status, s3) = app.login("hank", PASSWORD).await;
+    assert_eq!(status, 200, "{s3}");
     let res = app
         .http
         .post(app.url("/api/v1/auth/logout"))

@@ -13,7 +13,6 @@ use crate::{dual_test, support::*};
 
 const CHAT_ORIGIN: &str = "https://chat.example.com";
 const ADMIN_ORIGIN: &str = "https://admin.example.com";
-const PASSWORD: &str = "correct horse battery";
 
 /// A test configuration whose `ALLOWED_ORIGINS` comes from the command line, the way an
 /// operator writes it (a comma-separated list).
@@ -63,12 +62,6 @@ async fn ws_handshake_http(app: &TestApp, path: &str, origin: &str) -> (u16, Str
         .to_owned();
     let body = res.json::<Value>().await.unwrap_or(Value::Null);
     (status, content_type, body)
-}
-
-async fn expect_ready(ws: &mut Ws) -> Value {
-    let first = next_json(ws, 10).await.expect("ready frame");
-    assert_eq!(first["type"], "ready", "{first}");
-    first
 }
 
 async fn member_names(app: &TestApp, room: &str, token: &str) -> Vec<String> {
@@ -223,7 +216,7 @@ async fn accepted_origin(app: &TestApp, user: &str, origin: &str) -> Option<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_origin_is_accepted_when_allowed_origins_is_unset() {
     let app = spawn_app(Backend::Sqlite).await;
-    assert!(app.state.config.allowed_origins.is_empty());
+    assert!(app.state.config().allowed_origins.is_empty());
     let acao = accepted_origin(&app, "anyorigin", "https://anywhere.example.net").await;
     assert_eq!(acao.as_deref(), Some("*"));
 }
@@ -458,7 +451,7 @@ async fn trusted_forwarded_for_keys_on_the_address_the_proxy_appended() {
 async fn untrusted_forwarded_for_cannot_dodge_the_auth_rate_limit() {
     let db = fresh_database(Backend::Sqlite).await;
     let app = spawn_with(rate_limited_app_config(&db, false)).await;
-    assert!(!app.state.config.trust_proxy_headers);
+    assert!(!app.state.config().trust_proxy_headers);
 
     // A new X-Forwarded-For on every attempt: all of them count against the peer address.
     assert_eq!(login_from(&app, Some("203.0.113.1")).await, 401);
@@ -479,15 +472,6 @@ fn with_admin(mut config: chat::Config, username: &str, password: &str) -> chat:
     config.admin_email = Some(format!("{}@admins.example.com", username.to_lowercase()));
     config.admin_password = Some(password.to_owned().into());
     config
-}
-
-async fn login(app: &TestApp, login: &str, password: &str) -> (u16, Value) {
-    app.post(
-        "/api/v1/auth/login",
-        None,
-        json!({"login": login, "password": password}),
-    )
-    .await
 }
 
 fn roles(user: &Value) -> Vec<String> {
@@ -522,17 +506,19 @@ dual_test!(admin_from_the_environment_exists_at_start, |b| async move {
     ))
     .await;
 
-    let (status, body) = login(&app, "root_admin", "admin-password-1").await;
+    let (status, body) = app.login("root_admin", "admin-password-1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(roles(&body["user"]), ["user", "admin"]);
     assert_eq!(body["user"]["email"], "root_admin@admins.example.com");
     let admin_token = body["access"].as_str().unwrap().to_owned();
     // By email too, and the role is in the profile.
-    let (status, _) = login(&app, "root_admin@admins.example.com", "admin-password-1").await;
+    let (status, _) = app
+        .login("root_admin@admins.example.com", "admin-password-1")
+        .await;
     assert_eq!(status, 200);
     let (_, me) = app.get("/api/v1/users/me", Some(&admin_token)).await;
     assert!(roles(&me).contains(&"admin".to_owned()), "{me}");
-    let (status, _) = login(&app, "root_admin", "wrong-password").await;
+    let (status, _) = app.login("root_admin", "wrong-password").await;
     assert_eq!(status, 401);
 
     // What only an admin may do: change someone's roles, see their email, delete them.
@@ -562,7 +548,7 @@ dual_test!(admin_from_the_environment_exists_at_start, |b| async move {
         )
         .await;
     assert_eq!(status, 204);
-    let (status, _) = login(&app, "dave", PASSWORD).await;
+    let (status, _) = app.login("dave", PASSWORD).await;
     assert_eq!(status, 401);
 });
 
@@ -574,7 +560,8 @@ dual_test!(a_demoted_admin_loses_the_rights_at_once, |b| async move {
         "admin-password-2",
     ))
     .await;
-    let (_, body) = login(&app, "chief", "admin-password-2").await;
+    let (status, body) = app.login("chief", "admin-password-2").await;
+    assert_eq!(status, 200, "{body}");
     let chief = body["access"].as_str().unwrap().to_owned();
     let deputy = app.register("deputy").await;
     let other = app.register("other").await;
@@ -590,7 +577,8 @@ dual_test!(a_demoted_admin_loses_the_rights_at_once, |b| async move {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(roles(&body), ["admin", "user"]);
-    let (_, body) = login(&app, "deputy", PASSWORD).await;
+    let (status, body) = app.login("deputy", PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
     let deputy_admin = body["access"].as_str().unwrap().to_owned();
     assert_eq!(can_set_roles(&app, &deputy_admin, other.id).await, 200);
 
@@ -628,7 +616,8 @@ dual_test!(
         let before = spawn_with(chat::Config::for_tests(&db)).await;
         let boss = before.register("boss").await;
         let other = before.register("other").await;
-        let (_, body) = login(&before, "boss", PASSWORD).await;
+        let (status, body) = before.login("boss", PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
         assert_eq!(roles(&body["user"]), ["user"]);
         assert_eq!(can_set_roles(&before, &boss.access, other.id).await, 403);
         drop(before);
@@ -640,7 +629,7 @@ dual_test!(
             "admin-password-2",
         ))
         .await;
-        let (status, body) = login(&app, "boss", PASSWORD).await;
+        let (status, body) = app.login("boss", PASSWORD).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["user"]["id"], boss.id, "promoted, not a new account");
         assert_eq!(body["user"]["username"], "boss");
@@ -663,14 +652,14 @@ dual_test!(
             "admin-password-3",
         );
         let first = spawn_with(config.clone()).await;
-        let (status, body) = login(&first, "ops_admin", "admin-password-3").await;
+        let (status, body) = first.login("ops_admin", "admin-password-3").await;
         assert_eq!(status, 200, "{body}");
         let id = body["user"]["id"].as_i64().unwrap();
         drop(first);
 
         for _ in 0..2 {
             let app = spawn_with(config.clone()).await;
-            let (status, body) = login(&app, "ops_admin", "admin-password-3").await;
+            let (status, body) = app.login("ops_admin", "admin-password-3").await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["user"]["id"], id);
             assert_eq!(roles(&body["user"]), ["user", "admin"], "no duplicate role");
@@ -724,7 +713,7 @@ dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
     let access = rotated["access"].as_str().unwrap();
     let (status, _) = app.get("/api/v1/users/me", Some(access)).await;
     assert_eq!(status, 200);
-    let (status, body) = login(&app, "shortlived", PASSWORD).await;
+    let (status, body) = app.login("shortlived", PASSWORD).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = app
         .post(

@@ -1,67 +1,58 @@
 //! Replicas as processes of the built binary: SIGKILL (clients move and miss nothing; presence
-//! expires), SIGTERM (1012, nothing committed is lost, exit 0), and a real load balancer.
+//! expires), SIGTERM (1012, nothing acknowledged is lost, exit 0), and a real load balancer.
 
-use std::time::Duration;
-
-use serde_json::json;
-
-use crate::{
-    cluster::{Proc, call, cluster_db, record, register_at},
-    support::*,
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::support::*;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
 async fn sigkilled_replica_clients_resume_elsewhere_and_presence_expires() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let db = cluster_db().await;
-    let mut doomed = Proc::start(&db, &redis.url(), &[]).await;
-    let survivor = Proc::start(&db, &redis.url(), &[]).await;
-    let (_, owner, _) = register_at(&survivor.base, "k_owner").await;
-    let (_, victim, _) = register_at(&survivor.base, "k_victim").await;
-    call(
-        &survivor.base,
-        reqwest::Method::POST,
-        "/api/v1/rooms",
-        Some(&owner),
-        Some(json!({"name": "kill"})),
-    )
-    .await;
-    let mut watcher = ws_connect(&survivor.ws, "kill", &owner, None).await;
-    next_json(&mut watcher, 10).await.unwrap();
-    let mut ws = ws_connect(&doomed.ws, "kill", &victim, None).await;
-    next_json(&mut ws, 10).await.unwrap();
+    let mut doomed = ServerProc::replica(&db, &redis, &[]).await;
+    let survivor = ServerProc::replica(&db, &redis, &[]).await;
+    let owner = survivor.register("k_owner").await;
+    let victim = survivor.register("k_victim").await;
+    survivor.create_room(&owner, "kill", "public").await;
+    let mut watcher = ws_connect(&survivor.ws_url(""), "kill", &owner.access, None).await;
+    expect_ready(&mut watcher).await;
+    let mut ws = ws_connect(&doomed.ws_url(""), "kill", &victim.access, None).await;
+    expect_ready(&mut ws).await;
     assert_eq!(
         next_of(&mut watcher, "presence", 5).await.unwrap()["event"],
         "join"
     );
     for i in 0..5 {
-        call(
-            &survivor.base,
-            reqwest::Method::POST,
-            "/api/v1/rooms/kill/messages",
-            Some(&owner),
-            Some(json!({"content": format!("a{i}")})),
-        )
-        .await;
+        survivor
+            .post_message(&owner, "kill", &format!("a{i}"))
+            .await;
     }
     let seen = collect_seqs(&mut ws, 5, 10).await;
     assert_eq!(seen, [1, 2, 3, 4, 5]);
     doomed.signal("-KILL");
-    doomed.wait_exit(5);
+    assert!(doomed.wait_exit(5).await.is_some(), "SIGKILL ends it");
     // Messages keep flowing while the client is away.
     for i in 0..5 {
-        let (status, _) = call(
-            &survivor.base,
-            reqwest::Method::POST,
-            "/api/v1/rooms/kill/messages",
-            Some(&owner),
-            Some(json!({"content": format!("b{i}")})),
-        )
-        .await;
-        assert_eq!(status, 201);
+        survivor
+            .post_message(&owner, "kill", &format!("b{i}"))
+            .await;
     }
-    let mut ws = ws_connect(&survivor.ws, "kill", &victim, Some(5)).await;
-    assert_eq!(next_json(&mut ws, 10).await.unwrap()["type"], "ready");
+    let mut ws = ws_connect(&survivor.ws_url(""), "kill", &victim.access, Some(5)).await;
+    expect_ready(&mut ws).await;
     assert_eq!(collect_seqs(&mut ws, 5, 10).await, [6, 7, 8, 9, 10]);
     drop(ws);
     // The crashed replica's entry for the victim expires (TTL 30 s): one `leave`.
@@ -72,14 +63,10 @@ async fn sigkilled_replica_clients_resume_elsewhere_and_presence_expires() {
         (leave["event"].as_str(), leave["user"]["username"].as_str()),
         (Some("leave"), Some("k_victim"))
     );
-    let (_, members) = call(
-        &survivor.base,
-        reqwest::Method::GET,
-        "/api/v1/rooms/kill/members",
-        Some(&owner),
-        None,
-    )
-    .await;
+    let (status, members) = survivor
+        .get("/api/v1/rooms/kill/members", Some(&owner.access))
+        .await;
+    assert_eq!(status, 200, "{members}");
     let victim_online = members["items"]
         .as_array()
         .unwrap()
@@ -90,170 +77,215 @@ async fn sigkilled_replica_clients_resume_elsewhere_and_presence_expires() {
     assert_eq!(victim_online, false);
 }
 
+/// Frames sent and answered on a pipelined socket.
+#[derive(Default)]
+struct Pipeline {
+    sent: AtomicUsize,
+    answered: AtomicUsize,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
 async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let db = cluster_db().await;
-    let mut leaving = Proc::start(&db, &redis.url(), &[]).await;
-    let staying = Proc::start(&db, &redis.url(), &[]).await;
-    let (_, user, _) = register_at(&staying.base, "t_user").await;
-    call(
-        &staying.base,
-        reqwest::Method::POST,
-        "/api/v1/rooms",
-        Some(&user),
-        Some(json!({"name": "term"})),
-    )
-    .await;
-    let mut on_leaving = ws_connect(&leaving.ws, "term", &user, None).await;
-    next_json(&mut on_leaving, 10).await.unwrap();
-    let on_staying = ws_connect(&staying.ws, "term", &user, None).await;
-    let (seen, _task) = record(on_staying);
-    // Posts through the leaving replica right up to the signal.
-    let base = leaving.base.clone();
-    let token = user.clone();
-    let poster = tokio::spawn(async move {
-        let mut committed = Vec::new();
-        for i in 0..400 {
-            let (status, body) = call(
-                &base,
-                reqwest::Method::POST,
-                "/api/v1/rooms/term/messages",
-                Some(&token),
-                Some(json!({"content": format!("t{i}")})),
-            )
-            .await;
-            if status == 201 {
-                committed.push(body["seq"].as_i64().unwrap());
-            } else {
-                break;
+    let mut leaving = ServerProc::replica(&db, &redis, &[]).await;
+    let staying = ServerProc::replica(&db, &redis, &[]).await;
+    let user = staying.register("t_user").await;
+    staying.create_room(&user, "term", "public").await;
+    let mut on_leaving = ws_connect(&leaving.ws_url(""), "term", &user.access, None).await;
+    expect_ready(&mut on_leaving).await;
+    let mut on_staying = ws_connect(&staying.ws_url(""), "term", &user.access, None).await;
+    expect_ready(&mut on_staying).await;
+    let (seen, _recorder) = record(on_staying);
+
+    // Every send that got a 201 or an ack, whichever way it went.
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+
+    // A socket on the leaving replica that keeps up to 32 frames unanswered, so that sends are
+    // in flight when the signal arrives.
+    let pipeline = Arc::new(Pipeline::default());
+    let closed = tokio_util::sync::CancellationToken::new();
+    let sender = ws_connect(&leaving.ws_url(""), "term", &user.access, None).await;
+    let (mut sink, mut stream) = sender.split();
+    match stream.next().await {
+        Some(Ok(WsMessage::Text(t))) => {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["type"], "ready", "{v}");
+        }
+        other => panic!("ready frame expected: {other:?}"),
+    }
+    let writer = {
+        let (pipeline, closed) = (pipeline.clone(), closed.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                while pipeline.sent.load(Ordering::SeqCst)
+                    >= pipeline.answered.load(Ordering::SeqCst) + 32
+                {
+                    if closed.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let frame = json!({"type": "message", "content": format!("w{i}"), "client_id": format!("w{i}")});
+                if closed.is_cancelled()
+                    || sink
+                        .send(WsMessage::Text(frame.to_string().into()))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                pipeline.sent.fetch_add(1, Ordering::SeqCst);
             }
-        }
-        committed
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+    };
+    let reader = {
+        let (pipeline, closed, acked) = (pipeline.clone(), closed.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let code = loop {
+                match stream.next().await {
+                    Some(Ok(WsMessage::Text(t))) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        if v["type"] == "ack" {
+                            acked.lock().unwrap().push(v["seq"].as_i64().expect("seq"));
+                            pipeline.answered.fetch_add(1, Ordering::SeqCst);
+                        } else if v["type"] == "error" {
+                            errors.push(v);
+                            pipeline.answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break None,
+                }
+            };
+            closed.cancel();
+            (errors, code)
+        })
+    };
+
+    // REST posts through the leaving replica, back to back, until one is refused.
+    let mut posters = Vec::new();
+    for p in 0..4 {
+        let (client, token, acked) = (leaving.client.clone(), user.access.clone(), acked.clone());
+        posters.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("p{p}-{i}");
+                let res = client
+                    .try_send(
+                        reqwest::Method::POST,
+                        "/api/v1/rooms/term/messages",
+                        Some(&token),
+                        Some(json!({"content": id, "client_id": id})),
+                    )
+                    .await;
+                match res {
+                    Ok((201, body)) => acked.lock().unwrap().push(body["seq"].as_i64().unwrap()),
+                    // Cut off by the shutdown: a clear error, never a hang or a wrong answer.
+                    Ok((status, body)) => {
+                        assert!(
+                            status == 503 && body["error"]["code"].is_string(),
+                            "a send cut off by SIGTERM: {status} {body}"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        assert!(!e.is_timeout(), "a send cut off by SIGTERM hung: {e}");
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    wait_until(30, "sends committed before the signal", || {
+        pipeline.answered.load(Ordering::SeqCst) >= 20 && acked.lock().unwrap().len() >= 60
+    })
+    .await;
+
+    let answered_at_signal = pipeline.answered.load(Ordering::SeqCst);
+    let sent_at_signal = pipeline.sent.load(Ordering::SeqCst);
     leaving.signal("-TERM");
+    assert!(
+        sent_at_signal > answered_at_signal,
+        "sends were in flight when SIGTERM arrived ({sent_at_signal} sent, {answered_at_signal} answered)"
+    );
     assert_eq!(close_code(&mut on_leaving, 10).await, Some(1012));
-    assert_eq!(leaving.wait_exit(15), Some(0), "exits 0 after draining");
-    let committed = poster.await.unwrap();
-    assert!(!committed.is_empty());
-    let mut stored: Vec<i64> = Vec::new();
-    loop {
-        let after = stored.last().copied().unwrap_or(0);
-        let (_, page) = call(
-            &staying.base,
-            reqwest::Method::GET,
-            &format!("/api/v1/rooms/term/messages?limit=200&after_seq={after}"),
-            Some(&user),
-            None,
-        )
-        .await;
-        stored.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["seq"].as_i64().unwrap()),
-        );
-        if page["has_more"] != true {
-            break;
-        }
-    }
-    for s in &committed {
-        assert!(stored.contains(s), "committed seq {s} is stored");
-    }
-    let last = *committed.iter().max().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().last().copied().unwrap_or(0) < last
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let got = seen.lock().unwrap().clone();
+    let (errors, code) = reader.await.unwrap();
     assert_eq!(
-        &got[..usize::try_from(last).unwrap()],
-        (1..=last).collect::<Vec<_>>().as_slice(),
-        "the other replica's socket has every committed message"
+        code,
+        Some(1012),
+        "the sending socket is closed with 1012 too"
+    );
+    for e in &errors {
+        assert!(e["code"].is_string(), "a clear error: {e}");
+    }
+    writer.await.unwrap();
+    for p in posters {
+        p.await.unwrap();
+    }
+    assert_eq!(
+        leaving.wait_exit(15).await.and_then(|s| s.code()),
+        Some(0),
+        "exits 0 after draining"
+    );
+
+    // Every acknowledged send is stored.
+    let acked = acked.lock().unwrap().clone();
+    let stored = staying.history_seqs(&user.access, "term").await;
+    for s in &acked {
+        assert!(stored.contains(s), "acknowledged seq {s} is stored");
+    }
+    // And every stored message reaches the other replica's socket once, in order: a marker
+    // sent last proves that nothing before it is still on its way.
+    let marker = staying.post_message(&user, "term", "marker").await["seq"]
+        .as_i64()
+        .unwrap();
+    wait_until(15, "the marker on the staying replica's socket", || {
+        seen.lock().unwrap().last() == Some(&marker)
+    })
+    .await;
+    let mut expected = stored;
+    expected.push(marker);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        expected,
+        "the other replica's socket has every stored message"
     );
 }
 
 /// nginx (Debian `nginx-light`) round-robin in front of two replicas; register, chat, drop the
 /// connection, reconnect through the balancer and resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
 async fn through_nginx_round_robin() {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    let Some(nginx) = nginx else {
-        panic!("nginx is required for this test: apt-get install -y nginx-light");
-    };
-    let redis = RedisServer::start();
-    let apps = crate::cluster::cluster(2, &redis).await;
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        r#"
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
-  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  upstream chat {{ server {a}; server {b}; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://chat;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_read_timeout 3600s;
-    }}
-  }}
-}}
-"#,
-        dir = dir.path().display(),
-        a = apps[0].addr,
-        b = apps[1].addr,
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let mut child = std::process::Command::new(nginx)
-        .args([
-            "-c",
-            conf_path.to_str().unwrap(),
-            "-p",
-            dir.path().to_str().unwrap(),
-            "-g",
-            "daemon off;",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let lb = format!("http://127.0.0.1:{port}");
-    crate::cluster::wait_ready(&lb).await;
-    let ws_lb = format!("ws://127.0.0.1:{port}");
+    let redis = RedisServer::start().await;
+    let apps = cluster(2, &redis).await;
+    let lb = Nginx::start(&[apps[0].addr, apps[1].addr]).await;
+    let ws_lb = lb.ws_url("");
 
-    let (_, alice, _) = register_at(&lb, "lb_alice").await;
-    let (_, bob, _) = register_at(&lb, "lb_bob").await;
-    let (status, _) = call(
-        &lb,
-        reqwest::Method::PUT,
-        "/api/v1/rooms/lb-room",
-        Some(&alice),
-        None,
-    )
-    .await;
+    let alice = lb.register("lb_alice").await;
+    let bob = lb.register("lb_bob").await;
+    let (status, _) = lb
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/rooms/lb-room",
+            Some(&alice.access),
+            None,
+        )
+        .await;
     assert_eq!(status, 201);
-    let mut a = ws_connect(&ws_lb, "lb-room", &alice, None).await;
-    next_json(&mut a, 10).await.unwrap();
-    let mut b = ws_connect(&ws_lb, "lb-room", &bob, None).await;
-    next_json(&mut b, 10).await.unwrap();
+    let mut a = ws_connect(&ws_lb, "lb-room", &alice.access, None).await;
+    expect_ready(&mut a).await;
+    let mut b = ws_connect(&ws_lb, "lb-room", &bob.access, None).await;
+    expect_ready(&mut b).await;
     ws_send(
         &mut a,
         json!({"type": "message", "content": "through the balancer"}),
@@ -264,21 +296,12 @@ http {{
     let last = m["seq"].as_i64().unwrap();
     drop(b);
     for i in 0..4 {
-        let (status, _) = call(
-            &lb,
-            reqwest::Method::POST,
-            "/api/v1/rooms/lb-room/messages",
-            Some(&alice),
-            Some(json!({"content": format!("while away {i}")})),
-        )
-        .await;
-        assert_eq!(status, 201);
+        lb.post_message(&alice, "lb-room", &format!("while away {i}"))
+            .await;
     }
-    let mut b = ws_connect(&ws_lb, "lb-room", &bob, Some(last)).await;
-    next_json(&mut b, 10).await.unwrap();
+    let mut b = ws_connect(&ws_lb, "lb-room", &bob.access, Some(last)).await;
+    expect_ready(&mut b).await;
     assert_eq!(collect_seqs(&mut b, 4, 10).await, [2, 3, 4, 5]);
     ws_send(&mut a, json!({"type": "message", "content": "live again"})).await;
     assert_eq!(next_of(&mut b, "message", 10).await.unwrap()["seq"], 6);
-    let _ = child.kill();
-    let _ = child.wait();
 }

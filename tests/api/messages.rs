@@ -127,8 +127,7 @@ dual_test!(client_id_is_idempotent, |b| async move {
     let max = app.register("max").await;
     let ned = app.register("ned").await;
     app.create_room(&max, "idem", "public").await;
-    app.post("/api/v1/rooms/idem/join", Some(&ned.access), json!({}))
-        .await;
+    app.join_room(&ned, "idem").await;
     let (s1, first) = app
         .post(
             "/api/v1/rooms/idem/messages",
@@ -178,16 +177,9 @@ dual_test!(edit_and_delete_permissions, |b| async move {
     let other = app.register("quinn").await;
     app.create_room(&owner, "edits", "public").await;
     for u in [&author, &other] {
-        app.post("/api/v1/rooms/edits/join", Some(&u.access), json!({}))
-            .await;
+        app.join_room(u, "edits").await;
     }
-    let (_, msg) = app
-        .post(
-            "/api/v1/rooms/edits/messages",
-            Some(&author.access),
-            json!({"content": "typo"}),
-        )
-        .await;
+    let msg = app.post_message(&author, "edits", "typo").await;
     let path = format!("/api/v1/rooms/edits/messages/{}", msg["id"]);
     let (status, _) = app
         .send(

@@ -11,22 +11,7 @@ use axum::{Router, body::Bytes, routing::post};
 use prost::Message as _;
 use serde_json::json;
 
-use crate::{
-    cluster::{Proc, call, cluster_db, register_at},
-    support::*,
-};
-
-fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter(|l| l.contains(label_filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_in_embedded_mode() {
@@ -40,163 +25,148 @@ async fn probes_answer_in_embedded_mode() {
     assert_eq!(body["bus"], "local");
 }
 
+/// Label pairs a sample must have.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let before = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    // Counters of rare events exist before the first event (alerts on their rate need them).
+    // A process of its own: apps in the test process share one recorder, so there another
+    // test's traffic could move the counters.
+    let db = fresh_database(Backend::Sqlite).await;
+    let app = ServerProc::start(&db, &[]).await;
+    let before = app.metrics().await;
+    // Counters of rare events exist, at 0, before the first event (alerts on their rate need
+    // them).
     for name in [
         "chat_slow_consumer_closes_total",
         "chat_redis_reconnects_total",
         "chat_bus_gap_fills_total",
     ] {
-        assert!(before.contains(name), "{name} missing from /metrics");
+        assert_eq!(before.sum(name, &[]), 0.0, "{name}");
     }
     let user = app.register("metric_user").await;
     app.create_room(&user, "metrics", "public").await;
     let mut ws = ws_connect(&app.ws_url(""), "metrics", &user.access, None).await;
-    next_json(&mut ws, 5).await.unwrap();
+    expect_ready(&mut ws).await;
     for i in 0..3 {
-        app.post(
-            "/api/v1/rooms/metrics/messages",
-            Some(&user.access),
-            json!({"content": format!("m{i}")}),
-        )
-        .await;
+        app.post_message(&user, "metrics", &format!("m{i}")).await;
     }
     ws_send(&mut ws, json!({"type": "message", "content": "over ws"})).await;
     assert!(next_of(&mut ws, "ack", 5).await.is_some());
-    let res = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let after = res.text().await.unwrap();
-    for (name, labels) in [
-        ("chat_messages_accepted_total", "transport=\"rest\""),
-        ("chat_messages_accepted_total", "transport=\"ws\""),
-        ("chat_messages_delivered_total", ""),
-        ("chat_fanout_latency_seconds_count", ""),
-        ("chat_commit_batch_size_count", ""),
+    let after = app.metrics().await;
+    // (name, labels, by how much it moved if that is known)
+    let moved: [(&str, Labels, Option<f64>); 7] = [
+        (
+            "chat_messages_accepted_total",
+            &[("transport", "rest")],
+            Some(3.0),
+        ),
+        (
+            "chat_messages_accepted_total",
+            &[("transport", "ws")],
+            Some(1.0),
+        ),
+        ("chat_messages_delivered_total", &[], None),
+        ("chat_fanout_latency_seconds_count", &[], None),
+        ("chat_commit_batch_size_count", &[], None),
         (
             "http_requests_total",
-            "route=\"/api/v1/rooms/{name}/messages\"",
+            &[("route", "/api/v1/rooms/{name}/messages")],
+            Some(3.0),
         ),
-        ("http_request_duration_seconds_count", "status=\"201\""),
-    ] {
-        let (b, a) = (
-            metric_sum(&before, name, labels),
-            metric_sum(&after, name, labels),
-        );
-        assert!(a > b, "{name}{{{labels}}} did not move: {b} -> {a}");
+        (
+            "http_request_duration_seconds_count",
+            &[("status", "201")],
+            None,
+        ),
+    ];
+    for (name, labels, by) in moved {
+        let (b, a) = (before.sum_or_zero(name, labels), after.sum(name, labels));
+        match by {
+            Some(n) => assert_eq!(a - b, n, "{name}{labels:?}: {b} -> {a}"),
+            None => assert!(a > b, "{name}{labels:?} did not move: {b} -> {a}"),
+        }
     }
     assert!(
-        after.contains("chat_fanout_latency_seconds_bucket"),
+        after
+            .matching("chat_fanout_latency_seconds_bucket", &[("le", "+Inf")])
+            .next()
+            .is_some(),
         "a histogram with buckets"
     );
-    assert!(metric_sum(&after, "chat_ws_connections", "endpoint=\"room\"") >= 1.0);
-    assert!(after.contains("chat_db_pool_connections"));
+    assert_eq!(
+        after.sum("chat_ws_connections", &[("endpoint", "room")]),
+        1.0
+    );
+    assert!(after.has("chat_db_pool_connections"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_contain_tokens_or_passwords() {
     let db = fresh_database(Backend::Sqlite).await;
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &db)
-        .env("JWT_SECRET", "log-test-secret-log-test-secret")
-        .env("RUST_LOG", "debug")
-        .env("LOG_FORMAT", "json")
-        .env_remove("REDIS_URL")
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    crate::cluster::wait_ready(&base).await;
+    let mut server = ServerProc::start(&db, &[("RUST_LOG", "debug")]).await;
     let password = "hunter2-very-secret-pw";
-    let (status, reg) = call(
-        &base,
-        reqwest::Method::POST,
-        "/api/v1/auth/register",
-        None,
-        Some(json!({"username": "logger", "email": "logger@example.com", "password": password})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    let (status, reg) = server
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"username": "logger", "email": "logger@example.com", "password": password}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reg}");
     let access = reg["tokens"]["access"].as_str().unwrap().to_owned();
     let refresh = reg["tokens"]["refresh"].as_str().unwrap().to_owned();
-    let (_, login) = call(
-        &base,
-        reqwest::Method::POST,
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"login": "logger", "password": password})),
-    )
-    .await;
-    let (_, bad) = call(
-        &base,
-        reqwest::Method::POST,
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"login": "logger", "password": "wrong-pw-also-secret"})),
-    )
-    .await;
+    let (status, login) = server.login("logger", password).await;
+    assert_eq!(status, 200, "{login}");
+    let (status, bad) = server
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"login": "logger", "password": "wrong-pw-also-secret"}),
+        )
+        .await;
+    assert_eq!(status, 401);
     assert_eq!(bad["error"]["code"], "invalid_credentials");
-    let (_, rotated) = call(
-        &base,
-        reqwest::Method::POST,
-        "/api/v1/auth/refresh",
-        None,
-        Some(json!({"refresh": login["refresh"]})),
-    )
-    .await;
-    call(
-        &base,
-        reqwest::Method::PUT,
-        "/api/v1/rooms/logs",
-        Some(&access),
-        None,
-    )
-    .await;
-    let mut ws = ws_connect(&format!("ws://127.0.0.1:{port}"), "logs", &access, None).await;
-    next_json(&mut ws, 5).await.unwrap();
+    let (status, rotated) = server
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh": login["refresh"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/rooms/logs",
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut ws = ws_connect(&server.ws_url(""), "logs", &access, None).await;
+    expect_ready(&mut ws).await;
     ws_send(&mut ws, json!({"type": "auth", "token": rotated["access"]})).await;
     ws_send(&mut ws, json!({"type": "message", "content": "hello logs"})).await;
     next_of(&mut ws, "ack", 5).await.unwrap();
     // A refused upgrade with a token in the URL.
     assert_eq!(
-        ws_refused(&format!(
-            "ws://127.0.0.1:{port}/ws/rooms/logs?token={refresh}"
-        ))
-        .await,
+        ws_refused(&server.ws_url(&format!("/ws/rooms/logs?token={refresh}"))).await,
         401
     );
-    call(
-        &base,
-        reqwest::Method::POST,
-        "/api/v1/auth/logout",
-        Some(&access),
-        Some(json!({"refresh": refresh})),
-    )
-    .await;
+    let (status, _) = server
+        .post(
+            "/api/v1/auth/logout",
+            Some(&access),
+            json!({"refresh": refresh}),
+        )
+        .await;
+    assert_eq!(status, 204);
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(log.path()).unwrap();
+    // A clean stop writes every log line out.
+    server.signal("-TERM");
+    assert!(server.wait_exit(15).await.is_some(), "stops on SIGTERM");
+    let text = server.log();
     assert!(
         text.contains("http.request"),
         "the log was captured: {} bytes",
@@ -283,57 +253,38 @@ async fn otlp_receiver() -> (String, Spans) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
 async fn one_trace_follows_a_message_across_replicas() {
     let (endpoint, spans) = otlp_receiver().await;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let db = cluster_db().await;
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "chat-trace-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // Not the default `warn,chat_server=info`: with it and OTLP on, the server hangs at
+        // start while migrating PostgreSQL (a server bug, not this test's subject).
+        ("RUST_LOG", "info"),
     ];
-    let a = Proc::start(
-        &db,
-        &redis.url(),
-        &[
+    let instance = |id| {
+        [
             otel[0],
             otel[1],
             otel[2],
-            ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=replica-a"),
-        ],
-    )
-    .await;
-    let b = Proc::start(
-        &db,
-        &redis.url(),
-        &[
-            otel[0],
-            otel[1],
-            otel[2],
-            ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=replica-b"),
-        ],
-    )
-    .await;
-    let (_, token, _) = register_at(&a.base, "tracer").await;
-    call(
-        &a.base,
-        reqwest::Method::POST,
-        "/api/v1/rooms",
-        Some(&token),
-        Some(json!({"name": "traced"})),
-    )
-    .await;
-    let mut ws = ws_connect(&b.ws, "traced", &token, None).await;
-    next_json(&mut ws, 10).await.unwrap();
-    let (status, _) = call(
-        &a.base,
-        reqwest::Method::POST,
-        "/api/v1/rooms/traced/messages",
-        Some(&token),
-        Some(json!({"content": "follow me"})),
-    )
-    .await;
-    assert_eq!(status, 201);
+            otel[3],
+            ("OTEL_RESOURCE_ATTRIBUTES", id),
+        ]
+    };
+    let a = ServerProc::replica(&db, &redis, &instance("service.instance.id=replica-a")).await;
+    let b = ServerProc::replica(&db, &redis, &instance("service.instance.id=replica-b")).await;
+    let user = a.register("tracer").await;
+    a.create_room(&user, "traced", "public").await;
+    let mut ws = ws_connect(&b.ws_url(""), "traced", &user.access, None).await;
+    expect_ready(&mut ws).await;
+    a.post_message(&user, "traced", "follow me").await;
     assert_eq!(
         next_of(&mut ws, "message", 10).await.unwrap()["content"],
         "follow me"

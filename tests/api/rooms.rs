@@ -233,8 +233,7 @@ dual_test!(update_and_delete_by_owner_only, |b| async move {
     let hal = app.register("hal").await;
     let ida = app.register("ida").await;
     app.create_room(&hal, "news", "public").await;
-    app.post("/api/v1/rooms/news/join", Some(&ida.access), json!({}))
-        .await;
+    app.join_room(&ida, "news").await;
     let (status, _) = app
         .send(
             reqwest::Method::PATCH,

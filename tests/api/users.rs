@@ -6,23 +6,17 @@ use crate::{dual_test, support::*};
 
 async fn make_admin(app: &TestApp, username: &str) -> User {
     let user = app.register(username).await;
-    chat::admin::ensure_admin(
-        &app.state.db,
-        &app.state.hasher,
-        username,
-        &format!("{username}@example.com"),
-        "unused-password",
-    )
-    .await
-    .expect("grant admin");
-    // Roles are in the token: log in again.
-    let (_, body) = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"login": username, "password": "correct horse battery"}),
+    app.state
+        .ensure_admin(
+            username,
+            &format!("{username}@example.com"),
+            "unused-password",
         )
-        .await;
+        .await
+        .expect("grant admin");
+    // Roles are in the token: log in again.
+    let (status, body) = app.login(username, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
     User {
         access: body["access"].as_str().unwrap().to_owned(),
         refresh: body["refresh"].as_str().unwrap().to_owned(),
@@ -81,13 +75,8 @@ dual_test!(profile_update_and_conflicts, |b| async move {
 dual_test!(password_change_revokes_other_sessions, |b| async move {
     let app = spawn_app(b).await;
     let kim = app.register("kim").await;
-    let (_, other) = app
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({"login": "kim", "password": "correct horse battery"}),
-        )
-        .await;
+    let (status, other) = app.login("kim", PASSWORD).await;
+    assert_eq!(status, 200, "{other}");
     let (status, body) = app
         .send(
             reqwest::Method::PUT,
@@ -131,16 +120,8 @@ dual_test!(
         let leo = app.register("leo").await;
         let mia = app.register("mia").await;
         app.create_room(&mia, "lobby", "public").await;
-        app.post("/api/v1/rooms/lobby/join", Some(&leo.access), json!({}))
-            .await;
-        let (status, _) = app
-            .post(
-                "/api/v1/rooms/lobby/messages",
-                Some(&leo.access),
-                json!({"content": "bye all"}),
-            )
-            .await;
-        assert_eq!(status, 201);
+        app.join_room(&leo, "lobby").await;
+        app.post_message(&leo, "lobby", "bye all").await;
         let (status, body) = app
             .send(
                 reqwest::Method::DELETE,

@@ -1,0 +1,33 @@
+//! Several replicas of the app on one Redis and one PostgreSQL database (a shared SQLite file
+//! would not show what a cluster does): in this process, or as processes of the built binary
+//! ([`super::ServerProc::replica`]).
+
+use super::{Backend, RedisServer, TestApp, fresh_database, spawn_with};
+
+/// The JWT secret every replica shares.
+pub const SECRET: &str = "cluster-secret-cluster-secret-0123";
+
+/// A fresh PostgreSQL database for the replicas of one test.
+pub async fn cluster_db() -> String {
+    fresh_database(Backend::Postgres).await
+}
+
+pub async fn replica(db: &str, redis: &RedisServer) -> TestApp {
+    let mut config = chat::Config::for_tests(db);
+    config.redis_url = Some(redis.url().into());
+    config.jwt_secret = Some(SECRET.to_owned().into());
+    spawn_with(config).await
+}
+
+/// `n` replicas on a fresh database, each ready (its Redis bus live).
+pub async fn cluster(n: usize, redis: &RedisServer) -> Vec<TestApp> {
+    let db = cluster_db().await;
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(replica(&db, redis).await);
+    }
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    apps
+}

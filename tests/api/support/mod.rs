@@ -1,0 +1,123 @@
+//! Test harness, the one every test file uses: the real app on 127.0.0.1:0 against a fresh
+//! database (a temporary SQLite file, or a fresh PostgreSQL database per test when
+//! `TEST_DATABASE_URL` is set), one HTTP client ([`Client`]), WebSocket helpers, Prometheus
+//! parsing, and the processes some tests need (the built server binary, `redis-server`, nginx),
+//! each killed when its guard is dropped.
+//!
+//! Tests that need PostgreSQL (the `postgres` variant of [`dual_test!`], and every test with
+//! several replicas, which must share a real database) are built with
+//! `#[cfg_attr(not(pg_tests), ignore = "set TEST_DATABASE_URL ...")]`: the root `build.rs` sets
+//! `pg_tests` when `TEST_DATABASE_URL` is set, so without it they are listed as ignored, with
+//! the reason, instead of passing without running.
+
+mod client;
+mod cluster;
+mod db;
+mod metrics;
+mod procs;
+mod ws;
+
+use std::{ops::Deref, sync::OnceLock};
+
+use chat::{AppState, Config};
+use tokio_util::sync::CancellationToken;
+
+pub use self::{client::*, cluster::*, db::*, metrics::*, procs::*, ws::*};
+
+/// Run a test body against SQLite, and against PostgreSQL: the `postgres` variant is ignored
+/// (and says why) unless `TEST_DATABASE_URL` was set when the tests were built.
+#[macro_export]
+macro_rules! dual_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let f = $body;
+                f($crate::support::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(pg_tests),
+                ignore = "set TEST_DATABASE_URL to run the PostgreSQL suite"
+            )]
+            async fn postgres() {
+                let f = $body;
+                f($crate::support::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+/// Process-wide test logging, to a sink unless `TEST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,chat=debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The app served in this process; its [`Client`] is reached through `Deref`. Dropping it
+/// shuts the app down.
+pub struct TestApp {
+    pub client: Client,
+    pub state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Deref for TestApp {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db_url = fresh_database(backend).await;
+    spawn_with(Config::for_tests(&db_url)).await
+}
+
+/// Build the app from `config` and serve it on a listener bound to 127.0.0.1:0 (the listener
+/// is handed over, so no other process can take the port in between).
+pub async fn spawn_with(config: Config) -> TestApp {
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    let state = AppState::build(config, shutdown.clone())
+        .await
+        .expect("app state builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(chat::run(state.clone(), listener));
+    TestApp {
+        client: Client::new(addr),
+        state,
+        shutdown,
+    }
+}
+
+/// Wait until `done()` holds; panics with `what` after `secs`. The way to synchronise with
+/// something a test cannot be told about, instead of a fixed sleep.
+pub async fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
