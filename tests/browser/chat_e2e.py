@@ -14,8 +14,9 @@ Tests:
                            markup rendered as text, cross-replica delivery, reload/resume.
   test_docs_offline        /docs (Swagger UI) renders its operations with every non-loopback
                            host unreachable; the chat page also loads with nothing external.
-  test_reconnect_resume    replica 1 is stopped (SIGTERM: sockets get 1012) while user A's page
-                           is open on it; messages are posted meanwhile through replica 2; replica 1
+  test_reconnect_resume    replica 1 is stopped (SIGTERM) while user A's page is open on it: the
+                           page must see close code 1012 (service restart) and show it in its
+                           status; messages are posted meanwhile through replica 2; replica 1
                            is started again on the same address (same environment: DATABASE_URL,
                            REDIS_URL, JWT_SECRET… are inherited from run.sh) and A's page must
                            reconnect by itself and show every message once, in seq order.
@@ -288,6 +289,8 @@ def test_chat_two_replicas(base_a, base_b, shots):
         log("A sends markup; B must see it as literal text")
         send(a, markup)
         mm = b.wait_message(markup, author=ua)
+        # The proof is that no element was made from the markup anywhere in the page (without an
+        # <img> no onerror can ever run); the alert check after a pause is only a backstop.
         time.sleep(1.0)   # give a would-be onerror handler time to fire
         for s in (a, b):
             s.assert_no_alert()
@@ -295,6 +298,8 @@ def test_chat_two_replicas(base_a, base_b, shots):
             injected = s.js("""var l = document.getElementById('messages');
                                return l.querySelectorAll('b, img, script').length;""")
             assert injected == 0, f"[{s.name}] markup in a message created {injected} element(s) in #messages"
+            anywhere = s.js("return document.querySelectorAll('img[src=\"x\"], [onerror]').length;")
+            assert anywhere == 0, f"[{s.name}] markup in a message created {anywhere} element(s) in the page"
         el = b.d.find_element(By.CSS_SELECTOR, f'#messages .message[data-seq="{mm["seq"]}"] .message-content')
         assert el.text == markup, f"rendered text {el.text!r} != raw {markup!r}"
         assert el.get_attribute("textContent") == markup
@@ -345,12 +350,21 @@ def test_docs_offline(base, shots):
             fetch('http://example.com/', {mode: 'no-cors'}).then(function () { done('reachable'); },
                                                                  function (e) { done('blocked: ' + e); });""")
         assert outside.startswith("blocked"), f"the browser can reach the internet ({outside}); test is not offline"
+        # The "nothing fetched from elsewhere" checks below read the resource timing entries; make
+        # sure this browser lists a request that failed offline, or they would pass whatever happens.
+        seen = d.js("return performance.getEntriesByType('resource').map(function (e) { return e.name; });")
+        assert "http://example.com/" in seen, \
+            f"resource timing does not list the blocked request (entries: {seen}): cannot detect external loads"
 
         log(f"loading {base}/docs")
         d.d.get(base + "/docs")
         d.wait(lambda _: len(d.d.find_elements(By.CSS_SELECTOR, ".opblock")) > 0, ".opblock elements in /docs",
                timeout=40)
-        time.sleep(1.0)   # let Swagger UI finish rendering every tag section
+        try:   # Swagger UI renders the tag sections one after the other
+            d.wait(lambda _: len(d.d.find_elements(By.CSS_SELECTOR, ".opblock")) >= MIN_DOC_OPERATIONS,
+                   f"at least {MIN_DOC_OPERATIONS} .opblock elements")
+        except AssertionError:
+            pass   # asserted below, after the screenshot, with the count
         n = len(d.d.find_elements(By.CSS_SELECTOR, ".opblock"))
         title = d.js("var t=document.querySelector('.info .title'); return t ? t.textContent : document.title;")
         log(f"/docs renders {n} operations (title {title!r}) at {d.d.current_url}")
@@ -450,11 +464,28 @@ def test_reconnect_resume(base_a, base_b, shots, server_bin, replica1_pid, pidfi
         rest_ok(base_b, "POST", f"/rooms/{room}/messages", {"content": "while A is connected"}, token=tok_b)
         a.wait_message("while A is connected", author=ub)
 
+        # Every close the page records (#connection-status[data-last-close-code]) is kept in order:
+        # the attribute itself is overwritten if a reconnect attempt fails before we look at it.
+        # window.__e2eCloses surviving until the end also shows the page was never reloaded.
+        a.js("""window.__e2eCloses = [];
+                var s = document.getElementById('connection-status');
+                new MutationObserver(function (records) {
+                  records.forEach(function () {
+                    window.__e2eCloses.push({code: s.getAttribute('data-last-close-code'),
+                                             reason: s.getAttribute('data-last-close-reason'),
+                                             state: s.getAttribute('data-state'), text: s.textContent});
+                  });
+                }).observe(s, {attributes: true, attributeFilter: ['data-last-close-code']});""")
         log(f"stopping replica 1 (pid {replica1_pid}) with SIGTERM")
         os.kill(replica1_pid, signal.SIGTERM)
-        a.wait(lambda d: a.js("return document.getElementById('connection-status').getAttribute('data-state')")
-               != "connected", "A notices the socket closed (1012)", timeout=20)
-        log(f"A status: {a.text_of('#connection-status')!r}")
+        closes = a.wait(lambda d: a.js("return window.__e2eCloses.length ? window.__e2eCloses : null"),
+                        "A's page records the socket close", timeout=20)
+        log(f"A saw close {closes[0]}")
+        assert closes[0]["code"] == "1012", \
+            f"A's socket was closed with {closes[0]['code']} ({closes[0]['reason']!r}), expected 1012 " \
+            f"(service restart) on SIGTERM; closes seen: {closes}"
+        assert closes[0]["state"] == "reconnecting" and "1012" in closes[0]["text"], \
+            f"after the 1012 close the status should say it is reconnecting and why: {closes[0]}"
         deadline = time.time() + 30
         while port_open(host, port) and time.time() < deadline:
             time.sleep(0.2)
@@ -481,6 +512,9 @@ def test_reconnect_resume(base_a, base_b, shots, server_bin, replica1_pid, pidfi
         log("A's page must reconnect on its own and catch up (since_seq)")
         a.wait(lambda d: a.js("return document.getElementById('connection-status').getAttribute('data-state')")
                == "connected", "A reconnected", timeout=60)
+        closes = a.js("return window.__e2eCloses || null")
+        assert closes is not None, "A's page was reloaded: it must reconnect by itself, in place"
+        log(f"closes seen by A until it reconnected: {[c['code'] for c in closes]}")
         for text in missed:
             a.wait_message(text, author=ub)
         seqs = check_seqs(a)
