@@ -266,11 +266,9 @@ dual_test!(handshake_refusals_are_plain_http, |b| async move {
     );
 });
 
-/// A request refused before the upgrade leaves no trace. Fails today: `room_socket`
-/// (src/ws/mod.rs) adds the caller to a public room before it checks that the request is an
-/// upgrade (and that `since_seq` is valid), so the refused request makes the caller a member.
+/// A request refused before the upgrade (no upgrade, or a bad `since_seq`) leaves no trace:
+/// the caller does not become a member of the public room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a refused /ws/rooms/{name} request (no upgrade, or since_seq < 0) joins the public room"]
 async fn a_refused_upgrade_joins_no_room() {
     let app = spawn_app(Backend::Sqlite).await;
     let owner = app.register("refused_owner").await;
