@@ -3,6 +3,8 @@
 //!
 //! Clients branch on the stable `code`. Server-side failures are logged once, with their
 //! cause, inside the request span; the client only ever sees "internal error".
+//!
+//! At the bottom of the crate: imports nothing of it; anyone may import it.
 
 use std::collections::BTreeMap;
 

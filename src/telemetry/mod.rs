@@ -7,6 +7,8 @@
 //! delivering side), so one trace follows a message from acceptance to every delivery.
 //! Nothing here records tokens or passwords: request spans carry the path and a query string
 //! with `token` redacted; `Authorization` is marked sensitive.
+//!
+//! At the bottom of the crate: imports nothing of it; anyone may import it.
 
 pub mod metrics;
 
