@@ -3,7 +3,7 @@
 
 use super::{Chat, auth::CurrentUser};
 use crate::{
-    domain::validate::Visibility,
+    domain::validate::{self, Visibility},
     error::ApiError,
     store::{self, rooms::RoomRow},
 };
@@ -151,6 +151,10 @@ impl Chat {
     /// # Errors
     /// 404 if there is none.
     pub(crate) async fn room_named(&self, name: &str) -> Result<RoomRow, ApiError> {
+        // A name no room can have is not looked up (the database would refuse some, NUL).
+        if validate::room_name(name).is_err() {
+            return Err(ApiError::NotFound("room"));
+        }
         store::rooms::find_by_name(&self.db, name)
             .await?
             .ok_or(ApiError::NotFound("room"))

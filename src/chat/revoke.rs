@@ -193,6 +193,11 @@ fn redis_key(k: &str) -> String {
 #[async_trait]
 impl DenyList for RedisDenyList {
     async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()> {
+        // Nothing to deny (a password change with no other session): an empty pipeline would
+        // be refused by Redis.
+        if keys.is_empty() {
+            return Ok(());
+        }
         let ttl = (until - Utc::now()).num_seconds().max(1);
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();

@@ -279,6 +279,7 @@ async fn publish_and_answer(
 fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::NotFound(what) => StoreError::NotFound(what),
+        StoreError::NotMember => StoreError::NotMember,
         StoreError::Unavailable(_) => {
             StoreError::Unavailable(sea_orm::DbErr::Custom("database unavailable".into()))
         }

@@ -20,7 +20,21 @@ pub(crate) static USERNAME_RE: LazyLock<Regex> =
 static ROOM_NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,63}$").expect("literal regex"));
 
-/// Message content: 1–4000 characters, not blank.
+/// Text a user may store: no NUL and no other C0 control character but `\n` and `\t` (the
+/// databases refuse NUL, and controls only hide text).
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn plain_text(s: &str) -> Result<(), String> {
+    if s.chars()
+        .any(|c| c.is_ascii_control() && c != '\n' && c != '\t')
+    {
+        return Err("must not contain control characters (other than newline and tab)".into());
+    }
+    Ok(())
+}
+
+/// Message content: 1–4000 characters, not blank, [`plain_text`].
 ///
 /// # Errors
 /// A human-readable reason.
@@ -28,6 +42,7 @@ pub(crate) fn content(content: &str) -> Result<(), String> {
     if content.trim().is_empty() {
         return Err("content must not be blank".into());
     }
+    plain_text(content).map_err(|m| format!("content {m}"))?;
     if content.chars().count() > MAX_CONTENT_CHARS {
         return Err(format!(
             "content must be at most {MAX_CONTENT_CHARS} characters"
@@ -36,7 +51,7 @@ pub(crate) fn content(content: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An idempotency key: 1–64 characters.
+/// An idempotency key: 1–64 characters, [`plain_text`].
 ///
 /// # Errors
 /// A human-readable reason.
@@ -46,7 +61,7 @@ pub(crate) fn client_id(id: &str) -> Result<(), String> {
             "client_id must be 1–{MAX_CLIENT_ID_CHARS} characters"
         ));
     }
-    Ok(())
+    plain_text(id).map_err(|m| format!("client_id {m}"))
 }
 
 /// A draft's fields (`content` required), as field errors for a 422.
@@ -90,11 +105,15 @@ pub(crate) fn room_settings(
     topic: Option<&str>,
     visibility: Option<&str>,
 ) {
-    if topic.is_some_and(|t| t.chars().count() > MAX_TOPIC_CHARS) {
-        fields.insert(
-            "topic".into(),
-            vec![format!("must be at most {MAX_TOPIC_CHARS} characters")],
-        );
+    if let Some(topic) = topic {
+        if topic.chars().count() > MAX_TOPIC_CHARS {
+            fields.insert(
+                "topic".into(),
+                vec![format!("must be at most {MAX_TOPIC_CHARS} characters")],
+            );
+        } else if let Err(m) = plain_text(topic) {
+            fields.insert("topic".into(), vec![m]);
+        }
     }
     if visibility.is_some_and(|v| Visibility::parse(v).is_none()) {
         fields.insert(
@@ -146,6 +165,10 @@ mod tests {
         assert!(content(&"é".repeat(4000)).is_ok());
         assert!(client_id("").is_err());
         assert!(client_id(&"a".repeat(65)).is_err());
+        assert!(content("a\u{0}b").is_err());
+        assert!(content("bell\u{7}").is_err());
+        assert!(content("two\nlines\tand a tab").is_ok());
+        assert!(client_id("k\u{0}").is_err());
     }
 
     #[test]

@@ -265,7 +265,9 @@ impl RoomChannel {
             if !item.frame.is_empty() {
                 sub.offer(&item.frame, self.capacity);
             }
-            if !sub.ctl.mux {
+            if sub.ctl.mux {
+                sub.ctl.drop_room(self.id);
+            } else {
                 sub.ctl.close(reason);
             }
             false

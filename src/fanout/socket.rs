@@ -84,6 +84,9 @@ pub(crate) struct SocketCtl {
     wakers: [AtomicWaker; 2],
     /// The session family the socket is authenticated by (replaced by an `auth` frame).
     sid: Mutex<String>,
+    /// Rooms the fan-out dropped this multiplexed socket from (its user was removed, or the
+    /// room deleted), until the session forgets them.
+    dropped: Mutex<Vec<i64>>,
     opened: Instant,
     /// Last time anything arrived from the peer, in milliseconds since `opened`.
     last_seen_ms: AtomicU64,
@@ -99,6 +102,7 @@ impl SocketCtl {
             close: AtomicU8::new(0),
             wakers: [AtomicWaker::new(), AtomicWaker::new()],
             sid: Mutex::new(sid),
+            dropped: Mutex::default(),
             opened: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
         }
@@ -181,6 +185,17 @@ impl SocketCtl {
 
     pub(crate) fn sid_is(&self, sid: &str) -> bool {
         *self.sid.lock() == sid
+    }
+
+    /// The fan-out dropped this (multiplexed) socket from `room`: the session must stop
+    /// reading and writing it.
+    pub(crate) fn drop_room(&self, room: i64) {
+        self.dropped.lock().push(room);
+    }
+
+    /// The rooms dropped since the last call.
+    pub(crate) fn take_dropped(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.dropped.lock())
     }
 
     /// An `auth` frame moved the socket to another session family.

@@ -16,7 +16,10 @@ use validator::Validate;
 use super::extract::{Json, MaybeJson};
 use crate::{
     chat::{Chat, auth::CurrentUser},
-    domain::{model::User, validate::USERNAME_RE},
+    domain::{
+        model::User,
+        validate::{self, USERNAME_RE},
+    },
     error::{ApiError, FieldErrors},
     store::{self, sessions::Rotation},
 };
@@ -41,7 +44,8 @@ pub(crate) struct RegisterRequest {
     #[validate(
         required(message = "is required"),
         email(message = "is not a valid email address"),
-        length(max = 254, message = "is too long")
+        length(max = 254, message = "is too long"),
+        custom(function = "plain_text")
     )]
     pub email: Option<String>,
     #[validate(
@@ -51,9 +55,15 @@ pub(crate) struct RegisterRequest {
     pub password: Option<String>,
     /// When given, must equal `password`.
     pub password_confirm: Option<String>,
-    #[validate(length(max = 100, message = "must be at most 100 characters"))]
+    #[validate(
+        length(max = 100, message = "must be at most 100 characters"),
+        custom(function = "plain_text")
+    )]
     pub first_name: Option<String>,
-    #[validate(length(max = 100, message = "must be at most 100 characters"))]
+    #[validate(
+        length(max = 100, message = "must be at most 100 characters"),
+        custom(function = "plain_text")
+    )]
     pub last_name: Option<String>,
 }
 
@@ -100,6 +110,13 @@ pub(crate) struct LoginResponse {
     #[serde(flatten)]
     pub tokens: Tokens,
     pub user: User,
+}
+
+/// The `validator` hook for [`validate::plain_text`].
+pub(crate) fn plain_text(value: &str) -> Result<(), validator::ValidationError> {
+    validate::plain_text(value).map_err(|m| {
+        validator::ValidationError::new("plain_text").with_message(std::borrow::Cow::Owned(m))
+    })
 }
 
 /// Run the derive validation and extra checks, reporting every offending field at once.
@@ -239,7 +256,12 @@ pub(crate) async fn login(
             fields,
         });
     }
-    let found = store::users::find_for_login(&chat.db, &login).await?;
+    // A login with control characters names nobody (and the database would refuse NUL).
+    let found = if validate::plain_text(&login).is_ok() {
+        store::users::find_for_login(&chat.db, &login).await?
+    } else {
+        None
+    };
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), Some(h)),
         None => (None, None),

@@ -86,6 +86,16 @@ pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
     res
 }
 
+/// A 400 for a query parameter with control characters (the database would refuse NUL).
+pub(crate) fn plain_query(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+    match value.map(crate::domain::validate::plain_text) {
+        Some(Err(m)) => Err(ApiError::bad_request(format!(
+            "invalid query parameter: `{name}` {m}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The client's address: the peer, or, behind a trusted proxy, the **last** `X-Forwarded-For`
 /// entry — the address the proxy itself appended (nginx's `$proxy_add_x_forwarded_for`).
 /// Entries before it come from the client and could be anything.

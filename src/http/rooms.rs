@@ -155,6 +155,8 @@ pub(crate) async fn list_rooms(
     Query(q): Query<ListRoomsQuery>,
 ) -> Result<Json<Page<Room>>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    super::plain_query("q", q.q.as_deref())?;
+    super::plain_query("cursor", q.cursor.as_deref())?;
     let (rows, next) = store::rooms::list(
         &chat.db,
         me.id,
@@ -195,7 +197,7 @@ pub(crate) async fn join_or_create_room(
     Path(name): Path<String>,
     MaybeJson(body): MaybeJson<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if let Some(room) = store::rooms::find_by_name(&chat.db, &name).await? {
+    if let Some(room) = existing(&chat, &name).await? {
         return join_existing(&chat, &me, room, Refusal::NotFound)
             .await
             .map(|r| (StatusCode::OK, Json(r)));
@@ -204,13 +206,20 @@ pub(crate) async fn join_or_create_room(
         Ok(row) => Ok((StatusCode::CREATED, Json(wire(&chat, row).await?))),
         // Lost a race with a concurrent creator: join theirs.
         Err(ApiError::Conflict { .. }) => {
-            let room = store::rooms::find_by_name(&chat.db, &name)
-                .await?
-                .ok_or(ApiError::NotFound("room"))?;
+            let room = chat.room_named(&name).await?;
             join_existing(&chat, &me, room, Refusal::NotFound)
                 .await
                 .map(|r| (StatusCode::OK, Json(r)))
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// The room called `name`, if there is one.
+async fn existing(chat: &Chat, name: &str) -> Result<Option<RoomRow>, ApiError> {
+    match chat.room_named(name).await {
+        Ok(room) => Ok(Some(room)),
+        Err(ApiError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }

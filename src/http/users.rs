@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     chat::{Chat, auth::CurrentUser},
-    domain::model::{Page, PublicUser, User},
+    domain::{
+        model::{Page, PublicUser, User},
+        validate,
+    },
     error::{ApiError, FieldErrors},
     store,
 };
@@ -36,7 +39,8 @@ pub(crate) fn routes() -> Router<Chat> {
 pub(crate) struct UpdateMeRequest {
     #[validate(
         email(message = "is not a valid email address"),
-        length(max = 254, message = "is too long")
+        length(max = 254, message = "is too long"),
+        custom(function = "super::auth::plain_text")
     )]
     pub email: Option<String>,
     /// `null` clears it.
@@ -115,10 +119,12 @@ pub(crate) async fn update_me(
         ("first_name", &body.first_name),
         ("last_name", &body.last_name),
     ] {
-        if let Some(Some(v)) = value
-            && v.chars().count() > 100
-        {
-            extra.insert(name.into(), vec!["must be at most 100 characters".into()]);
+        if let Some(Some(v)) = value {
+            if v.chars().count() > 100 {
+                extra.insert(name.into(), vec!["must be at most 100 characters".into()]);
+            } else if let Err(m) = validate::plain_text(v) {
+                extra.insert(name.into(), vec![m]);
+            }
         }
     }
     validate_all(&body, extra)?;
@@ -202,6 +208,7 @@ pub(crate) async fn list_users(
         ),
         None => None,
     };
+    super::plain_query("q", q.q.as_deref())?;
     let (users, next) = store::users::list(&chat.db, q.q.as_deref(), limit, cursor).await?;
     let items = users
         .into_iter()

@@ -6,7 +6,7 @@
 //! and strictly increasing under any number of senders and replicas; each batch keeps its
 //! drafts' order within a room.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::Utc;
 use entity::message;
@@ -54,7 +54,9 @@ enum Plan {
 }
 
 /// Commit `batch` in one transaction; outcomes in batch order. A room that no longer exists
-/// fails its own drafts only.
+/// fails its own drafts only, and so does an author who is not a member of the room: the
+/// membership is checked again here, where the message is committed, so that no path (and no
+/// lost kick event) can leave a removed member writing.
 ///
 /// # Errors
 /// The transaction failed as a whole (nothing of the batch is stored).
@@ -70,7 +72,7 @@ pub(crate) async fn commit(
     } else {
         find_originals(db, batch).await?
     };
-    let (plan, per_room) = plan(batch, &originals);
+    let plan = plan(batch, &originals);
     let new: Vec<&NewMessage<'_>> = batch
         .iter()
         .zip(&plan)
@@ -83,20 +85,45 @@ pub(crate) async fn commit(
     } else if postgres {
         insert_postgres(db, &new).await?
     } else {
-        (insert_sqlite(db, &per_room, &new).await?, HashMap::new())
+        (insert_sqlite(db, &new).await?, HashMap::new())
     };
-    Ok(answer(batch, plan, rows, existing))
+    let mut out = answer(batch, plan, rows, existing);
+    refine_refusals(db, batch, &mut out).await?;
+    Ok(out)
 }
 
-/// Plan each draft of `batch` (new, a stored original, or a repeat within the batch) and count
-/// the new ones per room.
+/// Drafts that got no row were refused: their room is gone, or their author is not a member
+/// of it. One query, on the refusal path only, tells which.
+async fn refine_refusals(
+    db: &DatabaseConnection,
+    batch: &[NewMessage<'_>],
+    out: &mut [Result<Stored, StoreError>],
+) -> Result<(), DbErr> {
+    let refused: Vec<i64> = batch
+        .iter()
+        .zip(out.iter())
+        .filter(|(_, o)| matches!(o, Err(StoreError::NotFound(_))))
+        .map(|(p, _)| p.room_id)
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let existing = super::rooms::existing_ids(db, &refused).await?;
+    for (p, o) in batch.iter().zip(out.iter_mut()) {
+        if matches!(o, Err(StoreError::NotFound(_))) && existing.contains(&p.room_id) {
+            *o = Err(StoreError::NotMember);
+        }
+    }
+    Ok(())
+}
+
+/// Plan each draft of `batch`: new, a stored original, or a repeat within the batch.
 fn plan(
     batch: &[NewMessage<'_>],
     originals: &HashMap<(i64, i64, String), message::Model>,
-) -> (Vec<Plan>, BTreeMap<i64, i64>) {
+) -> Vec<Plan> {
     let mut first_in_batch: HashMap<(i64, i64, &str), usize> = HashMap::new();
     let mut plan: Vec<Plan> = Vec::with_capacity(batch.len());
-    let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
     for (i, p) in batch.iter().enumerate() {
         if let Some(client_id) = p.client_id {
             let key = (p.room_id, p.author.id, client_id);
@@ -110,24 +137,28 @@ fn plan(
             }
             first_in_batch.insert(key, i);
         }
-        *per_room.entry(p.room_id).or_default() += 1;
         plan.push(Plan::New);
     }
-    (plan, per_room)
+    plan
 }
 
-/// Each draft's outcome: each room's new rows, in `seq` order, belong to its new drafts in
-/// batch order; a room without rows no longer exists.
+/// Each draft's outcome: an author's new rows in a room, in `seq` order, belong to their new
+/// drafts for that room in batch order (membership is per room and author, so a refused
+/// author has no row there at all); a draft without a row was refused (see
+/// [`refine_refusals`]).
 fn answer(
     batch: &[NewMessage<'_>],
     plan: Vec<Plan>,
     mut rows: Vec<message::Model>,
     mut existing: HashMap<usize, message::Model>,
 ) -> Vec<Result<Stored, StoreError>> {
-    let mut by_room: HashMap<i64, VecDeque<message::Model>> = HashMap::new();
+    let mut by_author: HashMap<(i64, Option<i64>), VecDeque<message::Model>> = HashMap::new();
     rows.sort_unstable_by_key(|r| (r.room_id, r.seq));
     for row in rows {
-        by_room.entry(row.room_id).or_default().push_back(row);
+        by_author
+            .entry((row.room_id, row.author_id))
+            .or_default()
+            .push_back(row);
     }
     let mut out: Vec<Result<Stored, StoreError>> = Vec::with_capacity(batch.len());
     let mut position = 0;
@@ -140,7 +171,10 @@ fn answer(
         }
         let author = Some(p.author.clone());
         let result = match plan {
-            Plan::New => match by_room.get_mut(&p.room_id).and_then(VecDeque::pop_front) {
+            Plan::New => match by_author
+                .get_mut(&(p.room_id, Some(p.author.id)))
+                .and_then(VecDeque::pop_front)
+            {
                 Some(row) => Ok(Stored::Created(to_message(p.room, row, author))),
                 None => Err(StoreError::NotFound("room")),
             },
@@ -220,6 +254,8 @@ async fn insert_postgres(
         ), fresh AS ( \
             SELECT i.*, row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord) AS k \
             FROM input i WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.ord = i.ord) \
+                AND EXISTS (SELECT 1 FROM room_members rm \
+                    WHERE rm.room_id = i.room_id AND rm.user_id = i.author_id) \
         ), counts AS ( \
             SELECT room_id AS id, count(*) AS n FROM fresh GROUP BY room_id \
         ), locked AS ( \
@@ -269,13 +305,26 @@ async fn insert_postgres(
     Ok((inserted, existing))
 }
 
-/// SQLite (one writer at a time): advance the counters, insert the rows, in one transaction.
+/// SQLite (one writer at a time): in one transaction, keep the drafts whose author is a
+/// member of the room, advance the counters, insert the rows.
 async fn insert_sqlite(
     db: &DatabaseConnection,
-    per_room: &BTreeMap<i64, i64>,
     new: &[&NewMessage<'_>],
 ) -> Result<Vec<message::Model>, DbErr> {
     let txn = db.begin().await?;
+    let members = members_of(&txn, new).await?;
+    let new: Vec<&NewMessage<'_>> = new
+        .iter()
+        .copied()
+        .filter(|p| members.contains(&(p.room_id, p.author.id)))
+        .collect();
+    let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
+    for p in &new {
+        *per_room.entry(p.room_id).or_default() += 1;
+    }
+    if per_room.is_empty() {
+        return Ok(Vec::new());
+    }
     // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
     // they are written into the SQL; nothing from a client is.
     let deltas: Vec<String> = per_room
@@ -302,7 +351,7 @@ async fn insert_sqlite(
     }
     let now = Utc::now();
     let mut models = Vec::with_capacity(new.len());
-    for p in new {
+    for p in &new {
         let Some(seq) = next_seq.get_mut(&p.room_id) else {
             continue;
         };
@@ -328,4 +377,101 @@ async fn insert_sqlite(
     };
     txn.commit().await?;
     Ok(rows)
+}
+
+/// SQLite: which (room, author) pairs of `new` are memberships.
+async fn members_of(
+    txn: &impl ConnectionTrait,
+    new: &[&NewMessage<'_>],
+) -> Result<HashSet<(i64, i64)>, DbErr> {
+    let mut pairs: Vec<(i64, i64)> = new.iter().map(|p| (p.room_id, p.author.id)).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut sql =
+        String::from("SELECT room_id, user_id FROM room_members WHERE (room_id, user_id) IN (");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(pairs.len() * 2);
+    for (i, (room, user)) in pairs.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("(${}, ${})", i * 2 + 1, i * 2 + 2));
+        values.extend([(*room).into(), (*user).into()]);
+    }
+    sql.push(')');
+    let mut members = HashSet::with_capacity(pairs.len());
+    for row in txn.query_all_raw(super::raw(txn, &sql, values)).await? {
+        members.insert((row.try_get("", "room_id")?, row.try_get("", "user_id")?));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectOptions, Database};
+
+    use super::*;
+
+    /// A migrated in-memory SQLite database (one connection: each would be its own database).
+    async fn db() -> DatabaseConnection {
+        let mut opts = ConnectOptions::new("sqlite::memory:");
+        opts.max_connections(1).sqlx_logging(false);
+        let db = Database::connect(opts).await.expect("sqlite");
+        <migration::Migrator as migration::MigratorTrait>::up(&db, None)
+            .await
+            .expect("migrations");
+        db
+    }
+
+    #[tokio::test]
+    async fn a_non_member_is_refused_at_commit_and_the_rest_of_the_batch_commits() {
+        let db = db().await;
+        let new_user = |name: &str| super::super::users::NewUser {
+            username: name.into(),
+            email: format!("{name}@example.com"),
+            password_hash: "x".into(),
+            first_name: None,
+            last_name: None,
+            roles: vec!["user".into()],
+        };
+        let member = super::super::users::create(&db, new_user("member"))
+            .await
+            .expect("member");
+        let outsider = super::super::users::create(&db, new_user("outsider"))
+            .await
+            .expect("outsider");
+        let room = super::super::rooms::create(&db, "r", None, "public", member.id)
+            .await
+            .expect("room");
+        let (m, o) = (
+            UserRef {
+                id: member.id,
+                username: member.username,
+            },
+            UserRef {
+                id: outsider.id,
+                username: outsider.username,
+            },
+        );
+        let draft = |author, content| NewMessage {
+            room_id: room.id,
+            room: "r",
+            author,
+            content,
+            client_id: None,
+        };
+        let batch = [draft(&m, "one"), draft(&o, "intruder"), draft(&m, "two")];
+        let out = commit(&db, &batch).await.expect("commit");
+        let seqs: Vec<Option<i64>> = out
+            .iter()
+            .map(|o| o.as_ref().ok().map(|s| s.message().seq))
+            .collect();
+        assert_eq!(seqs, [Some(1), None, Some(2)], "gap-free for the members");
+        assert!(matches!(out[1], Err(StoreError::NotMember)));
+        let gone = NewMessage {
+            room_id: room.id + 100,
+            ..draft(&m, "nowhere")
+        };
+        let out = commit(&db, &[gone]).await.expect("commit");
+        assert!(matches!(out[0], Err(StoreError::NotFound("room"))));
+    }
 }

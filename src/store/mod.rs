@@ -22,6 +22,9 @@ use crate::error::{ApiError, FieldErrors};
 pub(crate) enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The author of a message is not a member of its room (any more).
+    #[error("not a member of this room")]
+    NotMember,
     /// A unique key clashed: the fields concerned.
     #[error("{message}")]
     Conflict {
@@ -60,6 +63,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::NotMember => Self::Forbidden("join the room to post in it"),
             StoreError::Conflict { message, fields } => Self::Conflict { message, fields },
             StoreError::Unavailable(e) => Self::Unavailable(e.into()),
             StoreError::Db(e) => Self::Internal(e.into()),

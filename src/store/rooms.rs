@@ -38,6 +38,22 @@ pub(crate) async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i6
         .unwrap_or(0))
 }
 
+/// Which of `ids` are rooms that exist.
+pub(crate) async fn existing_ids(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, sea_orm::DbErr> {
+    Ok(room::Entity::find()
+        .select_only()
+        .column(room::Column::Id)
+        .filter(room::Column::Id.is_in(ids.iter().copied()))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 pub(crate) async fn name_of(
     db: &DatabaseConnection,
     room_id: i64,

@@ -3,7 +3,7 @@
 
 use std::{sync::OnceLock, time::Instant};
 
-use axum::{extract::Request, middleware::Next, response::Response};
+use axum::{extract::Request, http::Method, middleware::Next, response::Response};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -163,7 +163,19 @@ pub fn record_db_pool(db: &sea_orm::DatabaseConnection) {
 /// Tower middleware: count and time every request by route template and status.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Labels take a bounded set of values whatever clients send: the standard methods, and
+    // route templates (an unknown method or path is one value each).
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+    .to_owned();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()

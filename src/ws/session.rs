@@ -276,6 +276,7 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) -> anyhow::Result<()> {
+        self.forget_dropped().await;
         let frame = match protocol::parse(text) {
             Ok(f) => f,
             Err(e) => return self.reply(protocol::error(e.code, &e.message, None)).await,
@@ -491,6 +492,20 @@ impl Session {
         self.chat
             .presence_left(joined.id, &joined.name, &self.user)
             .await;
+    }
+
+    /// Forget the rooms the fan-out dropped this socket from (removed, or the room deleted):
+    /// nothing more is read or written there.
+    async fn forget_dropped(&mut self) {
+        if !self.mux {
+            return;
+        }
+        for room in self.ctl.take_dropped() {
+            if let Some(at) = self.rooms.iter().position(|j| j.id == room) {
+                let joined = self.rooms.swap_remove(at);
+                self.leave(&joined).await;
+            }
+        }
     }
 
     async fn leave_all(&mut self) {

@@ -345,3 +345,97 @@ async fn many_rooms_on_two_replicas_stay_gap_free() {
         assert_gap_free(&seen.lock().unwrap(), 80, room);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn password_change_and_account_deletion_work_in_cluster_mode() {
+    let redis = RedisServer::start().await;
+    let apps = cluster(2, &redis).await;
+    let change = |token: String, app: usize| {
+        let apps = &apps;
+        async move {
+            apps[app]
+                .send(
+                    reqwest::Method::PUT,
+                    "/api/v1/users/me/password",
+                    Some(&token),
+                    Some(json!({"current_password": PASSWORD, "new_password": "another horse battery"})),
+                )
+                .await
+        }
+    };
+    // A new user with one session (nothing else to revoke): 204, the old password refused.
+    let solo = apps[0].register("solo_pw").await;
+    let (status, body) = change(solo.access.clone(), 0).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(apps[1].login("solo_pw", PASSWORD).await.0, 401);
+    assert_eq!(
+        apps[1].login("solo_pw", "another horse battery").await.0,
+        200
+    );
+
+    // A second session, with a socket on the other replica: revoked and closed everywhere;
+    // the session that changed the password stays.
+    let multi = apps[0].register("multi_pw").await;
+    apps[0].create_room(&multi, "pw-room", "public").await;
+    let (status, second) = apps[1].login("multi_pw", PASSWORD).await;
+    assert_eq!(status, 200, "{second}");
+    let second = second["access"].as_str().expect("access").to_owned();
+    let mut ws = ws_connect(&apps[1].ws_url(""), "pw-room", &second, None).await;
+    expect_ready(&mut ws).await;
+    let (status, body) = change(multi.access.clone(), 0).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(close_code(&mut ws, 10).await, Some(4001));
+    for app in &apps {
+        assert_eq!(app.get("/api/v1/users/me", Some(&second)).await.0, 401);
+        assert_eq!(
+            app.get("/api/v1/users/me", Some(&multi.access)).await.0,
+            200
+        );
+    }
+
+    // Account deletion, then an admin deleting someone: their tokens die on every replica.
+    let gone = apps[0].register("gone_pw").await;
+    let (status, body) = apps[0]
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/users/me",
+            Some(&gone.access),
+            Some(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        apps[1].get("/api/v1/users/me", Some(&gone.access)).await.0,
+        401
+    );
+    let admin = apps[0].register("pw_admin").await;
+    apps[0]
+        .state
+        .ensure_admin("pw_admin", "pw_admin@example.com", "unused-password")
+        .await
+        .expect("admin");
+    let (_, login) = apps[0].login("pw_admin", PASSWORD).await;
+    let admin_token = login["access"].as_str().expect("access").to_owned();
+    let victim = apps[0].register("pw_victim").await;
+    let (status, body) = apps[1]
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}", victim.id),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        apps[0]
+            .get("/api/v1/users/me", Some(&victim.access))
+            .await
+            .0,
+        401
+    );
+    drop(admin);
+}

@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod config_options;
 mod failover;
+mod hardening;
 mod messages;
 mod ops;
 mod rooms;

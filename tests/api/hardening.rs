@@ -1,0 +1,228 @@
+//! SPEC §10: a hostile member or a careless client cannot get past a rule. Each test here
+//! failed on the code before its fix.
+
+use serde_json::{Value, json};
+
+use crate::{dual_test, support::*};
+
+/// A socket on the multiplexed `/ws` endpoint, subscribed to `rooms`.
+async fn mux(app: &TestApp, user: &User, rooms: &[&str]) -> Ws {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws?token={}", app.ws_url(""), user.access))
+            .await
+            .expect("upgrade");
+    assert_eq!(next_json(&mut ws, 5).await.expect("ready")["type"], "ready");
+    for room in rooms {
+        ws_send(&mut ws, json!({"type": "subscribe", "room": room})).await;
+        let sub = next_of(&mut ws, "subscribed", 5).await.expect("subscribed");
+        assert_eq!(sub["room"], *room);
+    }
+    ws
+}
+
+async fn contents(app: &TestApp, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = app
+        .get(
+            &format!("/api/v1/rooms/{room}/messages?limit=200"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+dual_test!(
+    a_removed_member_cannot_write_on_the_multiplexed_socket,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let owner = app.register("kick_owner").await;
+        let member = app.register("kick_member").await;
+        app.create_room(&owner, "kick-private", "private").await;
+        let (status, body) = app
+            .post(
+                "/api/v1/rooms/kick-private/members",
+                Some(&owner.access),
+                json!({"user_id": member.id}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        app.create_room(&owner, "kick-gone", "public").await;
+        app.join_room(&member, "kick-gone").await;
+        let mut ws = mux(&app, &member, &["kick-private", "kick-gone"]).await;
+
+        // Removed: the socket hears `removed`, then nothing it sends there is stored.
+        let (status, _) = app
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/rooms/kick-private/members/{}", member.id),
+                Some(&owner.access),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let removed = next_of(&mut ws, "removed", 5).await.expect("removed");
+        assert_eq!(removed["room"], "kick-private");
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "room": "kick-private", "content": "after kick", "client_id": "k1"}),
+        )
+        .await;
+        let answer = next_json(&mut ws, 5).await.expect("an answer");
+        assert_eq!(answer["type"], "error", "refused, not acked: {answer}");
+        assert_eq!(answer["room"], "kick-private");
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "room": "kick-private"}),
+        )
+        .await;
+        let again = next_of(&mut ws, "error", 5).await.expect("error");
+        assert_eq!(again["code"], "not_found", "{again}");
+
+        // Deleted room: same.
+        let (status, _) = app
+            .send(
+                reqwest::Method::DELETE,
+                "/api/v1/rooms/kick-gone",
+                Some(&owner.access),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        next_of(&mut ws, "room_deleted", 5)
+            .await
+            .expect("room_deleted");
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "room": "kick-gone", "content": "after delete"}),
+        )
+        .await;
+        let answer = next_json(&mut ws, 5).await.expect("an answer");
+        assert_eq!(answer["type"], "error", "refused, not acked: {answer}");
+
+        // The socket itself stays usable, and nothing reached the private room.
+        ws_send(&mut ws, json!({"type": "ping"})).await;
+        assert_eq!(
+            next_of(&mut ws, "pong", 5).await.expect("pong")["type"],
+            "pong"
+        );
+        assert!(
+            !contents(&app, &owner.access, "kick-private")
+                .await
+                .iter()
+                .any(|c| c.starts_with("after")),
+            "a removed member's message was stored"
+        );
+    }
+);
+
+dual_test!(
+    control_characters_are_refused_before_they_reach_the_database,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let user = app.register("nul_user").await;
+        app.create_room(&user, "nul-room", "public").await;
+        let post = |body: Value| {
+            let app = &app;
+            let token = user.access.clone();
+            async move {
+                app.post("/api/v1/rooms/nul-room/messages", Some(&token), body)
+                    .await
+            }
+        };
+        let (status, body) = post(json!({"content": "a\u{0}b"})).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["fields"]["content"].is_array(), "{body}");
+        let (status, body) = post(json!({"content": "ok", "client_id": "id\u{0}"})).await;
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = post(json!({"content": "bell\u{7}"})).await;
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = post(json!({"content": "two\nlines\tand a tab"})).await;
+        assert_eq!(status, 201, "newline and tab stay allowed: {body}");
+
+        let (status, body) = app
+            .send(
+                reqwest::Method::PATCH,
+                "/api/v1/rooms/nul-room",
+                Some(&user.access),
+                Some(json!({"topic": "t\u{0}"})),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = app
+            .send(
+                reqwest::Method::PATCH,
+                "/api/v1/users/me",
+                Some(&user.access),
+                Some(json!({"first_name": "x\u{0}"})),
+            )
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(app.login("nul\u{0}user", PASSWORD).await.0, 401);
+        let (status, body) = app
+            .get("/api/v1/rooms/nul%00room/messages", Some(&user.access))
+            .await;
+        assert_eq!(status, 404, "{body}");
+        let (status, body) = app.get("/api/v1/rooms?q=%00", Some(&user.access)).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) = app.get("/api/v1/users?q=%00", Some(&user.access)).await;
+        assert_eq!(status, 400, "{body}");
+
+        // On a socket: a `validation_failed` error frame, and the socket goes on.
+        let mut ws = ws_connect(&app.ws_url(""), "nul-room", &user.access, None).await;
+        expect_ready(&mut ws).await;
+        ws_send(&mut ws, json!({"type": "message", "content": "x\u{0}"})).await;
+        let err = next_of(&mut ws, "error", 5).await.expect("error");
+        assert_eq!(err["code"], "validation_failed", "{err}");
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": "fine", "client_id": "c"}),
+        )
+        .await;
+        assert_eq!(
+            next_of(&mut ws, "ack", 5).await.expect("ack")["client_id"],
+            "c"
+        );
+        assert_eq!(
+            contents(&app, &user.access, "nul-room").await,
+            ["two\nlines\tand a tab", "fine"]
+        );
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let server = ServerProc::start(&fresh_database(Backend::Sqlite).await, &[]).await;
+    let client = &server.client;
+    for i in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("FOO{i}").as_bytes()).expect("method");
+        client
+            .send(method, &format!("/made/up/{i}"), None, None)
+            .await;
+        client.get(&format!("/nowhere-{i}"), None).await;
+    }
+    let metrics = client.metrics().await;
+    let labels: Vec<(String, String)> = metrics
+        .matching("http_requests_total", &[])
+        .map(|s| {
+            (
+                s.labels.get("method").cloned().unwrap_or_default(),
+                s.labels.get("route").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .all(|(m, r)| !m.starts_with("FOO") && !r.contains("made") && !r.contains("nowhere")),
+        "client input became label values: {labels:?}"
+    );
+    assert!(
+        labels.iter().any(|(m, r)| m == "other" && r == "unmatched"),
+        "{labels:?}"
+    );
+}
