@@ -102,6 +102,13 @@ pub struct Config {
     /// Message burst per user.
     #[arg(long, env = "MESSAGE_RATE_BURST", default_value_t = 40)]
     pub message_rate_burst: u32,
+    /// Other client frames that fan out or cost a query (typing, subscribe, unsubscribe,
+    /// auth) per second per user (per replica).
+    #[arg(long, env = "FRAME_RATE_PER_SEC", default_value_t = 10)]
+    pub frame_rate_per_sec: u32,
+    /// Burst of such frames per user.
+    #[arg(long, env = "FRAME_RATE_BURST", default_value_t = 20)]
+    pub frame_rate_burst: u32,
     /// Login and register attempts per minute per client address.
     #[arg(long, env = "AUTH_RATE_PER_MIN", default_value_t = 30)]
     pub auth_rate_per_min: u32,
@@ -180,6 +187,8 @@ impl Config {
         }
         if self.message_rate_per_sec == 0
             || self.message_rate_burst == 0
+            || self.frame_rate_per_sec == 0
+            || self.frame_rate_burst == 0
             || self.auth_rate_per_min == 0
         {
             bail!("rate limits must be positive");
@@ -198,6 +207,8 @@ impl Config {
         config.auth_rate_per_min = 100_000;
         config.message_rate_per_sec = 100_000;
         config.message_rate_burst = 100_000;
+        config.frame_rate_per_sec = 100_000;
+        config.frame_rate_burst = 100_000;
         config.shutdown_grace_secs = 5;
         config.db_max_connections = 5;
         config

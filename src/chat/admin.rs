@@ -5,10 +5,13 @@ use sea_orm::DatabaseConnection;
 use super::password::PasswordHasher;
 use crate::store;
 
-/// Create `username` as an admin, or grant `admin` to the existing user of that name.
+/// Create `username` as an admin, or grant `admin` to the existing user of that name when the
+/// email matches theirs and the password verifies (SPEC §10: whoever registers the name first
+/// must not become admin at the next start).
 ///
 /// # Errors
-/// Database errors, or an email already used by another account.
+/// Database errors, an email already used by another account, or an existing account whose
+/// email or password does not match.
 pub(crate) async fn ensure_admin(
     db: &DatabaseConnection,
     hasher: &PasswordHasher,
@@ -16,10 +19,16 @@ pub(crate) async fn ensure_admin(
     email: &str,
     password: &str,
 ) -> anyhow::Result<i64> {
-    if let Some((user, _)) = store::users::find_for_login(db, username)
+    if let Some((user, hash)) = store::users::find_for_login(db, username)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
+        let same_email = user.email.to_lowercase() == email.to_lowercase();
+        if !same_email || !hasher.verify(password.to_owned(), Some(hash)).await? {
+            anyhow::bail!(
+                "the existing account `{username}` was not made admin: its email and password do not match the ones given"
+            );
+        }
         let mut roles = user.roles.clone();
         if !roles.iter().any(|r| r == "admin") {
             roles.push("admin".into());

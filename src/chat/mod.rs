@@ -55,6 +55,8 @@ pub(crate) struct Services {
     pub(crate) sender: Sender,
     /// Messages per user (burst and sustained).
     pub(crate) msg_limiter: DefaultKeyedRateLimiter<i64>,
+    /// Other client frames that fan out or cost a query, per user.
+    pub(crate) frame_limiter: DefaultKeyedRateLimiter<i64>,
     /// Login and register attempts per client address.
     pub(crate) auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
     /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
@@ -117,6 +119,10 @@ impl Chat {
         );
         let per_sec = NonZeroU32::new(config.message_rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.message_rate_burst).unwrap_or(NonZeroU32::MIN);
+        let frames = Quota::per_second(
+            NonZeroU32::new(config.frame_rate_per_sec).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(config.frame_rate_burst).unwrap_or(NonZeroU32::MIN));
         let auth_per_min = NonZeroU32::new(config.auth_rate_per_min).unwrap_or(NonZeroU32::MIN);
         let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
@@ -130,6 +136,7 @@ impl Chat {
             presence,
             hub,
             msg_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            frame_limiter: RateLimiter::keyed(frames),
             auth_limiter: RateLimiter::keyed(Quota::per_minute(auth_per_min)),
             tasks,
             stop,
@@ -159,6 +166,7 @@ impl Chat {
             n += 1;
             if n.is_multiple_of(12) {
                 self.msg_limiter.retain_recent();
+                self.frame_limiter.retain_recent();
                 self.auth_limiter.retain_recent();
             }
             if n.is_multiple_of(2) {

@@ -91,13 +91,26 @@ impl Chat {
     /// # Errors
     /// 429 with the seconds to wait.
     pub(crate) fn admit(&self, user_id: i64) -> Result<(), ApiError> {
-        self.msg_limiter.check_key(&user_id).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            ApiError::RateLimited(wait.as_secs().max(1))
-        })
+        check(&self.msg_limiter, user_id)
     }
+
+    /// The per-user limit on the other client frames that fan out or cost a query (typing,
+    /// subscribe, unsubscribe, auth).
+    ///
+    /// # Errors
+    /// 429 with the seconds to wait.
+    pub(crate) fn admit_frame(&self, user_id: i64) -> Result<(), ApiError> {
+        check(&self.frame_limiter, user_id)
+    }
+}
+
+fn check(limiter: &governor::DefaultKeyedRateLimiter<i64>, user_id: i64) -> Result<(), ApiError> {
+    limiter.check_key(&user_id).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::RateLimited(wait.as_secs().max(1))
+    })
 }
 
 impl Sender {

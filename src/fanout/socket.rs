@@ -27,6 +27,8 @@ pub(crate) enum CloseReason {
     Flood,
     /// A frame above the size limit.
     TooBig,
+    /// A text frame that is not UTF-8.
+    InvalidData,
     /// This replica is shutting down (or could not set the session up): reconnect.
     Restart,
     /// The access token expired or was revoked.
@@ -40,11 +42,12 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Normal,
         Self::GoingAway,
         Self::Flood,
         Self::TooBig,
+        Self::InvalidData,
         Self::Restart,
         Self::TokenRevoked,
         Self::Removed,

@@ -238,8 +238,15 @@ pub(crate) async fn login(
         .or(body.email)
         .filter(|l| !l.is_empty());
     let mut fields = FieldErrors::new();
-    if login.is_none() {
-        fields.insert("login".into(), vec!["is required".into()]);
+    match login.as_deref().map(validate::plain_text) {
+        None => {
+            fields.insert("login".into(), vec!["is required".into()]);
+        }
+        // The database would refuse NUL; control characters name nobody anyway.
+        Some(Err(m)) => {
+            fields.insert("login".into(), vec![m]);
+        }
+        Some(Ok(())) => {}
     }
     if body.password.as_deref().is_none_or(str::is_empty) {
         fields.insert("password".into(), vec!["is required".into()]);
@@ -256,12 +263,7 @@ pub(crate) async fn login(
             fields,
         });
     }
-    // A login with control characters names nobody (and the database would refuse NUL).
-    let found = if validate::plain_text(&login).is_ok() {
-        store::users::find_for_login(&chat.db, &login).await?
-    } else {
-        None
-    };
+    let found = store::users::find_for_login(&chat.db, &login).await?;
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), Some(h)),
         None => (None, None),

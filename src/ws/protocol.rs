@@ -26,6 +26,7 @@ pub(crate) fn close_code(reason: CloseReason) -> (u16, &'static str) {
         CloseReason::GoingAway => (1001, "going away"),
         CloseReason::Flood => (1008, "rate limit exceeded"),
         CloseReason::TooBig => (1009, "frame too large"),
+        CloseReason::InvalidData => (1007, "text frames must be UTF-8"),
         CloseReason::Restart => (1012, "server restarting; reconnect"),
         CloseReason::TokenRevoked => (4001, "token expired or revoked"),
         CloseReason::Removed => (4003, "removed from room"),

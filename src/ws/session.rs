@@ -237,11 +237,11 @@ impl Session {
             let msg = match next {
                 None => return,
                 Some(Err(e)) => {
-                    if matches!(e, tungstenite::Error::Capacity(_)) {
-                        self.ctl.close(CloseReason::TooBig);
-                    } else {
-                        self.ctl.close(CloseReason::GoingAway);
-                    }
+                    self.ctl.close(match e {
+                        tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+                        tungstenite::Error::Utf8(_) => CloseReason::InvalidData,
+                        _ => CloseReason::GoingAway,
+                    });
                     return;
                 }
                 Some(Ok(msg)) => msg,
@@ -288,6 +288,14 @@ impl Session {
                 content,
                 client_id,
             } => self.send(room, content, client_id).await,
+            // The other frames that fan out or cost a query have their own limit.
+            ClientFrame::Typing { room } if !self.frame_admitted(room.as_deref()).await? => Ok(()),
+            ClientFrame::Subscribe { room, .. } | ClientFrame::Unsubscribe { room }
+                if !self.frame_admitted(Some(&room)).await? =>
+            {
+                Ok(())
+            }
+            ClientFrame::Auth { .. } if !self.frame_admitted(None).await? => Ok(()),
             ClientFrame::Typing { room } => self.typing(room.as_deref()).await,
             ClientFrame::Auth { token } => self.auth(&token).await,
             ClientFrame::Subscribe { room, since_seq } => self.subscribe(room, since_seq).await,
@@ -299,6 +307,37 @@ impl Session {
                 self.reply(protocol::unsubscribed(&room)).await
             }
         }
+    }
+
+    /// Apply a rate limit's verdict: `true` when the frame may go on. A refusal is answered
+    /// with `rate_limited`; [`FLOOD_LIMIT`] refusals in a row close the socket with 1008 (the
+    /// answers so far, the refusals among them, go out first).
+    async fn admitted(
+        &mut self,
+        verdict: Result<(), crate::error::ApiError>,
+        message: &str,
+        room: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        if verdict.is_ok() {
+            self.flood = 0;
+            return Ok(true);
+        }
+        self.flood += 1;
+        if self.flood >= FLOOD_LIMIT {
+            self.flush_answers().await?;
+            self.ctl.close(CloseReason::Flood);
+            return Ok(false);
+        }
+        self.reply(protocol::error("rate_limited", message, room))
+            .await?;
+        Ok(false)
+    }
+
+    /// [`Self::admitted`] for a frame under the per-user frame limit.
+    async fn frame_admitted(&mut self, room: Option<&str>) -> anyhow::Result<bool> {
+        let verdict = self.chat.admit_frame(self.user.id);
+        self.admitted(verdict, "too many frames; slow down", room)
+            .await
     }
 
     /// `typing`: to everyone in the room but the typist (not answered).
@@ -401,23 +440,13 @@ impl Session {
         let Some((room_id, room)) = self.target(room.as_deref()).await? else {
             return Ok(());
         };
-        if self.chat.admit(self.user.id).is_err() {
-            self.flood += 1;
-            if self.flood >= FLOOD_LIMIT {
-                // The answers so far (the rate-limit errors among them) go out before 1008.
-                self.flush_answers().await?;
-                self.ctl.close(CloseReason::Flood);
-                return Ok(());
-            }
-            return self
-                .reply(protocol::error(
-                    "rate_limited",
-                    "too many messages; slow down",
-                    Some(&room),
-                ))
-                .await;
+        let verdict = self.chat.admit(self.user.id);
+        if !self
+            .admitted(verdict, "too many messages; slow down", Some(&room))
+            .await?
+        {
+            return Ok(());
         }
-        self.flood = 0;
         let draft = Draft {
             author: self.user.clone(),
             content,

@@ -415,7 +415,7 @@ async fn password_change_and_account_deletion_work_in_cluster_mode() {
     let admin = apps[0].register("pw_admin").await;
     apps[0]
         .state
-        .ensure_admin("pw_admin", "pw_admin@example.com", "unused-password")
+        .ensure_admin("pw_admin", "pw_admin@example.com", PASSWORD)
         .await
         .expect("admin");
     let (_, login) = apps[0].login("pw_admin", PASSWORD).await;

@@ -610,7 +610,7 @@ dual_test!(a_demoted_admin_loses_the_rights_at_once, |b| async move {
 });
 
 dual_test!(
-    admin_from_the_environment_promotes_an_existing_user,
+    admin_from_the_environment_promotes_an_existing_user_only_with_its_credentials,
     |b| async move {
         let db = fresh_database(b).await;
         let before = spawn_with(chat::Config::for_tests(&db)).await;
@@ -622,13 +622,36 @@ dual_test!(
         assert_eq!(can_set_roles(&before, &boss.access, other.id).await, 403);
         drop(before);
 
-        // Restart with ADMIN_* naming the existing user (usernames are case-insensitive).
-        let app = spawn_with(with_admin(
-            chat::Config::for_tests(&db),
-            "BOSS",
-            "admin-password-2",
-        ))
-        .await;
+        // Someone registered the name first: ADMIN_* with another email or password refuses
+        // to start (one readable error), and the squatter stays a plain user.
+        for (email, password) in [
+            ("boss@admins.example.com", PASSWORD),
+            ("boss@example.com", "admin-password-2"),
+        ] {
+            let mut config = chat::Config::for_tests(&db);
+            config.admin_username = Some("BOSS".into());
+            config.admin_email = Some(email.into());
+            config.admin_password = Some(password.to_owned().into());
+            let refused = chat::AppState::build(config, tokio_util::sync::CancellationToken::new())
+                .await
+                .err()
+                .expect("start refused");
+            assert!(
+                refused.to_string().contains("was not made admin"),
+                "{refused:#}"
+            );
+        }
+        let app = spawn_with(chat::Config::for_tests(&db)).await;
+        let (_, body) = app.login("boss", PASSWORD).await;
+        assert_eq!(roles(&body["user"]), ["user"], "not promoted");
+        drop(app);
+
+        // The account's own email (any case) and password: promoted, not a new account.
+        let mut config = chat::Config::for_tests(&db);
+        config.admin_username = Some("BOSS".into());
+        config.admin_email = Some("Boss@Example.com".into());
+        config.admin_password = Some(PASSWORD.to_owned().into());
+        let app = spawn_with(config).await;
         let (status, body) = app.login("boss", PASSWORD).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["user"]["id"], boss.id, "promoted, not a new account");
@@ -724,3 +747,38 @@ dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
         .await;
     assert_eq!(status, 200, "{body}");
 });
+
+/// `chat-server admin create` naming an account someone else registered: refused with one
+/// `error:` line, nothing promoted; with the account's own email and password it promotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_create_refuses_a_squatted_name() {
+    let db = fresh_database(Backend::Sqlite).await;
+    let app = spawn_with(chat::Config::for_tests(&db)).await;
+    app.register("squat").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let admin_create = |email: &str, password: &str| {
+        command(env!("CARGO_BIN_EXE_chat-server"), dir.path())
+            .env("DATABASE_URL", &db)
+            .env("ADMIN_CREATE_PASSWORD", password)
+            .args(["admin", "create", "--username", "squat", "--email", email])
+            .output()
+            .expect("chat-server runs")
+    };
+    let out = admin_create("ops@example.com", "operator-password");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("was not made admin"), "{stderr}");
+    let (_, body) = app.login("squat", PASSWORD).await;
+    assert_eq!(roles(&body["user"]), ["user"], "not promoted");
+
+    let out = admin_create("squat@example.com", PASSWORD);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = app.login("squat", PASSWORD).await;
+    assert_eq!(roles(&body["user"]), ["user", "admin"]);
+}

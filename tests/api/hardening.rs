@@ -162,7 +162,7 @@ dual_test!(
             )
             .await;
         assert_eq!(status, 422, "{body}");
-        assert_eq!(app.login("nul\u{0}user", PASSWORD).await.0, 401);
+        assert_eq!(app.login("nul\u{0}user", PASSWORD).await.0, 422);
         let (status, body) = app
             .get("/api/v1/rooms/nul%00room/messages", Some(&user.access))
             .await;
@@ -226,3 +226,88 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         "{labels:?}"
     );
 }
+
+dual_test!(
+    a_text_frame_that_is_not_utf8_closes_with_1007,
+    |b| async move {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::{
+            Bytes, Message,
+            protocol::frame::{
+                Frame,
+                coding::{Data, OpCode},
+            },
+        };
+        let app = spawn_app(b).await;
+        let user = app.register("utf8_user").await;
+        app.create_room(&user, "utf8-room", "public").await;
+        let mut ws = ws_connect(&app.ws_url(""), "utf8-room", &user.access, None).await;
+        expect_ready(&mut ws).await;
+        let bad = Frame::message(
+            Bytes::from_static(&[b'{', 0xff, 0xfe, b'}']),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        ws.send(Message::Frame(bad)).await.expect("sent");
+        assert_eq!(close_code(&mut ws, 5).await, Some(1007));
+    }
+);
+
+dual_test!(
+    a_typing_flood_is_limited_and_closed_with_1008,
+    |b| async move {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let db = fresh_database(b).await;
+        let mut config = chat::Config::for_tests(&db);
+        config.frame_rate_per_sec = 10;
+        config.frame_rate_burst = 20;
+        let app = spawn_with(config).await;
+        let typist = app.register("flood_typist").await;
+        let watcher = app.register("flood_watcher").await;
+        app.create_room(&typist, "flood", "public").await;
+        app.join_room(&watcher, "flood").await;
+        let mut watching = ws_connect(&app.ws_url(""), "flood", &watcher.access, None).await;
+        expect_ready(&mut watching).await;
+        let mut flooding = ws_connect(&app.ws_url(""), "flood", &typist.access, None).await;
+        expect_ready(&mut flooding).await;
+
+        let typing = Message::Text(json!({"type": "typing"}).to_string().into());
+        for _ in 0..600 {
+            if flooding.feed(typing.clone()).await.is_err() {
+                break;
+            }
+        }
+        let _ = flooding.flush().await;
+        let (mut refused, mut code) = (0, None);
+        while let Ok(Some(frame)) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), flooding.next()).await
+        {
+            match frame {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    if v["type"] == "error" && v["code"] == "rate_limited" {
+                        refused += 1;
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(code, Some(1008), "the flood closes the socket");
+        assert!(refused > 0, "refusals are answered before the close");
+
+        // What reached the others: the burst, not 600 (a marker message ends the count).
+        app.post_message(&watcher, "flood", "marker").await;
+        let before = frames_before(&mut watching, "marker").await;
+        let typed = before.iter().filter(|f| f["type"] == "typing").count();
+        assert!(
+            (1..=30).contains(&typed),
+            "{typed} typing events reached the room"
+        );
+    }
+);

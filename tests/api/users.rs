@@ -7,11 +7,7 @@ use crate::{dual_test, support::*};
 async fn make_admin(app: &TestApp, username: &str) -> User {
     let user = app.register(username).await;
     app.state
-        .ensure_admin(
-            username,
-            &format!("{username}@example.com"),
-            "unused-password",
-        )
+        .ensure_admin(username, &format!("{username}@example.com"), PASSWORD)
         .await
         .expect("grant admin");
     // Roles are in the token: log in again.

@@ -21,7 +21,7 @@ pub struct ChildGuard {
 }
 
 /// A command for `program` that runs in `dir` with only `PATH` of this process's environment.
-fn command(program: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
+pub fn command(program: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
