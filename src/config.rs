@@ -109,9 +109,14 @@ pub struct Config {
     /// Burst of such frames per user.
     #[arg(long, env = "FRAME_RATE_BURST", default_value_t = 20)]
     pub frame_rate_burst: u32,
-    /// Login and register attempts per minute per client address.
+    /// Credential checks (register, login, refresh, password change, account deletion, email
+    /// change) per minute per client address.
     #[arg(long, env = "AUTH_RATE_PER_MIN", default_value_t = 30)]
     pub auth_rate_per_min: u32,
+    /// Credential checks and account probes (login, password change, account deletion, email
+    /// change) per minute per account.
+    #[arg(long, env = "ACCOUNT_RATE_PER_MIN", default_value_t = 10)]
+    pub account_rate_per_min: u32,
     /// Maximum database pool size.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
@@ -190,6 +195,7 @@ impl Config {
             || self.frame_rate_per_sec == 0
             || self.frame_rate_burst == 0
             || self.auth_rate_per_min == 0
+            || self.account_rate_per_min == 0
         {
             bail!("rate limits must be positive");
         }
@@ -205,6 +211,7 @@ impl Config {
         config.redis_url = None;
         config.jwt_secret = Some("test-secret-test-secret-test-secret".to_owned().into());
         config.auth_rate_per_min = 100_000;
+        config.account_rate_per_min = 100_000;
         config.message_rate_per_sec = 100_000;
         config.message_rate_burst = 100_000;
         config.frame_rate_per_sec = 100_000;

@@ -15,6 +15,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod jwt;
+pub(crate) mod limits;
 pub(crate) mod password;
 pub(crate) mod presence;
 pub(crate) mod revoke;
@@ -57,8 +58,10 @@ pub(crate) struct Services {
     pub(crate) msg_limiter: DefaultKeyedRateLimiter<i64>,
     /// Other client frames that fan out or cost a query, per user.
     pub(crate) frame_limiter: DefaultKeyedRateLimiter<i64>,
-    /// Login and register attempts per client address.
+    /// Credential checks per client address.
     pub(crate) auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Credential checks and account probes per account.
+    pub(crate) account_limiter: DefaultKeyedRateLimiter<i64>,
     /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
     /// for them.
     pub(crate) tasks: TaskTracker,
@@ -138,6 +141,9 @@ impl Chat {
             msg_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             frame_limiter: RateLimiter::keyed(frames),
             auth_limiter: RateLimiter::keyed(Quota::per_minute(auth_per_min)),
+            account_limiter: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(config.account_rate_per_min).unwrap_or(NonZeroU32::MIN),
+            )),
             tasks,
             stop,
             db,
@@ -168,6 +174,7 @@ impl Chat {
                 self.msg_limiter.retain_recent();
                 self.frame_limiter.retain_recent();
                 self.auth_limiter.retain_recent();
+                self.account_limiter.retain_recent();
             }
             if n.is_multiple_of(2) {
                 self.presence_heartbeat().await;

@@ -65,6 +65,11 @@ impl PasswordHasher {
         let (tx, rx) = oneshot::channel();
         let span = tracing::Span::current();
         let job: Job = Box::new(move || {
+            // The request gave up (timed out, or its client went away) while the job waited:
+            // don't spend a hash on nobody.
+            if tx.is_closed() {
+                return;
+            }
             let _enter = span.enter();
             let _ = tx.send(f());
         });

@@ -1,6 +1,6 @@
 //! The send path, the spine of the service:
 //!
-//! socket or REST → validate → [`Chat::admit`] (rate limit) → **[`Sender::submit`]**: one
+//! socket or REST → validate → [`super::Chat::admit`] (rate limit) → **[`Sender::submit`]**: one
 //! transaction takes the rooms' next `seq` values and stores the messages
 //! ([`store::commit`]) → publish on the bus → every replica's fan-out → each socket's bounded
 //! queue, in `seq` order.
@@ -19,7 +19,6 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::Chat;
 use crate::{
     bus::{Bus, Envelope},
     domain::model::UserRef,
@@ -83,34 +82,6 @@ struct Inner {
     /// The drain runs here, so that shutdown waits for the batch in flight.
     tasks: TaskTracker,
     queue: Mutex<Queue>,
-}
-
-impl Chat {
-    /// The per-user message rate limit, for every path that sends.
-    ///
-    /// # Errors
-    /// 429 with the seconds to wait.
-    pub(crate) fn admit(&self, user_id: i64) -> Result<(), ApiError> {
-        check(&self.msg_limiter, user_id)
-    }
-
-    /// The per-user limit on the other client frames that fan out or cost a query (typing,
-    /// subscribe, unsubscribe, auth).
-    ///
-    /// # Errors
-    /// 429 with the seconds to wait.
-    pub(crate) fn admit_frame(&self, user_id: i64) -> Result<(), ApiError> {
-        check(&self.frame_limiter, user_id)
-    }
-}
-
-fn check(limiter: &governor::DefaultKeyedRateLimiter<i64>, user_id: i64) -> Result<(), ApiError> {
-    limiter.check_key(&user_id).map_err(|not_until| {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        ApiError::RateLimited(wait.as_secs().max(1))
-    })
 }
 
 impl Sender {

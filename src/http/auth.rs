@@ -1,19 +1,11 @@
 //! `/api/v1/auth/*` (SPEC §4): register, login, refresh, logout.
 
-use std::net::SocketAddr;
-
-use axum::{
-    Router,
-    extract::{ConnectInfo, State},
-    http::{HeaderMap, StatusCode},
-    response::IntoResponse,
-    routing::post,
-};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
-use super::extract::{Json, MaybeJson};
+use super::extract::{ClientAddr, Json, MaybeJson};
 use crate::{
     chat::{Chat, auth::CurrentUser},
     domain::{
@@ -138,20 +130,6 @@ pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<
     }
 }
 
-fn check_auth_rate(
-    chat: &Chat,
-    headers: &HeaderMap,
-    peer: Option<&ConnectInfo<SocketAddr>>,
-) -> Result<(), ApiError> {
-    let ip = super::client_ip(&chat.config, headers, peer);
-    chat.auth_limiter.check_key(&ip).map_err(|not_until| {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        ApiError::RateLimited(wait.as_secs().max(1))
-    })
-}
-
 /// Issue an access token and start (or continue) a refresh family.
 async fn issue(
     chat: &Chat,
@@ -184,11 +162,10 @@ async fn issue(
         (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
 pub(crate) async fn register(
     State(chat): State<Chat>,
-    peer: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_auth_rate(&chat, &headers, Some(&peer))?;
+    chat.admit_credentials(ip, None)?;
     let mut extra = FieldErrors::new();
     if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
         && p != c
@@ -227,11 +204,10 @@ pub(crate) async fn register(
         (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
 pub(crate) async fn login(
     State(chat): State<Chat>,
-    peer: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    check_auth_rate(&chat, &headers, Some(&peer))?;
+    chat.admit_credentials(ip, None)?;
     let login = body
         .login
         .or(body.username)
@@ -264,6 +240,9 @@ pub(crate) async fn login(
         });
     }
     let found = store::users::find_for_login(&chat.db, &login).await?;
+    if let Some((user, _)) = &found {
+        chat.admit_credentials(ip, Some(user.id))?;
+    }
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), Some(h)),
         None => (None, None),
@@ -282,8 +261,10 @@ pub(crate) async fn login(
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn refresh(
     State(chat): State<Chat>,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<Tokens>, ApiError> {
+    chat.admit_credentials(ip, None)?;
     let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
         return Err(ApiError::invalid_field("refresh", "is required"));
     };

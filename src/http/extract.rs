@@ -159,3 +159,22 @@ where
             .map(Some)
     }
 }
+
+/// The client's address (see [`super::client_ip`]), for the per-address limits.
+pub(crate) struct ClientAddr(pub(crate) std::net::IpAddr);
+
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    Chat: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let chat = Chat::from_ref(state);
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Self(super::client_ip(&chat.config, &parts.headers, peer)))
+    }
+}

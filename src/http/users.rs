@@ -12,7 +12,7 @@ use validator::Validate;
 
 use super::{
     auth::validate_all,
-    extract::{Json, Path, Query},
+    extract::{ClientAddr, Json, Path, Query},
 };
 use crate::{
     chat::{Chat, auth::CurrentUser},
@@ -112,6 +112,7 @@ pub(crate) async fn get_me(
 pub(crate) async fn update_me(
     State(chat): State<Chat>,
     me: CurrentUser,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<UpdateMeRequest>,
 ) -> Result<Json<User>, ApiError> {
     let mut extra = FieldErrors::new();
@@ -128,6 +129,10 @@ pub(crate) async fn update_me(
         }
     }
     validate_all(&body, extra)?;
+    if body.email.is_some() {
+        // An email change answers whether an address is taken: limited like a login.
+        chat.admit_credentials(ip, Some(me.id))?;
+    }
     let up = store::users::ProfileUpdate {
         email: body.email,
         first_name: body.first_name,
@@ -144,9 +149,11 @@ pub(crate) async fn update_me(
 pub(crate) async fn change_password(
     State(chat): State<Chat>,
     me: CurrentUser,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     validate_all(&body, FieldErrors::new())?;
+    chat.admit_credentials(ip, Some(me.id))?;
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
         return Err(ApiError::bad_request("missing fields"));
     };
@@ -169,11 +176,13 @@ pub(crate) async fn change_password(
 pub(crate) async fn delete_me(
     State(chat): State<Chat>,
     me: CurrentUser,
+    ClientAddr(ip): ClientAddr,
     Json(body): Json<DeleteMeRequest>,
 ) -> Result<StatusCode, ApiError> {
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
         return Err(ApiError::invalid_field("password", "is required"));
     };
+    chat.admit_credentials(ip, Some(me.id))?;
     let hash = store::users::password_hash(&chat.db, me.id)
         .await?
         .ok_or_else(ApiError::invalid_token)?;

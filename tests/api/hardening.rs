@@ -311,3 +311,83 @@ dual_test!(
         );
     }
 );
+
+/// An app whose credential limits are the defaults (tests elsewhere lift them).
+async fn app_with_credential_limits(b: Backend) -> TestApp {
+    let db = fresh_database(b).await;
+    let mut config = chat::Config::for_tests(&db);
+    config.account_rate_per_min = 10;
+    config.auth_rate_per_min = 30;
+    spawn_with(config).await
+}
+
+dual_test!(
+    password_guessing_on_a_session_is_throttled,
+    |b| async move {
+        let app = app_with_credential_limits(b).await;
+        let user = app.register("guessed").await;
+        let mut statuses = Vec::new();
+        let mut retry_after = None;
+        for i in 0..35 {
+            let res = app
+            .client
+            .http
+            .put(app.url("/api/v1/users/me/password"))
+            .bearer_auth(&user.access)
+            .json(&json!({"current_password": format!("wrong-{i}-password"), "new_password": "whatever-new-password"}))
+            .send()
+            .await
+            .expect("request");
+            let status = res.status().as_u16();
+            if status == 429 && retry_after.is_none() {
+                retry_after = res.headers().get("retry-after").cloned();
+            }
+            statuses.push(status);
+        }
+        assert_eq!(statuses[0], 422, "a wrong password is a 422 at first");
+        assert!(statuses.contains(&429), "{statuses:?}");
+        assert!(retry_after.is_some(), "429 carries Retry-After");
+        // Deleting the account with guessed passwords is limited the same way (the same account).
+        let (status, _) = app
+            .send(
+                reqwest::Method::DELETE,
+                "/api/v1/users/me",
+                Some(&user.access),
+                Some(json!({"password": "another-guess"})),
+            )
+            .await;
+        assert_eq!(status, 429);
+    }
+);
+
+dual_test!(email_probing_is_throttled, |b| async move {
+    let app = app_with_credential_limits(b).await;
+    let prober = app.register("prober").await;
+    for i in 0..5 {
+        app.register(&format!("target{i}")).await;
+    }
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let (status, _) = app
+            .send(
+                reqwest::Method::PATCH,
+                "/api/v1/users/me",
+                Some(&prober.access),
+                Some(json!({"email": format!("target{}@example.com", i % 5)})),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses[0], 409);
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Changing only the name is not an email probe.
+    let (status, body) = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/users/me",
+            Some(&prober.access),
+            Some(json!({"first_name": "Pro"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+});
