@@ -8,8 +8,9 @@ use chrono::{Duration, Utc};
 use entity::session;
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
 
@@ -134,13 +135,40 @@ pub(crate) async fn rotate(
     })
 }
 
+/// Revoke every token of `family`.
 pub(crate) async fn revoke_family(db: &DatabaseConnection, family: &str) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    lock_live(&txn, session::Column::Family.eq(family)).await?;
     session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(session::Column::Family.eq(family))
         .filter(session::Column::RevokedAt.is_null())
-        .exec(db)
+        .exec(&txn)
         .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// PostgreSQL: lock the live rows matching `cond` before revoking them. A rotation of one of
+/// them holds its row until it commits its successor; waiting here for that lock means the
+/// revoking `UPDATE` (a new statement, so a new snapshot) sees the successor and revokes it
+/// too. Without the lock, the `UPDATE`'s snapshot predates the successor, which stayed alive.
+/// SQLite has one writer at a time: the same order holds without a lock.
+async fn lock_live(
+    txn: &DatabaseTransaction,
+    cond: impl sea_orm::sea_query::IntoCondition,
+) -> Result<(), sea_orm::DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        session::Entity::find()
+            .select_only()
+            .column(session::Column::Id)
+            .filter(cond)
+            .filter(session::Column::RevokedAt.is_null())
+            .lock_exclusive()
+            .into_tuple::<i64>()
+            .all(txn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -164,13 +192,15 @@ pub(crate) async fn revoke_all(
     user_id: i64,
     keep: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
+    let txn = db.begin().await?;
+    lock_live(&txn, session::Column::UserId.eq(user_id)).await?;
     let mut q = session::Entity::find()
         .filter(session::Column::UserId.eq(user_id))
         .filter(session::Column::RevokedAt.is_null());
     if let Some(keep) = keep {
         q = q.filter(session::Column::Family.ne(keep));
     }
-    let mut families: Vec<String> = q.all(db).await?.into_iter().map(|r| r.family).collect();
+    let mut families: Vec<String> = q.all(&txn).await?.into_iter().map(|r| r.family).collect();
     families.sort();
     families.dedup();
     let mut upd = session::Entity::update_many()
@@ -180,6 +210,7 @@ pub(crate) async fn revoke_all(
     if let Some(keep) = keep {
         upd = upd.filter(session::Column::Family.ne(keep));
     }
-    upd.exec(db).await?;
+    upd.exec(&txn).await?;
+    txn.commit().await?;
     Ok(families)
 }

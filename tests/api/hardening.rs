@@ -391,3 +391,74 @@ dual_test!(email_probing_is_throttled, |b| async move {
         .await;
     assert_eq!(status, 200, "{body}");
 });
+
+dual_test!(
+    a_refresh_racing_logout_or_a_password_change_leaves_no_live_token,
+    |b| async move {
+        let app = spawn_app(b).await;
+        app.register("racer").await;
+        let session = |password: &'static str| {
+            let app = &app;
+            async move {
+                let (status, body) = app.login("racer", password).await;
+                assert_eq!(status, 200, "{body}");
+                (
+                    body["access"].as_str().expect("access").to_owned(),
+                    body["refresh"].as_str().expect("refresh").to_owned(),
+                )
+            }
+        };
+        let survived = |refresh: String| {
+            let app = &app;
+            async move {
+                let (status, _) = app
+                    .post("/api/v1/auth/refresh", None, json!({"refresh": refresh}))
+                    .await;
+                status == 200
+            }
+        };
+        for _ in 0..15 {
+            let (access, refresh) = session(PASSWORD).await;
+            let (rotated, logout) = tokio::join!(
+                app.post("/api/v1/auth/refresh", None, json!({"refresh": refresh})),
+                app.post(
+                    "/api/v1/auth/logout",
+                    Some(&access),
+                    json!({"refresh": refresh})
+                ),
+            );
+            assert_eq!(logout.0, 204, "{}", logout.1);
+            if rotated.0 == 200 {
+                let next = rotated.1["refresh"].as_str().expect("refresh").to_owned();
+                assert!(!survived(next).await, "a refresh token outlived the logout");
+            }
+        }
+        let passwords = [PASSWORD, "another horse battery"];
+        for i in 0..10 {
+            let (current, new) = (passwords[i % 2], passwords[(i + 1) % 2]);
+            let (changer, _) = session(current).await;
+            let (_, other_refresh) = session(current).await;
+            let (rotated, changed) = tokio::join!(
+                app.post(
+                    "/api/v1/auth/refresh",
+                    None,
+                    json!({"refresh": other_refresh})
+                ),
+                app.send(
+                    reqwest::Method::PUT,
+                    "/api/v1/users/me/password",
+                    Some(&changer),
+                    Some(json!({"current_password": current, "new_password": new})),
+                ),
+            );
+            assert_eq!(changed.0, 204, "{}", changed.1);
+            if rotated.0 == 200 {
+                let next = rotated.1["refresh"].as_str().expect("refresh").to_owned();
+                assert!(
+                    !survived(next).await,
+                    "a refresh token outlived the password change"
+                );
+            }
+        }
+    }
+);
