@@ -65,6 +65,8 @@ pub(crate) struct UpdateRoomRequest {
     #[schema(value_type = Option<String>)]
     pub topic: Option<Option<String>>,
     pub visibility: Option<String>,
+    /// Transfer the room to this member; the previous owner stays a member.
+    pub owner_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,6 +117,7 @@ async fn create(
             fields,
         });
     }
+    chat.admit_room_creation(me.id).await?;
     let visibility = body
         .visibility
         .as_deref()
@@ -249,9 +252,10 @@ pub(crate) async fn join_room(
     Ok(Json(wire(&chat, room).await?))
 }
 
-/// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003.
+/// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003. The
+/// owner cannot leave (409) until the room is transferred.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/leave", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn leave_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -261,13 +265,22 @@ pub(crate) async fn leave_room(
     if role.is_none() {
         return Err(ApiError::NotFound("membership"));
     }
+    if room.owner_id == Some(me.id) {
+        return Err(ApiError::Conflict {
+            message: "the owner cannot leave the room: transfer it first (PATCH the room with \
+                      `owner_id`) or delete it"
+                .into(),
+            fields: FieldErrors::new(),
+        });
+    }
     store::rooms::remove_member(&chat.db, room.id, me.id).await?;
     chat.publish(route::removed(room.id, &room.name, me.id))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`; broadcasts `room_updated`.
+/// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`, `owner_id` (transfer to
+/// a member); broadcasts `room_updated`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body = UpdateRoomRequest,
     responses((status = 200, body = Room), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn update_room(
@@ -294,7 +307,24 @@ pub(crate) async fn update_room(
             fields,
         });
     }
-    let row = store::rooms::update(&chat.db, room, body.topic, body.visibility).await?;
+    let changes = store::rooms::RoomChanges {
+        topic: body.topic,
+        visibility: body.visibility,
+        owner_id: body.owner_id,
+    };
+    let row = match store::rooms::update(&chat.db, room, changes).await {
+        Err(store::StoreError::NotMember) => {
+            fields.insert(
+                "owner_id".into(),
+                vec!["must be a member of the room".into()],
+            );
+            return Err(ApiError::Validation {
+                message: "validation failed".into(),
+                fields,
+            });
+        }
+        other => other?,
+    };
     let room = wire(&chat, row).await?;
     chat.publish(route::to_room(room.id, &Event::RoomUpdated { room: &room }))
         .await;

@@ -145,21 +145,54 @@ pub(crate) async fn remove_member(
     Ok(res.rows_affected > 0)
 }
 
+/// What a room update changes; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub(crate) struct RoomChanges {
+    pub topic: Option<Option<String>>,
+    pub visibility: Option<String>,
+    /// The new owner; must already be a member.
+    pub owner_id: Option<i64>,
+}
+
+/// Apply `changes` in one transaction. A new owner takes the `owner` role and the previous
+/// owner stays a member.
+///
+/// # Errors
+/// [`StoreError::NotMember`] if the new owner is not a member of the room.
 pub(crate) async fn update(
     db: &DatabaseConnection,
     row: RoomRow,
-    topic: Option<Option<String>>,
-    visibility: Option<String>,
+    changes: RoomChanges,
 ) -> Result<RoomRow, StoreError> {
+    let txn = db.begin().await?;
+    let room_id = row.id;
+    let old_owner = row.owner_id;
     let mut am: room::ActiveModel = row.into();
-    if let Some(t) = topic {
+    if let Some(t) = changes.topic {
         am.topic = Set(t);
     }
-    if let Some(v) = visibility {
+    if let Some(v) = changes.visibility {
         am.visibility = Set(v);
     }
+    if let Some(new_owner) = changes.owner_id.filter(|id| Some(*id) != old_owner) {
+        let set_role = |user_id: i64, role: &str| {
+            room_member::Entity::update_many()
+                .col_expr(room_member::Column::Role, Expr::value(role))
+                .filter(room_member::Column::RoomId.eq(room_id))
+                .filter(room_member::Column::UserId.eq(user_id))
+        };
+        if set_role(new_owner, "owner").exec(&txn).await?.rows_affected == 0 {
+            return Err(StoreError::NotMember);
+        }
+        if let Some(old) = old_owner {
+            set_role(old, "member").exec(&txn).await?;
+        }
+        am.owner_id = Set(Some(new_owner));
+    }
     am.updated_at = Set(Utc::now());
-    Ok(am.update(db).await?)
+    let row = am.update(&txn).await?;
+    txn.commit().await?;
+    Ok(row)
 }
 
 pub(crate) async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), StoreError> {

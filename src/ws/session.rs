@@ -335,7 +335,7 @@ impl Session {
 
     /// [`Self::admitted`] for a frame under the per-user frame limit.
     async fn frame_admitted(&mut self, room: Option<&str>) -> anyhow::Result<bool> {
-        let verdict = self.chat.admit_frame(self.user.id);
+        let verdict = self.chat.admit_frame(self.user.id).await;
         self.admitted(verdict, "too many frames; slow down", room)
             .await
     }
@@ -383,6 +383,12 @@ impl Session {
         if self.rooms.iter().any(|j| j.name == room) {
             let frame = protocol::error("already_subscribed", "already subscribed", Some(&room));
             return self.push(frame).await;
+        }
+        let max = self.chat.config.ws_max_rooms_per_socket;
+        if self.rooms.len() >= max {
+            let message = format!("at most {max} rooms per socket; unsubscribe from one first");
+            let frame = protocol::error("limit_reached", &message, Some(&room));
+            return self.reply(frame).await;
         }
         let user_id = self.user.id;
         match self
@@ -440,7 +446,7 @@ impl Session {
         let Some((room_id, room)) = self.target(room.as_deref()).await? else {
             return Ok(());
         };
-        let verdict = self.chat.admit(self.user.id);
+        let verdict = self.chat.admit(self.user.id).await;
         if !self
             .admitted(verdict, "too many messages; slow down", Some(&room))
             .await?
