@@ -88,6 +88,16 @@ pub(crate) struct ListRoomsQuery {
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub(crate) struct MembersResponse {
     pub items: Vec<Member>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct MembersQuery {
+    /// Page size, 1–200 (default 100).
+    pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// A room as its clients see it, with its online count.
@@ -169,10 +179,9 @@ pub(crate) async fn list_rooms(
         q.cursor.as_deref(),
     )
     .await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        items.push(wire(&chat, row).await?);
-    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let online = chat.online_counts(&ids).await;
+    let items = store::rooms::to_wire_many(&chat.db, rows, &online).await?;
     Ok(Json(Page {
         items,
         next_cursor: next,
@@ -350,21 +359,33 @@ pub(crate) async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /api/v1/rooms/{name}/members`: `online` is cluster-wide.
-#[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])),
+/// `GET /api/v1/rooms/{name}/members?limit=&cursor=`: one page, in user-id order; `online` is
+/// cluster-wide.
+#[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])), params(MembersQuery),
     responses((status = 200, body = MembersResponse), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn list_members(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
+    Query(q): Query<MembersQuery>,
 ) -> Result<Json<MembersResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 200);
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("invalid query parameter: `cursor` is not a cursor of this list")
+        })?),
+    };
     let (room, _) = chat.visible_room(&name, &me).await?;
+    let (mut items, next) = store::rooms::members(&chat.db, room.id, limit, after).await?;
     let online = chat.online_ids(room.id).await;
-    let mut items = store::rooms::members(&chat.db, room.id).await?;
     for m in &mut items {
         m.online = online.contains(&m.user.id);
     }
-    Ok(Json(MembersResponse { items }))
+    Ok(Json(MembersResponse {
+        items,
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
 /// `POST /api/v1/rooms/{name}/members` (owner, admin): invite `user_id`.
@@ -387,10 +408,8 @@ pub(crate) async fn invite_member(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     store::rooms::add_member(&chat.db, room.id, user_id).await?;
-    let member = store::rooms::members(&chat.db, room.id)
+    let member = store::rooms::member(&chat.db, room.id, user.id)
         .await?
-        .into_iter()
-        .find(|m| m.user.id == user.id)
         .ok_or(ApiError::NotFound("user"))?;
     Ok((StatusCode::CREATED, Json(member)))
 }

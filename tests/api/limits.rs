@@ -232,3 +232,53 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
     assert_eq!(got, 101);
     drop(b);
 }
+
+dual_test!(members_are_listed_in_pages, |b| async move {
+    let app = spawn_app(b).await;
+    let owner = app.register("pages_owner").await;
+    app.create_room(&owner, "pages", "public").await;
+    let mut ids = vec![owner.id];
+    for i in 0..4 {
+        let u = app.register(&format!("pages_m{i}")).await;
+        app.join_room(&u, "pages").await;
+        ids.push(u.id);
+    }
+    ids.sort_unstable();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/rooms/pages/members?limit=2&cursor={c}"),
+            None => "/api/v1/rooms/pages/members?limit=2".to_owned(),
+        };
+        let (status, page) = app.get(&path, Some(&owner.access)).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|m| m["user"]["id"].as_i64().expect("id")));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination ends");
+    }
+    assert_eq!(seen, ids, "every member once, in id order");
+    assert_eq!(pages, 3);
+    let (status, body) = app
+        .get(
+            "/api/v1/rooms/pages/members?cursor=not-a-cursor",
+            Some(&owner.access),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    // The joined-rooms list (one query for all counts) still counts members and owners.
+    let (status, list) = app
+        .get("/api/v1/rooms?joined=true", Some(&owner.access))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["member_count"], 5, "{list}");
+    assert_eq!(list["items"][0]["owner"]["id"], owner.id, "{list}");
+});
