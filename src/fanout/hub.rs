@@ -161,11 +161,13 @@ impl Hub {
     }
 
     /// End the replay phase: queue the frames that arrived meanwhile and go live.
-    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl) {
+    ///
+    /// # Errors
+    /// While replaying, so much arrived that the buffer overflowed: replay up to the returned
+    /// `seq` from the database, then call again.
+    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl) -> Result<(), i64> {
         let channel = self.rooms.lock().get(&room_id).cloned();
-        if let Some(channel) = channel {
-            channel.resume(ctl.id);
-        }
+        channel.map_or(Ok(()), |channel| channel.resume(ctl.id))
     }
 
     /// Unsubscribe `ctl` from `room_id` (the subscriber may already be gone).

@@ -493,10 +493,16 @@ impl Session {
             protocol::ready(&wire, &self.user, &online, last_seq)
         };
         self.push(first).await?;
+        let mut replayed = last_seq;
         if let Some(since) = since {
             self.replay(room_id, since, last_seq).await?;
         }
-        chat.hub.resume(room_id, &self.ctl);
+        // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer,
+        // so read on from the database until the replay has caught up with the room.
+        while let Err(upto) = chat.hub.resume(room_id, &self.ctl) {
+            self.replay(room_id, replayed, upto).await?;
+            replayed = upto;
+        }
         tracing::debug!(room = %wire.name, last_seq, "joined");
         Ok(())
     }

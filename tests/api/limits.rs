@@ -282,3 +282,72 @@ dual_test!(members_are_listed_in_pages, |b| async move {
     assert_eq!(list["items"][0]["member_count"], 5, "{list}");
     assert_eq!(list["items"][0]["owner"]["id"], owner.id, "{list}");
 });
+
+dual_test!(
+    a_long_replay_in_a_busy_room_arrives_complete_without_4429,
+    |b| async move {
+        use sea_orm::{ConnectionTrait, Database};
+        const STORED: i64 = 20_000;
+        const LIVE: i64 = 400;
+        let db_url = fresh_database(b).await;
+        let mut config = chat::Config::for_tests(&db_url);
+        // A small queue, so the live traffic overflows the replaying socket's paused buffer.
+        config.ws_queue_capacity = 8;
+        config.ws_flush_interval_ms = 0;
+        let app = spawn_with(config).await;
+        let user = app.register("replayer").await;
+        let room = app.create_room(&user, "long", "public").await;
+        let room_id = room["id"].as_i64().expect("id");
+        app.post_message(&user, "long", "first").await;
+        // History written straight into the database: 20 000 more messages.
+        let db = Database::connect(&db_url).await.expect("db");
+        db.execute_unprepared(&format!(
+            "INSERT INTO messages (room_id, seq, author_id, content, created_at) \
+             WITH RECURSIVE s(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM s WHERE n < {last}) \
+             SELECT {room_id}, n, {author}, 'bulk', \
+                    (SELECT created_at FROM messages WHERE room_id = {room_id} AND seq = 1) \
+             FROM s",
+            last = STORED + 1,
+            author = user.id,
+        ))
+        .await
+        .expect("bulk insert");
+        db.execute_unprepared(&format!(
+            "UPDATE rooms SET last_seq = {} WHERE id = {room_id}",
+            STORED + 1
+        ))
+        .await
+        .expect("counter");
+        db.close().await.ok();
+
+        // A sender keeps the room busy (over REST) while the listener replays from 0.
+        let (url, token) = (app.url("/api/v1/rooms/long/messages"), user.access.clone());
+        let busy = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for k in 0..LIVE {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"content": format!("live {k}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(res.status().as_u16(), 201);
+            }
+        });
+        let mut listener = ws_connect(&app.ws_url(""), "long", &user.access, Some(0)).await;
+        let total = STORED + 1 + LIVE;
+        let mut next = 1;
+        while next <= total {
+            let Some(frame) = next_json(&mut listener, 30).await else {
+                let code = close_code(&mut listener, 1).await;
+                panic!("stopped at seq {next} of {total}, close code {code:?}");
+            };
+            if frame["type"] == "message" {
+                assert_eq!(frame["seq"], next, "in order, no gap, no duplicate");
+                next += 1;
+            }
+        }
+        busy.await.expect("sender");
+    }
+);
