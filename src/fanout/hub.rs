@@ -107,11 +107,16 @@ impl Hub {
         }
     }
 
-    /// Close every socket of this replica (shutdown).
+    /// Close every socket of this replica (shutdown). With [`CloseReason::Restart`] each
+    /// socket first sends the acks it owes ([`SocketCtl::restart`]).
     pub(crate) fn close_all(&self, reason: CloseReason) {
         for list in self.users.lock().values() {
             for ctl in list {
-                ctl.close(reason);
+                if reason == CloseReason::Restart {
+                    ctl.restart();
+                } else {
+                    ctl.close(reason);
+                }
             }
         }
     }

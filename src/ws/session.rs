@@ -78,6 +78,21 @@ struct Session {
     in_flight: Option<FuturesOrdered<Answer>>,
 }
 
+/// How long a closing socket waits for the peer's close frame.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Read and discard until the peer's close frame, the end of the stream or [`LINGER`].
+async fn linger<R: WsStream>(stream: &mut R) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// `Sync` as well: the session is borrowed across awaits.
 type Answer = std::pin::Pin<Box<dyn Future<Output = Utf8Bytes> + Send + Sync>>;
 
@@ -132,7 +147,12 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
             tracing::warn!(error = %e, "socket set-up failed");
             session.ctl.close(CloseReason::Restart);
         } else {
-            session.read_loop(stream).await;
+            let mut stream = stream;
+            session.read_loop(&mut stream).await;
+            // The close frame (and the answers before it) must reach the peer: dropping a
+            // connection with unread input makes the kernel reset it, and a reset can discard
+            // what was sent. So read on, discarding, until the peer's close (or a deadline).
+            linger(&mut stream).await;
         }
         Box::pin(session.leave_all()).await;
         session.chat.hub.unregister_socket(&session.ctl);
@@ -201,7 +221,7 @@ impl Session {
         Ok(())
     }
 
-    async fn read_loop<R: WsStream>(&mut self, mut stream: R) {
+    async fn read_loop<R: WsStream>(&mut self, stream: &mut R) {
         // Registered once, not on every frame.
         let ctl = self.ctl.clone();
         let cancelled = ctl.closed(Side::Reader);
@@ -217,7 +237,14 @@ impl Session {
             let reading = self.in_flight_len() < MAX_IN_FLIGHT;
             let event = tokio::select! {
                 biased;
-                () = &mut cancelled => return,
+                () = &mut cancelled => {
+                    if !self.ctl.is_closing() {
+                        // Shutdown: what was read is answered before the 1012 close.
+                        let _ = self.flush_answers().await;
+                        self.ctl.close(CloseReason::Restart);
+                    }
+                    return;
+                }
                 () = &mut expiry => {
                     self.ctl.close(CloseReason::TokenRevoked);
                     return;
