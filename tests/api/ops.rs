@@ -450,3 +450,45 @@ async fn operator_metrics_build_health_process_and_closes_by_code() {
         "{open}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_spreads_socket_closes_over_half_the_grace_period() {
+    let url = fresh_database(Backend::Sqlite).await;
+    let mut config = chat::Config::for_tests(&url);
+    // 2 s of batches, one every 250 ms: 16 sockets go 2 at a time.
+    config.shutdown_grace_secs = 4;
+    let app = spawn_with(config).await;
+    let user = app.register("drainer").await;
+    app.create_room(&user, "drain", "public").await;
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        let mut ws = ws_connect(&app.ws_url(""), "drain", &user.access, None).await;
+        expect_ready(&mut ws).await;
+        sockets.push(ws);
+    }
+    let start = std::time::Instant::now();
+    drop(app); // cancels the app's shutdown token: the drain begins
+    let closed = futures::future::join_all(sockets.iter_mut().map(|ws| async move {
+        let code = close_code(ws, 10).await;
+        (code, start.elapsed())
+    }))
+    .await;
+    assert!(
+        closed.iter().all(|(code, _)| *code == Some(1012)),
+        "{closed:?}"
+    );
+    let first = closed.iter().map(|(_, t)| *t).min().unwrap();
+    let last = closed.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        first < Duration::from_millis(500),
+        "the first batch goes at once: {first:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1500),
+        "closes spread over the window, not all at once: {first:?}..{last:?}"
+    );
+    assert!(
+        last < Duration::from_secs(3),
+        "within the first half of the grace period (+ slack): {last:?}"
+    );
+}
