@@ -191,25 +191,30 @@ impl Inner {
             "batch committed"
         );
         let outcomes = match committed {
-            Err(e) if store::unique_violation(&e).is_some() => {
-                // A retry with the same client_id raced on another replica: go one by one, so
-                // each finds its original.
-                let mut out = Vec::with_capacity(batch.len());
-                for draft in &drafts {
-                    match store::commit::commit(&self.db, std::slice::from_ref(draft)).await {
-                        Ok(mut r) => out.append(&mut r),
-                        Err(e) => out.push(Err(StoreError::from(e))),
-                    }
-                }
-                out
-            }
             Ok(outcomes) => outcomes,
             Err(e) => {
+                let raced = store::unique_violation(&e).is_some();
                 let err = StoreError::from(e);
-                if matches!(err, StoreError::Db(_) | StoreError::Unavailable(_)) {
-                    tracing::error!(error = ?err, "message commit failed");
+                if raced || (batch.len() > 1 && !matches!(err, StoreError::Unavailable(_))) {
+                    // One draft's data failed the whole statement (a unique key raced by a
+                    // retry on another replica, a constraint, a foreign key racing a deleted
+                    // author): commit one by one, so that it fails alone and each retry
+                    // finds its original.
+                    tracing::warn!(error = %err, batch = batch.len(), "batch refused; committing its drafts one by one");
+                    let mut out = Vec::with_capacity(batch.len());
+                    for draft in &drafts {
+                        match store::commit::commit(&self.db, std::slice::from_ref(draft)).await {
+                            Ok(mut r) => out.append(&mut r),
+                            Err(e) => out.push(Err(StoreError::from(e))),
+                        }
+                    }
+                    out
+                } else {
+                    if matches!(err, StoreError::Db(_) | StoreError::Unavailable(_)) {
+                        tracing::error!(error = ?err, "message commit failed");
+                    }
+                    batch.iter().map(|_| Err(clone_err(&err))).collect()
                 }
-                batch.iter().map(|_| Err(clone_err(&err))).collect()
             }
         };
         let created = outcomes

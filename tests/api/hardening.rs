@@ -592,3 +592,77 @@ dual_test!(
         assert_eq!(status, 200);
     }
 );
+
+/// One draft that the database refuses fails alone; the rest of its group-commit batch
+/// commits. The refusal is a trigger added to the test database (standing in for a constraint
+/// or a foreign key racing a deleted author), and a row lock makes the drafts queue into one
+/// batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: the refusal is a PostgreSQL trigger"
+)]
+async fn one_refused_draft_fails_alone_and_its_batch_commits() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let db_url = fresh_database(Backend::Postgres).await;
+    let app = spawn_with(chat::Config::for_tests(&db_url)).await;
+    let user = app.register("batcher").await;
+    app.create_room(&user, "batch", "public").await;
+    let db = Database::connect(&db_url).await.expect("db");
+    db.execute_unprepared(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned draft'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages \
+         FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    )
+    .await
+    .expect("trigger");
+    let lock = db.begin().await.expect("begin");
+    lock.execute_unprepared("SELECT id FROM rooms WHERE name = 'batch' FOR UPDATE")
+        .await
+        .expect("lock");
+    let post = |content: String| {
+        let (url, token) = (app.url("/api/v1/rooms/batch/messages"), user.access.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "content": content }))
+                .send()
+                .await
+                .expect("response")
+                .status()
+                .as_u16()
+        })
+    };
+    // The first send takes the lock's wait; the others gather into the next batch.
+    let first = post("first".into());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut rest = Vec::new();
+    for i in 0..10 {
+        let content = if i == 5 {
+            "poison".into()
+        } else {
+            format!("ok {i}")
+        };
+        rest.push((content.clone(), post(content)));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    lock.rollback().await.expect("unlock");
+    assert_eq!(first.await.expect("first"), 201);
+    for (content, task) in rest {
+        let status = task.await.expect("post");
+        if content == "poison" {
+            assert!(status >= 400, "the refused draft fails: {status}");
+        } else {
+            assert_eq!(
+                status, 201,
+                "{content} commits although its batch held a bad draft"
+            );
+        }
+    }
+    let stored = contents(&app, &user.access, "batch").await;
+    assert_eq!(stored.len(), 10, "{stored:?}");
+    assert!(!stored.iter().any(|c| c == "poison"));
+}
