@@ -447,6 +447,25 @@ async fn trusted_forwarded_for_keys_on_the_address_the_proxy_appended() {
     assert_eq!(login_from(&app, Some("203.0.113.9")).await, 401);
 }
 
+/// An IPv6 host usually holds a whole /64: addresses of one /64 share one quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_share_the_limit_of_their_64() {
+    let db = fresh_database(Backend::Sqlite).await;
+    let app = spawn_with(rate_limited_app_config(&db, true)).await;
+    assert_eq!(login_from(&app, Some("2001:db8:1:2::1")).await, 401);
+    assert_eq!(login_from(&app, Some("2001:db8:1:2:ffff::9")).await, 401);
+    assert_eq!(
+        login_from(&app, Some("2001:db8:1:2:abcd:ef01:2345:6789")).await,
+        429,
+        "a third address of the same /64 is the same client"
+    );
+    assert_eq!(
+        login_from(&app, Some("2001:db8:1:3::1")).await,
+        401,
+        "the next /64 is another client"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_forwarded_for_cannot_dodge_the_auth_rate_limit() {
     let db = fresh_database(Backend::Sqlite).await;
