@@ -204,14 +204,23 @@ impl Chat {
         }
     }
 
-    /// Periodic work until shutdown: rate-limiter pruning, presence heartbeats and expiry
-    /// sweeps.
+    /// Periodic work until shutdown: reconciliation of the active rooms with the database,
+    /// rate-limiter pruning, presence and socket-quota heartbeats, presence expiry sweeps.
     pub(crate) async fn housekeeping(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut reconcile = tokio::time::interval(crate::fanout::hub::RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
+                _ = reconcile.tick() => {
+                    // The database is the source of truth: rooms behind it catch up.
+                    if let Err(e) = self.hub.reconcile().await {
+                        tracing::debug!(error = %e, "reconciliation failed");
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             n += 1;

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     bus::{Bus, Envelope, Inbound, Kind},
     store,
+    telemetry::metrics,
 };
 
 /// Fan-out for this replica.
@@ -36,7 +37,12 @@ pub(crate) struct Hub {
     presence: Mutex<HashMap<(i64, i64), usize>>,
     queue_capacity: usize,
     next_socket: AtomicU64,
+    /// Each active room's committed `last_seq` at the previous [`Hub::reconcile`].
+    seen_committed: Mutex<HashMap<i64, i64>>,
 }
+
+/// How often [`Hub::reconcile`] runs.
+pub(crate) const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Hub {
     /// A hub delivering what `bus` receives (it attaches itself to the bus).
@@ -55,6 +61,7 @@ impl Hub {
             presence: Mutex::default(),
             queue_capacity,
             next_socket: AtomicU64::new(1),
+            seen_committed: Mutex::default(),
         });
         let inbound: std::sync::Weak<dyn Inbound> = Arc::downgrade(&hub) as _;
         bus.attach(inbound);
@@ -191,6 +198,42 @@ impl Hub {
         // reference count follows the sessions, so the room is unsubscribed once the last one
         // is gone.
         self.release(&channel);
+    }
+
+    /// Compare every active room with the database's counter, in one query: a room still
+    /// behind a `seq` that the previous pass had already seen committed (its publish was lost,
+    /// or is very late) reads the gap from the database. Run every [`RECONCILE_EVERY`], so
+    /// an acknowledged message reaches this replica's sockets within two periods (plus the
+    /// read) whatever happened to its publish.
+    ///
+    /// # Errors
+    /// When the database cannot be read (the next pass tries again).
+    pub(crate) async fn reconcile(&self) -> Result<(), sea_orm::DbErr> {
+        let channels: Vec<Arc<RoomChannel>> = self.rooms.lock().values().cloned().collect();
+        if channels.is_empty() {
+            self.seen_committed.lock().clear();
+            return Ok(());
+        }
+        let ids: Vec<i64> = channels.iter().map(|c| c.id).collect();
+        let committed = store::rooms::last_seqs(&self.db, &ids).await?;
+        let mut seen = self.seen_committed.lock();
+        for channel in &channels {
+            let delivered = channel.state.lock().last;
+            if seen
+                .get(&channel.id)
+                .is_some_and(|&before| delivered < before)
+            {
+                metrics::reconcile_resync();
+                tracing::info!(
+                    room = channel.id,
+                    delivered,
+                    "room behind the database; reading the gap"
+                );
+                let _ = channel.inbox.send(RoomInput::Resync);
+            }
+        }
+        *seen = committed;
+        Ok(())
     }
 
     /// Rooms this replica is subscribed to, for tests and diagnostics.

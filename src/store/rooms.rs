@@ -38,6 +38,27 @@ pub(crate) async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i6
         .unwrap_or(0))
 }
 
+/// The `last_seq` counters of `ids` (rooms that no longer exist are missing).
+pub(crate) async fn last_seqs(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, i64>, sea_orm::DbErr> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        out.extend(
+            room::Entity::find()
+                .select_only()
+                .column(room::Column::Id)
+                .column(room::Column::LastSeq)
+                .filter(room::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple::<(i64, i64)>()
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Which of `ids` are rooms that exist.
 pub(crate) async fn existing_ids(
     db: &impl ConnectionTrait,

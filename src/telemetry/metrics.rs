@@ -207,6 +207,11 @@ pub fn redis_reconnect() {
     counter!(REDIS_RECONNECTS).increment(1);
 }
 
+/// The reconciliation found a room behind the database (a lost or late publish).
+pub fn reconcile_resync() {
+    metrics::counter!("chat_reconcile_resyncs_total").increment(1);
+}
+
 pub fn gap_fill() {
     counter!(GAP_FILLS).increment(1);
 }

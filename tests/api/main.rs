@@ -8,6 +8,7 @@ mod cluster;
 mod config_options;
 mod failover;
 mod hardening;
+mod healing;
 mod limits;
 mod messages;
 mod ops;
