@@ -115,7 +115,7 @@ impl Chat {
             deny,
             cluster,
         } = match &config.redis_url {
-            Some(url) => cluster_parts(url.expose_secret(), replica_id, &tasks, &stop)?,
+            Some(url) => cluster_parts(url.expose_secret(), &db, replica_id, &tasks, &stop)?,
             None => ModeParts {
                 bus: Arc::new(LocalBus::default()),
                 presence: Arc::new(LocalPresence::default()),
@@ -224,6 +224,12 @@ impl Chat {
                 _ = tick.tick() => {}
             }
             n += 1;
+            if n.is_multiple_of(60) {
+                // Deny-list entries outlive the tokens they deny by a minute only.
+                if let Err(e) = crate::store::revoked::purge_expired(&self.db).await {
+                    tracing::debug!(error = %e, "purging expired revocations failed");
+                }
+            }
             if n.is_multiple_of(2) {
                 self.presence_heartbeat().await;
                 self.limits_housekeeping(n.is_multiple_of(12)).await;
@@ -256,6 +262,7 @@ fn jwt_keys(config: &Config) -> JwtKeys {
 /// Cluster mode: the Redis bus, presence and deny-list over one pool.
 fn cluster_parts(
     url: &str,
+    db: &DatabaseConnection,
     replica_id: u64,
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -272,7 +279,7 @@ fn cluster_parts(
     Ok(ModeParts {
         bus: Arc::new(RedisBus::start(url, pool.clone(), replica_id, tasks, stop)?),
         presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
-        deny: Arc::new(RedisDenyList::new(pool.clone())),
+        deny: Arc::new(RedisDenyList::new(pool.clone(), db.clone())),
         cluster: Some(Cluster {
             pool,
             replica: replica_id,

@@ -6,8 +6,12 @@
 //! user). Two deny-lists sit behind one trait:
 //! * [`DbDenyList`] (embedded mode): an in-process set, written through to the
 //!   `revoked_tokens` table and loaded from it at start, so revocations survive a restart.
-//! * [`RedisDenyList`] (cluster mode): `SET key 1 EX ttl`, checked with one `EXISTS` per
-//!   request, so every replica agrees at once.
+//! * [`RedisDenyList`] (cluster mode): written to the same table first (the database is the
+//!   source of truth), then `SET key 1 EX ttl` in Redis, checked with one `EXISTS` per
+//!   request, so every replica agrees at once. Redis keeps nothing on disk: a marker key
+//!   tells whether it still holds the deny-list; when a restart emptied it, the check reads
+//!   the database and the unexpired entries are loaded back into Redis, so a revoked token
+//!   never works again.
 //!
 //! A failed check is an error, never "not revoked": the caller answers 503 (fail closed).
 
@@ -178,11 +182,48 @@ impl DenyList for DbDenyList {
 
 pub(crate) struct RedisDenyList {
     pool: deadpool_redis::Pool,
+    db: DatabaseConnection,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
+/// Present while Redis holds the whole deny-list (set by [`RedisDenyList::reload`]).
+const LOADED_MARKER: &str = "chat:deny:loaded";
+
 impl RedisDenyList {
-    pub(crate) fn new(pool: deadpool_redis::Pool) -> Self {
-        Self { pool }
+    pub(crate) fn new(pool: deadpool_redis::Pool, db: DatabaseConnection) -> Self {
+        Self {
+            pool,
+            db,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Copy the unexpired entries of the database into Redis, then set the marker.
+    async fn reload(&self) -> anyhow::Result<()> {
+        let _one = self.reloading.lock().await;
+        let mut conn = self.pool.get().await?;
+        let loaded: bool = redis::cmd("EXISTS")
+            .arg(LOADED_MARKER)
+            .query_async(&mut *conn)
+            .await?;
+        if loaded {
+            return Ok(());
+        }
+        let entries = store::revoked::load_unexpired(&self.db).await?;
+        let now = Utc::now();
+        let mut pipe = redis::pipe();
+        for (k, until) in &entries {
+            let ttl = (*until - now).num_seconds().max(1);
+            pipe.set_ex(redis_key(k), 1, ttl.unsigned_abs()).ignore();
+        }
+        pipe.set(LOADED_MARKER, 1).ignore();
+        pipe.query_async::<()>(&mut *conn).await?;
+        tracing::info!(
+            entries = entries.len(),
+            "deny-list loaded into Redis from the database"
+        );
+        Ok(())
     }
 }
 
@@ -198,6 +239,8 @@ impl DenyList for RedisDenyList {
         if keys.is_empty() {
             return Ok(());
         }
+        // The database first: it is what a Redis emptied by a restart is refilled from.
+        store::revoked::insert(&self.db, keys, until).await?;
         let ttl = (until - Utc::now()).num_seconds().max(1);
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();
@@ -213,11 +256,26 @@ impl DenyList for RedisDenyList {
             return Ok(false);
         }
         let mut conn = self.pool.get().await?;
-        let keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(&keys)
+        let redis_keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
+        // One round trip: the keys, and whether Redis still holds the deny-list at all.
+        let (n, loaded): (i64, bool) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(&redis_keys)
+            .cmd("EXISTS")
+            .arg(LOADED_MARKER)
             .query_async(&mut *conn)
             .await?;
-        Ok(n > 0)
+        drop(conn);
+        if n > 0 {
+            return Ok(true);
+        }
+        if loaded {
+            return Ok(false);
+        }
+        // Redis lost the deny-list (restarted): the database answers, and Redis is refilled.
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "reloading the deny-list into Redis failed");
+        }
+        Ok(store::revoked::any_unexpired(&self.db, keys).await?)
     }
 }

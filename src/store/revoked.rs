@@ -10,14 +10,20 @@ use sea_orm::{
 
 use super::StoreError;
 
-/// Purge the expired entries and return the others with their expiry.
-pub(crate) async fn load_unexpired(
-    db: &DatabaseConnection,
-) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+/// Delete the entries that have expired.
+pub(crate) async fn purge_expired(db: &DatabaseConnection) -> Result<(), StoreError> {
     revoked_token::Entity::delete_many()
         .filter(revoked_token::Column::ExpiresAt.lt(Utc::now()))
         .exec(db)
         .await?;
+    Ok(())
+}
+
+/// Purge the expired entries and return the others with their expiry.
+pub(crate) async fn load_unexpired(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+    purge_expired(db).await?;
     let rows = revoked_token::Entity::find().all(db).await?;
     Ok(rows.into_iter().map(|r| (r.key, r.expires_at)).collect())
 }
@@ -44,4 +50,20 @@ pub(crate) async fn insert(
         .exec_without_returning(db)
         .await?;
     Ok(())
+}
+
+/// Whether any of `keys` is denied now.
+pub(crate) async fn any_unexpired(
+    db: &DatabaseConnection,
+    keys: &[String],
+) -> Result<bool, StoreError> {
+    if keys.is_empty() {
+        return Ok(false);
+    }
+    let found = revoked_token::Entity::find()
+        .filter(revoked_token::Column::Key.is_in(keys.iter().cloned()))
+        .filter(revoked_token::Column::ExpiresAt.gt(Utc::now()))
+        .one(db)
+        .await?;
+    Ok(found.is_some())
 }

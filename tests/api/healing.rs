@@ -87,3 +87,51 @@ async fn every_replica_heals_a_lost_publish() {
         assert_eq!(healed["seq"], 2);
     }
 }
+
+/// Redis keeps nothing on disk: a restart empties it. A token revoked before the restart
+/// (logout, password change, account deletion) must stay revoked after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn revocations_survive_a_redis_restart() {
+    let mut redis = RedisServer::start().await;
+    let db_url = cluster_db().await;
+    let apps = vec![
+        replica(&db_url, &redis).await,
+        replica(&db_url, &redis).await,
+    ];
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    let user = apps[0].register("durable").await;
+    // A second session, logged out on replica 0.
+    let (status, login) = apps[0].login("durable", PASSWORD).await;
+    assert_eq!(status, 200, "{login}");
+    let doomed = login["access"].as_str().expect("access").to_owned();
+    let (status, _) = apps[0]
+        .post(
+            "/api/v1/auth/logout",
+            Some(&doomed),
+            serde_json::json!({"refresh": login["refresh"]}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    for app in &apps {
+        let (status, _) = app.get("/api/v1/users/me", Some(&doomed)).await;
+        assert_eq!(status, 401, "revoked before the restart");
+    }
+
+    redis.kill();
+    redis.restart().await;
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    for app in &apps {
+        let (status, body) = app.get("/api/v1/users/me", Some(&doomed)).await;
+        assert_eq!(status, 401, "still revoked after Redis restarted: {body}");
+        let (status, _) = app.get("/api/v1/users/me", Some(&user.access)).await;
+        assert_eq!(status, 200, "the other session still works");
+    }
+}
