@@ -39,9 +39,69 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_STALE_MICROS: i64 = 5_000_000;
 const PROBE_DEAD_MICROS: i64 = 10_000_000;
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
-const RETRY_LIMIT: usize = 100_000;
+/// Most bytes of publishes waiting for Redis (payloads): 64 MiB.
+const RETRY_BYTES: usize = 64 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Publishes waiting for Redis to answer again, in order, bounded by [`RETRY_BYTES`]. Past
+/// the bound the oldest message or room event is dropped (counted in
+/// `chat_bus_retry_dropped_total`): receivers fill message gaps from the database, and the
+/// reconciliation of active rooms finds the rest. Control events (revocation, kick, room
+/// deletion) are never dropped: a socket that should close must close.
+#[derive(Default)]
+struct RetryQueue {
+    /// (id, channel, payload, control), oldest first; ids increase.
+    items: VecDeque<(u64, String, Bytes, bool)>,
+    bytes: usize,
+    next_id: u64,
+}
+
+impl RetryQueue {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn push(&mut self, channel: String, payload: Bytes, control: bool) {
+        self.bytes += payload.len();
+        self.items
+            .push_back((self.next_id, channel, payload, control));
+        self.next_id += 1;
+        while self.bytes > RETRY_BYTES {
+            let Some(at) = self.items.iter().position(|item| !item.3) else {
+                break; // only control events left: they stay
+            };
+            if let Some((_, _, dropped, _)) = self.items.remove(at) {
+                self.bytes -= dropped.len();
+                metrics::bus_retry_dropped();
+            }
+        }
+        metrics::bus_retry_bytes(self.bytes);
+    }
+
+    /// Up to `n` of the oldest entries, and the id of the last one.
+    fn front(&self, n: usize) -> (Vec<(String, Bytes)>, u64) {
+        let batch: Vec<_> = self.items.iter().take(n).collect();
+        let upto = batch.last().map_or(0, |item| item.0);
+        (
+            batch
+                .into_iter()
+                .map(|(_, channel, payload, _)| (channel.clone(), payload.clone()))
+                .collect(),
+            upto,
+        )
+    }
+
+    /// Everything up to id `upto` was published (entries dropped meanwhile are gone already).
+    fn published(&mut self, upto: u64) {
+        while self.items.front().is_some_and(|item| item.0 <= upto) {
+            if let Some((_, _, payload, _)) = self.items.pop_front() {
+                self.bytes -= payload.len();
+            }
+        }
+        metrics::bus_retry_bytes(self.bytes);
+    }
+}
 
 fn room_channel(room: i64) -> String {
     format!("chat:room:{room}")
@@ -66,7 +126,7 @@ struct Shared {
     last_probe: AtomicI64,
     connected: AtomicBool,
     /// Publishes that failed, in order, retried when Redis answers again.
-    retry: Mutex<VecDeque<(String, Bytes)>>,
+    retry: Mutex<RetryQueue>,
 }
 
 impl RedisBus {
@@ -122,17 +182,14 @@ impl Shared {
     /// Re-publish what failed earlier, oldest first.
     async fn flush_retries(&self) {
         loop {
-            let batch: Vec<(String, Bytes)> = self.retry.lock().iter().take(256).cloned().collect();
+            let (batch, upto) = self.retry.lock().front(256);
             if batch.is_empty() {
                 return;
             }
             if self.publish_raw(&batch).await.is_err() {
                 return;
             }
-            let mut retry = self.retry.lock();
-            for _ in 0..batch.len() {
-                retry.pop_front();
-            }
+            self.retry.lock().published(upto);
         }
     }
 
@@ -182,8 +239,13 @@ impl Bus for RedisBus {
 
     async fn publish_batch(&self, envs: Vec<Envelope>) -> anyhow::Result<()> {
         let mut items = Vec::with_capacity(envs.len());
+        let mut controls = Vec::with_capacity(envs.len());
         for mut env in envs {
             env.header.origin = self.shared.origin;
+            controls.push(matches!(
+                env.header.kind,
+                Kind::Revoke | Kind::Kick | Kind::RoomDeleted
+            ));
             items.push((Shared::channel_of(&env), env.encode()));
             // Local sockets are served directly, whatever Redis does.
             self.shared.inbound.with(|inbound| inbound.receive(env));
@@ -194,11 +256,8 @@ impl Bus for RedisBus {
         }
         // Keep the order: behind whatever already waits.
         let mut retry = self.shared.retry.lock();
-        for item in items {
-            if retry.len() >= RETRY_LIMIT {
-                retry.pop_front();
-            }
-            retry.push_back(item);
+        for ((channel, payload), control) in items.into_iter().zip(controls) {
+            retry.push(channel, payload, control);
         }
         anyhow::bail!("redis publish failed; queued for retry")
     }
@@ -418,4 +477,35 @@ async fn apply_commands(
         let _ = ack.send(());
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_queue_is_bounded_by_bytes_and_keeps_control_events() {
+        let mut q = RetryQueue::default();
+        let big = Bytes::from(vec![b'x'; RETRY_BYTES / 4]);
+        q.push("chat:control".into(), Bytes::from_static(b"revoke"), true);
+        for _ in 0..6 {
+            q.push("chat:room:1".into(), big.clone(), false);
+        }
+        assert!(q.bytes <= RETRY_BYTES, "bounded by bytes: {}", q.bytes);
+        assert_eq!(
+            q.items.front().map(|i| i.3),
+            Some(true),
+            "the control event stays, first"
+        );
+        assert_eq!(q.items.len(), 1 + 3, "the oldest room events were dropped");
+        // Publishing a prefix removes exactly that prefix, even after drops.
+        let (batch, upto) = q.front(2);
+        assert_eq!(batch.len(), 2);
+        q.published(upto);
+        assert_eq!(q.items.len(), 2);
+        let (_, upto) = q.front(10);
+        q.published(upto);
+        assert!(q.is_empty());
+        assert_eq!(q.bytes, 0);
+    }
 }

@@ -207,6 +207,17 @@ pub fn redis_reconnect() {
     counter!(REDIS_RECONNECTS).increment(1);
 }
 
+/// A publish waiting for Redis was dropped (the retry queue's byte bound).
+pub fn bus_retry_dropped() {
+    metrics::counter!("chat_bus_retry_dropped_total").increment(1);
+}
+
+/// Bytes of publishes waiting for Redis.
+#[allow(clippy::cast_precision_loss)] // a gauge: precision beyond 2^53 bytes is moot
+pub fn bus_retry_bytes(bytes: usize) {
+    metrics::gauge!("chat_bus_retry_bytes").set(bytes as f64);
+}
+
 /// The reconciliation found a room behind the database (a lost or late publish).
 pub fn reconcile_resync() {
     metrics::counter!("chat_reconcile_resyncs_total").increment(1);
