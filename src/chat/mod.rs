@@ -3,6 +3,7 @@
 //! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
 //! * [`access`]: who may see, enter, write to and manage a room.
 //! * [`send`]: the send pipeline (rate limit, group commit, publish).
+//! * [`heal`]: what repairs a lost bus event (reconciliation, socket audit).
 //! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
 //! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
 //! * [`presence`]: who is online where, cluster-wide.
@@ -15,6 +16,7 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod password;
@@ -39,7 +41,7 @@ use self::{
     send::Sender,
 };
 use crate::{
-    bus::{Bus, Envelope, local::LocalBus, redis::RedisBus},
+    bus::{Bus, BusState, Envelope, local::LocalBus, redis::RedisBus},
     config::Config,
     fanout::hub::Hub,
 };
@@ -211,6 +213,7 @@ impl Chat {
         let mut reconcile = tokio::time::interval(crate::fanout::hub::RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
+        let (mut audit_in, mut was_live) = (AUDIT_EVERY_TICKS, true);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -219,6 +222,17 @@ impl Chat {
                     if let Err(e) = self.hub.reconcile().await {
                         tracing::debug!(error = %e, "reconciliation failed");
                     }
+                    // Sockets are audited when the bus comes back (events may have been
+                    // lost while it was down) and every 30 s.
+                    audit_in = audit_in.saturating_sub(1);
+                    let live = self.bus.state() != BusState::Down;
+                    if live && (audit_in == 0 || !was_live) {
+                        audit_in = AUDIT_EVERY_TICKS;
+                        if let Err(e) = self.audit_sockets().await {
+                            tracing::debug!(error = %e, "socket audit failed");
+                        }
+                    }
+                    was_live = live;
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -238,6 +252,9 @@ impl Chat {
         }
     }
 }
+
+/// Reconciliation ticks between socket audits (2 s each: 30 s).
+const AUDIT_EVERY_TICKS: u32 = 15;
 
 /// The token keys: `JWT_SECRET`, or a random key (embedded mode only).
 fn jwt_keys(config: &Config) -> JwtKeys {

@@ -15,7 +15,10 @@
 //!
 //! A failed check is an error, never "not revoked": the caller answers 503 (fail closed).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -37,7 +40,7 @@ pub(crate) enum DenyKey<'a> {
 }
 
 impl DenyKey<'_> {
-    fn key(self) -> String {
+    pub(crate) fn key(self) -> String {
         match self {
             Self::Token(jti) => format!("jti:{jti}"),
             Self::Session(sid) => format!("sid:{sid}"),
@@ -127,6 +130,8 @@ pub(crate) trait DenyList: Send + Sync {
     async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()>;
     /// Whether any of `keys` is denied.
     async fn any_denied(&self, keys: &[String]) -> anyhow::Result<bool>;
+    /// Which of `keys` are denied (one round trip).
+    async fn denied_keys(&self, keys: &[String]) -> anyhow::Result<HashSet<String>>;
 }
 
 pub(crate) struct DbDenyList {
@@ -177,6 +182,16 @@ impl DenyList for DbDenyList {
         Ok(keys
             .iter()
             .any(|k| cache.get(k).is_some_and(|exp| *exp > now)))
+    }
+
+    async fn denied_keys(&self, keys: &[String]) -> anyhow::Result<HashSet<String>> {
+        let now = Utc::now();
+        let cache = self.cache.lock();
+        Ok(keys
+            .iter()
+            .filter(|k| cache.get(*k).is_some_and(|exp| *exp > now))
+            .cloned()
+            .collect())
     }
 }
 
@@ -277,5 +292,25 @@ impl DenyList for RedisDenyList {
             tracing::warn!(error = %e, "reloading the deny-list into Redis failed");
         }
         Ok(store::revoked::any_unexpired(&self.db, keys).await?)
+    }
+
+    async fn denied_keys(&self, keys: &[String]) -> anyhow::Result<HashSet<String>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // Refilled first if a restart emptied Redis.
+        self.reload().await?;
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(redis_key(k));
+        }
+        let found: Vec<bool> = pipe.query_async(&mut *conn).await?;
+        Ok(keys
+            .iter()
+            .zip(found)
+            .filter(|(_, denied)| *denied)
+            .map(|(k, _)| k.clone())
+            .collect())
     }
 }

@@ -236,6 +236,20 @@ impl Hub {
         Ok(())
     }
 
+    /// Each active room with the users subscribed to it here (distinct).
+    pub(crate) fn subscriptions(&self) -> Vec<(i64, Vec<i64>)> {
+        let channels: Vec<Arc<RoomChannel>> = self.rooms.lock().values().cloned().collect();
+        channels
+            .iter()
+            .map(|c| {
+                let mut users = c.subscriber_users();
+                users.sort_unstable();
+                users.dedup();
+                (c.id, users)
+            })
+            .collect()
+    }
+
     /// Rooms this replica is subscribed to, for tests and diagnostics.
     pub(crate) fn room_count(&self) -> usize {
         self.rooms.lock().len()

@@ -189,6 +189,16 @@ impl RoomChannel {
         Ok(())
     }
 
+    /// The users with a socket subscribed here (with repeats).
+    pub(super) fn subscriber_users(&self) -> Vec<i64> {
+        self.state
+            .lock()
+            .subs
+            .iter()
+            .map(|s| s.ctl.user_id)
+            .collect()
+    }
+
     pub(super) fn remove(&self, socket: u64) {
         self.state.lock().subs.retain(|s| s.ctl.id != socket);
     }

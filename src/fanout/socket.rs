@@ -203,6 +203,11 @@ impl SocketCtl {
         self.opened + std::time::Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
     }
 
+    /// The session family the socket is authenticated by.
+    pub(crate) fn sid(&self) -> String {
+        self.sid.lock().clone()
+    }
+
     pub(crate) fn sid_is(&self, sid: &str) -> bool {
         *self.sid.lock() == sid
     }

@@ -59,6 +59,45 @@ pub(crate) async fn last_seqs(
     Ok(out)
 }
 
+/// Which of the (room, user) `pairs` are memberships, and the names of the rooms that exist.
+pub(crate) async fn memberships(
+    db: &DatabaseConnection,
+    pairs: &[(i64, i64)],
+) -> Result<(std::collections::HashSet<(i64, i64)>, HashMap<i64, String>), sea_orm::DbErr> {
+    let wanted: std::collections::HashSet<(i64, i64)> = pairs.iter().copied().collect();
+    let mut members = std::collections::HashSet::new();
+    // Half the id budget for rooms, half for users: a superset of the pairs, then filtered.
+    for chunk in pairs.chunks(super::MAX_IDS_PER_QUERY / 2) {
+        let rows = room_member::Entity::find()
+            .select_only()
+            .column(room_member::Column::RoomId)
+            .column(room_member::Column::UserId)
+            .filter(room_member::Column::RoomId.is_in(chunk.iter().map(|p| p.0)))
+            .filter(room_member::Column::UserId.is_in(chunk.iter().map(|p| p.1)))
+            .into_tuple::<(i64, i64)>()
+            .all(db)
+            .await?;
+        members.extend(rows.into_iter().filter(|p| wanted.contains(p)));
+    }
+    let mut rooms: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let mut names = HashMap::new();
+    for chunk in rooms.chunks(super::MAX_IDS_PER_QUERY) {
+        names.extend(
+            room::Entity::find()
+                .select_only()
+                .column(room::Column::Id)
+                .column(room::Column::Name)
+                .filter(room::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple::<(i64, String)>()
+                .all(db)
+                .await?,
+        );
+    }
+    Ok((members, names))
+}
+
 /// Which of `ids` are rooms that exist.
 pub(crate) async fn existing_ids(
     db: &impl ConnectionTrait,

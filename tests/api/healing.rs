@@ -135,3 +135,62 @@ async fn revocations_survive_a_redis_restart() {
         assert_eq!(status, 200, "the other session still works");
     }
 }
+
+/// Kicks and revocations made while Redis was down (their events lost) still close the
+/// sockets concerned, once the bus is back: every socket is checked against the deny-list and
+/// its memberships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn kicks_and_revocations_lost_with_redis_still_close_the_sockets() {
+    let mut redis = RedisServer::start().await;
+    let db_url = cluster_db().await;
+    let apps = vec![
+        replica(&db_url, &redis).await,
+        replica(&db_url, &redis).await,
+    ];
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    let owner = apps[0].register("audit_owner").await;
+    let kicked = apps[0].register("audit_kicked").await;
+    let revoked = apps[0].register("audit_revoked").await;
+    apps[0].create_room(&owner, "audit", "public").await;
+    apps[0].join_room(&kicked, "audit").await;
+    apps[0].join_room(&revoked, "audit").await;
+    let mut kicked_ws = ws_connect(&apps[1].ws_url(""), "audit", &kicked.access, None).await;
+    expect_ready(&mut kicked_ws).await;
+    let mut revoked_ws = ws_connect(&apps[0].ws_url(""), "audit", &revoked.access, None).await;
+    expect_ready(&mut revoked_ws).await;
+
+    redis.kill();
+    // What a kick and an account-wide revocation write, without their (lost) events.
+    let db = Database::connect(&db_url).await.expect("db");
+    db.execute_unprepared(&format!(
+        "DELETE FROM room_members WHERE user_id = {}",
+        kicked.id
+    ))
+    .await
+    .expect("kick");
+    db.execute_unprepared(&format!(
+        "INSERT INTO revoked_tokens (key, expires_at) VALUES ('user:{}', NOW() + INTERVAL '1 hour')",
+        revoked.id
+    ))
+    .await
+    .expect("revoke");
+    db.close().await.ok();
+    redis.restart().await;
+
+    assert_eq!(
+        close_code(&mut kicked_ws, 20).await,
+        Some(4003),
+        "the kicked member's socket is removed"
+    );
+    assert_eq!(
+        close_code(&mut revoked_ws, 20).await,
+        Some(4001),
+        "the revoked user's socket is closed"
+    );
+}
