@@ -12,7 +12,7 @@ use crate::{
         model::User,
         validate::{self, USERNAME_RE},
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     store::{self, sessions::Rotation},
 };
 
@@ -158,8 +158,12 @@ async fn issue(
 
 /// `POST /api/v1/auth/register`: create an account and log it in.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = RegisterResponse), (status = 409, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Registered and logged in", body = RegisterResponse),
+        (status = 409, description = "Username or email already taken (`conflict`, with `fields`)", body = ErrorBody),
+        (status = 422, description = "Invalid field values (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn register(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -200,8 +204,12 @@ pub(crate) async fn register(
 
 /// `POST /api/v1/auth/login`: `login` (or `username`/`email`) and `password`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 401, description = "Wrong login or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 422, description = "`login` or `password` missing or invalid (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn login(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -258,7 +266,12 @@ pub(crate) async fn login(
 
 /// `POST /api/v1/auth/refresh`: rotate a refresh token.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
+        (status = 401, description = "Unknown, expired or revoked refresh token; a reused one revokes its family (`invalid_token`)", body = ErrorBody),
+        (status = 422, description = "`refresh` missing (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn refresh(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -291,7 +304,7 @@ pub(crate) async fn refresh(
 
 /// `POST /api/v1/auth/logout`: end this session (or, with `all`, every session).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Option<LogoutRequest>),
-    security(("bearer" = [])), responses((status = 204), (status = 401, body = crate::error::ErrorBody)))]
+    security(("bearer" = [])), responses((status = 204, description = "Logged out: the access token and the session are revoked")))]
 pub(crate) async fn logout(
     State(chat): State<Chat>,
     user: CurrentUser,

@@ -26,7 +26,7 @@ use crate::{
         model::{Member, Page, Room},
         validate::{self, Visibility},
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     fanout::route,
     store::{self, rooms::RoomRow},
 };
@@ -124,7 +124,11 @@ async fn create(
 
 /// `POST /api/v1/rooms`: the creator becomes owner and member.
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
-    responses((status = 201, body = Room), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Created; the caller is its owner and a member", body = Room),
+        (status = 409, description = "The name is taken (`conflict`)", body = ErrorBody),
+        (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+    ))]
 pub(crate) async fn create_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -148,7 +152,7 @@ pub(crate) async fn create_room(
 
 /// `GET /api/v1/rooms?q=&joined=&limit=&cursor=`: public rooms plus the caller's private ones.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), params(ListRoomsQuery),
-    responses((status = 200, body = Page<Room>)))]
+    responses((status = 200, description = "A page of rooms", body = Page<Room>)))]
 pub(crate) async fn list_rooms(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -178,7 +182,7 @@ pub(crate) async fn list_rooms(
 
 /// `GET /api/v1/rooms/{name}`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The room", body = Room), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
 pub(crate) async fn get_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -190,7 +194,12 @@ pub(crate) async fn get_room(
 
 /// `PUT /api/v1/rooms/{name}`: join-or-create. 201 created; 200 joined (or already a member).
 #[utoipa::path(put, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body(content = Option<CreateRoomRequest>),
-    responses((status = 200, body = Room), (status = 201, body = Room), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Joined an existing public room (or already a member)", body = Room),
+        (status = 201, description = "Created; the caller is its owner", body = Room),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+    ))]
 pub(crate) async fn join_or_create_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -237,7 +246,11 @@ async fn join_existing(
 
 /// `POST /api/v1/rooms/{name}/join`: public rooms; private ones need an invitation (403).
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/join", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Joined (or already a member)", body = Room),
+        (status = 403, description = "A private room that needs an invitation (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn join_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -251,7 +264,10 @@ pub(crate) async fn join_room(
 
 /// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/leave", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Left; the caller's sockets in the room close with 4003"),
+        (status = 404, description = "No such room, or the caller is not a member (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn leave_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -269,7 +285,12 @@ pub(crate) async fn leave_room(
 
 /// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`; broadcasts `room_updated`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body = UpdateRoomRequest,
-    responses((status = 200, body = Room), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The updated room", body = Room),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -303,7 +324,11 @@ pub(crate) async fn update_room(
 
 /// `DELETE /api/v1/rooms/{name}` (owner, admin): sockets get `room_deleted`, then close 4404.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; its sockets get `room_deleted`, then close with 4404"),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -322,7 +347,7 @@ pub(crate) async fn delete_room(
 
 /// `GET /api/v1/rooms/{name}/members`: `online` is cluster-wide.
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = MembersResponse), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The members", body = MembersResponse), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
 pub(crate) async fn list_members(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -339,7 +364,12 @@ pub(crate) async fn list_members(
 
 /// `POST /api/v1/rooms/{name}/members` (owner, admin): invite `user_id`.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])), request_body = InviteRequest,
-    responses((status = 201, body = Member), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Invited: the user is a member", body = Member),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such user (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`user_id` missing (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn invite_member(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -367,7 +397,11 @@ pub(crate) async fn invite_member(
 
 /// `DELETE /api/v1/rooms/{name}/members/{user_id}` (owner, admin): their sockets close 4003.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}/members/{user_id}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Removed; their sockets in the room close with 4003"),
+        (status = 403, description = "The caller is neither the owner nor an admin, or the target is the owner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or the user is not a member (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn remove_member(
     State(chat): State<Chat>,
     me: CurrentUser,

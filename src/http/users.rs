@@ -20,7 +20,7 @@ use crate::{
         model::{Page, PublicUser, User},
         validate,
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     store,
 };
 
@@ -94,7 +94,7 @@ pub(crate) struct ListUsersQuery {
 
 /// `GET /api/v1/users/me`
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The caller's full profile", body = User)))]
 pub(crate) async fn get_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -108,7 +108,12 @@ pub(crate) async fn get_me(
 
 /// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
-    responses((status = 200, body = User), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The updated profile", body = User),
+        (status = 409, description = "The email is already registered (`conflict`)", body = ErrorBody),
+        (status = 422, description = "Invalid field values (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "Too many email changes from this address or account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -145,7 +150,11 @@ pub(crate) async fn update_me(
 
 /// `PUT /api/v1/users/me/password`: every other session is revoked.
 #[utoipa::path(put, path = "/api/v1/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePasswordRequest,
-    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Changed; every other session of the user is revoked"),
+        (status = 422, description = "A field missing or invalid, or `current_password` is incorrect (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn change_password(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -172,7 +181,11 @@ pub(crate) async fn change_password(
 
 /// `DELETE /api/v1/users/me`: needs the password; messages stay with a `null` author.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteMeRequest,
-    responses((status = 204), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; every session is revoked, messages stay with a `null` author"),
+        (status = 422, description = "`password` missing or incorrect (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -203,7 +216,7 @@ async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListUsersQuery),
-    responses((status = 200, body = Page<PublicUser>), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "A page of users; `email` only for the caller (or for an admin)", body = Page<PublicUser>)))]
 pub(crate) async fn list_users(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -234,7 +247,10 @@ pub(crate) async fn list_users(
 
 /// `GET /api/v1/users/{id}`
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = PublicUser), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The user; `email` only for the caller (or for an admin)", body = PublicUser),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn get_user(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -249,7 +265,12 @@ pub(crate) async fn get_user(
 
 /// `PATCH /api/v1/users/{id}` (admin): set `roles`.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), request_body = UpdateUserRequest,
-    responses((status = 200, body = PublicUser), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The user with the new roles", body = PublicUser),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`roles` missing or naming an unknown role (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_user(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -283,7 +304,11 @@ pub(crate) async fn update_user(
 
 /// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; their sessions are revoked and their sockets closed"),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_user(
     State(chat): State<Chat>,
     me: CurrentUser,
