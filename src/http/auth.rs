@@ -27,12 +27,15 @@ pub(crate) fn routes() -> Router<Chat> {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct RegisterRequest {
     /// 3–32 of `[A-Za-z0-9_.-]`, unique case-insensitively.
+    #[schema(value_type = String, required = true, min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.\-]+$")]
     #[validate(
         required(message = "is required"),
         length(min = 3, max = 32, message = "must be 3 to 32 characters"),
         regex(path = *USERNAME_RE, message = "may contain only letters, digits, `_`, `.` and `-`")
     )]
     pub username: Option<String>,
+    /// Unique case-insensitively.
+    #[schema(value_type = String, required = true, format = Email, max_length = 254)]
     #[validate(
         required(message = "is required"),
         email(message = "is not a valid email address"),
@@ -40,6 +43,7 @@ pub(crate) struct RegisterRequest {
         custom(function = "plain_text")
     )]
     pub email: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
     #[validate(
         required(message = "is required"),
         length(min = 8, max = 128, message = "must be 8 to 128 characters")
@@ -47,11 +51,13 @@ pub(crate) struct RegisterRequest {
     pub password: Option<String>,
     /// When given, must equal `password`.
     pub password_confirm: Option<String>,
+    #[schema(max_length = 100)]
     #[validate(
         length(max = 100, message = "must be at most 100 characters"),
         custom(function = "plain_text")
     )]
     pub first_name: Option<String>,
+    #[schema(max_length = 100)]
     #[validate(
         length(max = 100, message = "must be at most 100 characters"),
         custom(function = "plain_text")
@@ -61,15 +67,20 @@ pub(crate) struct RegisterRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct LoginRequest {
-    /// Username or email.
+    /// Username or email (one of `login`, `username`, `email` is required).
     pub login: Option<String>,
+    /// Accepted in place of `login`.
     pub username: Option<String>,
+    /// Accepted in place of `login`.
     pub email: Option<String>,
+    #[schema(value_type = String, required = true)]
     pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct RefreshRequest {
+    /// The refresh token; it is spent (rotated) by this call.
+    #[schema(value_type = String, required = true)]
     pub refresh: Option<String>,
 }
 

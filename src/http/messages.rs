@@ -60,13 +60,17 @@ pub(crate) struct HistoryResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct SendRequest {
     /// 1–4000 characters, not blank.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000)]
     pub content: Option<String>,
     /// Idempotency key (1–64 characters), unique per room and author.
+    #[schema(min_length = 1, max_length = 64)]
     pub client_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct EditRequest {
+    /// 1–4000 characters, not blank.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000)]
     pub content: Option<String>,
 }
 

@@ -52,23 +52,29 @@ pub(crate) fn routes() -> Router<Chat> {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub(crate) struct CreateRoomRequest {
-    /// 1–64 of `[a-z0-9_-]`, starting with a letter or digit.
+    /// 1–64 of `[a-z0-9_-]`, starting with a letter or digit; unique and immutable.
+    #[schema(value_type = String, required = true, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: Option<String>,
+    #[schema(max_length = 512)]
     pub topic: Option<String>,
     /// `public` (default) or `private`.
+    #[schema(value_type = Option<Visibility>)]
     pub visibility: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateRoomRequest {
+    /// At most 512 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 512)]
     pub topic: Option<Option<String>>,
+    #[schema(value_type = Option<Visibility>)]
     pub visibility: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InviteRequest {
+    #[schema(value_type = i64, required = true)]
     pub user_id: Option<i64>,
 }
 

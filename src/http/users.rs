@@ -37,18 +37,20 @@ pub(crate) fn routes() -> Router<Chat> {
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct UpdateMeRequest {
+    #[schema(format = Email, max_length = 254)]
     #[validate(
         email(message = "is not a valid email address"),
         length(max = 254, message = "is too long"),
         custom(function = "super::auth::plain_text")
     )]
     pub email: Option<String>,
-    /// `null` clears it.
+    /// At most 100 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100)]
     pub first_name: Option<Option<String>>,
+    /// At most 100 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100)]
     pub last_name: Option<Option<String>>,
 }
 
@@ -63,8 +65,10 @@ where
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct ChangePasswordRequest {
+    #[schema(value_type = String, required = true)]
     #[validate(required(message = "is required"))]
     pub current_password: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
     #[validate(
         required(message = "is required"),
         length(min = 8, max = 128, message = "must be 8 to 128 characters")
@@ -74,12 +78,24 @@ pub(crate) struct ChangePasswordRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct DeleteMeRequest {
+    /// The account's current password.
+    #[schema(value_type = String, required = true)]
     pub password: Option<String>,
+}
+
+/// A role, as `PATCH /users/{id}` takes it (documentation only: the handler checks the names).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum RoleName {
+    User,
+    Admin,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateUserRequest {
-    /// Any of `user`, `admin`.
+    /// Any of `user`, `admin`; `user` is always kept.
+    #[schema(value_type = Vec<RoleName>, required = true)]
     pub roles: Option<Vec<String>>,
 }
 

@@ -3,8 +3,10 @@
 #
 #   cargo build --bin chat-server && bash tests/openapi/run.sh [validate] [client] [fuzz]
 #
-# With no argument, all three steps run, against one embedded-mode server (debug build, a
-# temp SQLite database, a free port):
+# With no argument, all three steps run, against one server (debug build, a free port) in
+# embedded mode (a temp SQLite database) or, with OPENAPI_MODE=cluster, in cluster mode (a
+# temp PostgreSQL database and a private redis-server), where revocation and the limits go
+# through Redis:
 #   validate  openapi-spec-validator accepts GET /api/v1/openapi.json.
 #   client    openapi-python-client generates a client from that document into a temp dir;
 #             client_flow.py drives register → login → create room → post → history →
@@ -20,11 +22,15 @@
 #
 # Environment:
 #   CHAT_SERVER_BIN     server binary (default target/debug/chat-server)
+#   OPENAPI_MODE        embedded (default) or cluster
+#   PG_ADMIN_URL        cluster mode: the PostgreSQL server for the temp database
+#                       (default postgres://postgres@127.0.0.1:5432)
 #   CI_TOOLS_DIR        where the pinned Python tools (requirements.txt) are installed once
 #                       (default ~/.cache/chat-ci-tools); later runs download nothing
 #   FUZZ_MAX_EXAMPLES   schemathesis test cases per operation and phase (default 25)
 #   FUZZ_SEED           schemathesis seed (default: random, printed)
 #   KEEP_LOGS=1         print the end of the server log even when everything passes
+#   OPENAPI_KEEP_REPORTS=DIR  keep schemathesis' JUnit/HAR reports and the server log there
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +41,9 @@ BIN="${CHAT_SERVER_BIN:-target/debug/chat-server}"
 TOOLS_DIR="${CI_TOOLS_DIR:-$HOME/.cache/chat-ci-tools}"
 PYTHON="${PYTHON:-python3}"
 MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-25}"
+MODE="${OPENAPI_MODE:-embedded}"
+PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}"
+[[ "$MODE" == embedded || "$MODE" == cluster ]] || { echo "OPENAPI_MODE: embedded or cluster" >&2; exit 2; }
 SEED="${FUZZ_SEED:-$("$PYTHON" -c 'import secrets; print(secrets.randbelow(2**31))')}"
 
 STEPS=("$@")
@@ -63,10 +72,11 @@ if [[ ! -f "$VENV/.complete" ]]; then
 fi
 PY="$VENV/bin/python"
 
-# ---- one server: embedded mode, temp SQLite, a free port ----------------------------------
+# ---- one server on a free port ------------------------------------------------------------
 WORK="$(mktemp -d)"
 SERVER_PID=""
-RC=1
+REDIS_PID=""
+DB_NAME=""
 cleanup() {
   local rc=$?
   set +e
@@ -76,10 +86,19 @@ cleanup() {
     kill -KILL "$SERVER_PID" 2>/dev/null
     wait "$SERVER_PID" 2>/dev/null
   fi
+  if [[ -n "$REDIS_PID" ]]; then
+    kill -TERM "$REDIS_PID" 2>/dev/null
+    wait "$REDIS_PID" 2>/dev/null
+  fi
+  if [[ -n "$DB_NAME" ]]; then
+    psql "$PG_ADMIN_URL/postgres" -q -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
+      || say "warning: could not drop database $DB_NAME"
+  fi
   if [[ "$rc" != 0 || -n "${KEEP_LOGS:-}" ]] && [[ -f "$WORK/server.log" ]]; then
     echo "----- last lines of the server log -----"
     tail -n 40 "$WORK/server.log" | sed -E 's/(token=)[^& "]+/\1<redacted>/g'
   fi
+  if [[ -n "${OPENAPI_KEEP_REPORTS:-}" ]]; then rm -rf "$OPENAPI_KEEP_REPORTS"; mkdir -p "$OPENAPI_KEEP_REPORTS"; cp -r "$WORK"/report* "$WORK/server.log" "$OPENAPI_KEEP_REPORTS"/ 2>/dev/null; fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -87,15 +106,35 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+rand_hex() { "$PYTHON" -c "import secrets; print(secrets.token_hex($1))"; }
+
+SERVER_ENV=(-u REDIS_URL -u REDIS_CLUSTER_URLS -u ALLOWED_ORIGINS)
+if [[ "$MODE" == cluster ]]; then
+  REDIS_PORT="$(free_port)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    --loglevel warning >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG || die "redis-server did not start"
+  DB_NAME="chat_openapi_$(rand_hex 6)"
+  psql "$PG_ADMIN_URL/postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$DB_NAME\"" >/dev/null \
+    || die "could not create database $DB_NAME on $PG_ADMIN_URL"
+  SERVER_ENV+=(DATABASE_URL="$PG_ADMIN_URL/$DB_NAME" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
+  WHERE="cluster mode: PostgreSQL $DB_NAME, redis-server :$REDIS_PORT"
+else
+  SERVER_ENV+=(DATABASE_URL="sqlite://$WORK/chat.db?mode=rwc")
+  WHERE="embedded mode: SQLite in $WORK"
+fi
+
+PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
-ADMIN_PASSWORD="$("$PYTHON" -c 'import secrets; print(secrets.token_hex(12))')"
+ADMIN_PASSWORD="$(rand_hex 12)"
 export ADMIN_USERNAME="fuzz-admin" ADMIN_EMAIL="fuzz-admin@example.com" ADMIN_PASSWORD
-say "starting $BIN on $BASE (SQLite in $WORK)"
-env -u REDIS_URL -u REDIS_CLUSTER_URLS -u ALLOWED_ORIGINS \
+say "starting $BIN on $BASE ($WHERE)"
+env "${SERVER_ENV[@]}" \
   BIND_ADDR="127.0.0.1:$PORT" \
-  DATABASE_URL="sqlite://$WORK/chat.db?mode=rwc" \
-  JWT_SECRET="$("$PYTHON" -c 'import secrets; print(secrets.token_hex(32))')" \
+  JWT_SECRET="$(rand_hex 32)" \
   ACCESS_TOKEN_TTL_SECS=3600 \
   AUTH_RATE_PER_MIN=100000 ACCOUNT_RATE_PER_MIN=100000 \
   LOG_FORMAT=pretty RUST_LOG="${RUST_LOG:-warn}" \
@@ -142,7 +181,7 @@ if wants fuzz; then
 
   say "schemathesis pass 1: logged in, every operation but the session-ending ones (seed $SEED, $MAX_EXAMPLES examples)"
   "$VENV/bin/schemathesis" "${common[@]}" --exclude-name-regex "$SESSION_OPS" \
-    --header "Authorization: Bearer $MAIN_TOKEN" --report junit --report-dir "$WORK/report1" \
+    --header "Authorization: Bearer $MAIN_TOKEN" --report junit,har --report-dir "$WORK/report1" \
     || die "schemathesis pass 1 (reproduce with FUZZ_SEED=$SEED)"
   server_alive
   code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $MAIN_TOKEN" "$BASE/api/v1/users/me")"
@@ -152,7 +191,7 @@ if wants fuzz; then
   SCHEMATHESIS_HOOKS="$HERE/hooks.py" CHAT_BASE="$BASE" CHAT_ADMIN_LOGIN="$ADMIN_USERNAME" \
     CHAT_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
     "$VENV/bin/schemathesis" "${common[@]}" --include-name-regex "$SESSION_OPS" \
-    --report junit --report-dir "$WORK/report2" \
+    --report junit,har --report-dir "$WORK/report2" \
     || die "schemathesis pass 2 (reproduce with FUZZ_SEED=$SEED)"
   server_alive
 fi
