@@ -75,17 +75,21 @@ pub(crate) struct UpdateRoomRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InviteRequest {
     #[schema(value_type = i64, required = true)]
+    #[serde(default, deserialize_with = "super::extract::integer")]
     pub user_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct ListRoomsQuery {
-    /// Substring of the name.
+    /// Substring of the name. No control characters but `\n` and `\t` (else 400).
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub q: Option<String>,
     /// Only rooms the caller is a member of.
     pub joined: Option<bool>,
     /// 1–100, default 50.
     pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub cursor: Option<String>,
 }
 

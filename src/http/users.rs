@@ -101,10 +101,13 @@ pub(crate) struct UpdateUserRequest {
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct ListUsersQuery {
-    /// Substring of the username, case-insensitive.
+    /// Substring of the username, case-insensitive. No control characters but `\n` and `\t`
+    /// (else 400).
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub q: Option<String>,
     /// 1–100, default 20.
     pub limit: Option<u64>,
+    /// `next_cursor` of the previous page; anything else is a 422.
     pub cursor: Option<String>,
 }
 
@@ -232,18 +235,22 @@ async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListUsersQuery),
-    responses((status = 200, description = "A page of users; `email` only for the caller (or for an admin)", body = Page<PublicUser>)))]
+    responses(
+        (status = 200, description = "A page of users; `email` only for the caller (or for an admin)", body = Page<PublicUser>),
+        (status = 422, description = "`cursor` is not one this server issued (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn list_users(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
 ) -> Result<Json<Page<PublicUser>>, ApiError> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    // A well-formed request whose cursor this server did not issue: a 422, like any value
+    // the handler refuses (the document calls every string a cursor).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+        })?),
         None => None,
     };
     super::plain_query("q", q.q.as_deref())?;

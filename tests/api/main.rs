@@ -9,6 +9,7 @@ mod config_options;
 mod failover;
 mod hardening;
 mod messages;
+mod openapi;
 mod ops;
 mod rooms;
 mod users;

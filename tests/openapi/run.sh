@@ -169,10 +169,10 @@ fi
 
 # ---- 3. schemathesis ----------------------------------------------------------------------
 if wants fuzz; then
-  CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+  CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,positive_data_acceptance"
   # Operations that end the caller's session, and the admin-only ones: fuzzed in pass 2.
   SESSION_OPS='^(POST /api/v1/auth/logout|PUT /api/v1/users/me/password|DELETE /api/v1/users/me|(PATCH|DELETE) /api/v1/users/\{id\})$'
-  common=(run "$WORK/openapi.json" --url "$BASE" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES"
+  common=(--config-file "$HERE/schemathesis.toml" run "$WORK/openapi.json" --url "$BASE" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES"
     --seed "$SEED" --workers 1 --request-timeout 10 --generation-database none --no-color
     --suppress-health-check all --warnings off)
 
@@ -180,18 +180,19 @@ if wants fuzz; then
   read -r MAIN_TOKEN < <("$PY" "$HERE/hooks.py" register "$BASE") || die "registering the fuzzing user"
 
   say "schemathesis pass 1: logged in, every operation but the session-ending ones (seed $SEED, $MAX_EXAMPLES examples)"
-  "$VENV/bin/schemathesis" "${common[@]}" --exclude-name-regex "$SESSION_OPS" \
-    --header "Authorization: Bearer $MAIN_TOKEN" --report junit,har --report-dir "$WORK/report1" \
+  # From $WORK: schemathesis keeps a .schemathesis/ cache in its working directory.
+  (cd "$WORK" && "$VENV/bin/schemathesis" "${common[@]}" --exclude-name-regex "$SESSION_OPS" \
+    --header "Authorization: Bearer $MAIN_TOKEN" --report junit,har --report-dir "$WORK/report1") \
     || die "schemathesis pass 1 (reproduce with FUZZ_SEED=$SEED)"
   server_alive
   code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $MAIN_TOKEN" "$BASE/api/v1/users/me")"
   [[ "$code" == 200 ]] || die "the fuzzing user's token no longer works after pass 1 (GET /users/me: $code)"
 
   say "schemathesis pass 2: session-ending and admin-only operations, a throwaway user per test case"
-  SCHEMATHESIS_HOOKS="$HERE/hooks.py" CHAT_BASE="$BASE" CHAT_ADMIN_LOGIN="$ADMIN_USERNAME" \
+  (cd "$WORK" && SCHEMATHESIS_HOOKS="$HERE/hooks.py" CHAT_BASE="$BASE" CHAT_ADMIN_LOGIN="$ADMIN_USERNAME" \
     CHAT_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
     "$VENV/bin/schemathesis" "${common[@]}" --include-name-regex "$SESSION_OPS" \
-    --report junit,har --report-dir "$WORK/report2" \
+    --report junit,har --report-dir "$WORK/report2") \
     || die "schemathesis pass 2 (reproduce with FUZZ_SEED=$SEED)"
   server_alive
 fi
