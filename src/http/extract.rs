@@ -43,7 +43,7 @@ where
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(Json)
+        parse_body(&bytes).map(Json)
     }
 }
 
@@ -58,6 +58,18 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
                 ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
             }
         })
+}
+
+/// A request body: a JSON object (every request type of the API is one). serde would also
+/// read a struct from an array of its fields in order (`["a@b.c"]` as `{"email": "a@b.c"}`,
+/// `[null, null]` clearing two fields): an array is refused here instead.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "malformed JSON: expected an object, not an array",
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Parse JSON with the path of any type error, for a precise 400.
@@ -136,7 +148,7 @@ where
         if !has_type {
             return Err(ApiError::UnsupportedMediaType);
         }
-        parse_json::<Option<T>>(&bytes).map(Self)
+        parse_body::<Option<T>>(&bytes).map(Self)
     }
 }
 

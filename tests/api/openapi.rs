@@ -175,3 +175,59 @@ async fn the_served_document_describes_every_response() {
     assert!(operations >= 29, "{operations} operations");
     assert_eq!(json!(doc["openapi"]), json!("3.1.0"));
 }
+
+/// A request body is a JSON object. serde reads a struct from an array of its fields too, so
+/// `[null, null]` sent to `PATCH /users/me` used to answer 200 and clear both names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_is_not_a_request_object() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let user = app.register("array_body").await;
+    let (status, body) = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/users/me",
+            Some(&user.access),
+            Some(json!({"first_name": "Ada", "last_name": "Lovelace"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    for (method, path, raw) in [
+        (
+            reqwest::Method::PATCH,
+            "/api/v1/users/me",
+            r#"[null, null, null]"#,
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/api/v1/users/me",
+            r#" ["other@example.com"]"#,
+        ),
+        (reqwest::Method::POST, "/api/v1/rooms", r#"["array-room"]"#),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/rooms/array-room",
+            r#"["array-room", null, "private"]"#,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/auth/logout",
+            r#"[null, true]"#,
+        ),
+    ] {
+        let (status, body) = send_raw(&app, method.clone(), path, &user.access, raw).await;
+        assert_eq!(status, 400, "{method} {path} {raw}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+    let (status, me) = app.get("/api/v1/users/me", Some(&user.access)).await;
+    assert_eq!(status, 200, "the session is still alive: {me}");
+    assert_eq!(me["first_name"], "Ada");
+    assert_eq!(me["last_name"], "Lovelace");
+    assert_eq!(me["email"], "array_body@example.com");
+    assert_eq!(
+        app.get("/api/v1/rooms/array-room", Some(&user.access))
+            .await
+            .0,
+        404
+    );
+}

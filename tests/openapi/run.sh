@@ -12,7 +12,10 @@
 #             client_flow.py drives register → login → create room → post → history →
 #             logout → the token is refused, with it.
 #   fuzz      schemathesis (checks not_a_server_error, status_code_conformance,
-#             content_type_conformance, response_schema_conformance), in two passes:
+#             content_type_conformance, response_schema_conformance,
+#             response_headers_conformance, ignored_auth, and positive_data_acceptance as
+#             configured in schemathesis.toml: schema-valid data is never a 400/413/415/5xx),
+#             in two passes:
 #             1. logged in as a fresh user (Authorization header), every operation except
 #                those that end the caller's session; afterwards that token must still work;
 #             2. the session-ending operations (logout, password change, account deletion)
@@ -29,6 +32,7 @@
 #                       (default ~/.cache/chat-ci-tools); later runs download nothing
 #   FUZZ_MAX_EXAMPLES   schemathesis test cases per operation and phase (default 25)
 #   FUZZ_SEED           schemathesis seed (default: random, printed)
+#   FUZZ_CHECKS         schemathesis checks instead of the list above (e.g. `all`)
 #   KEEP_LOGS=1         print the end of the server log even when everything passes
 #   OPENAPI_KEEP_REPORTS=DIR  keep schemathesis' JUnit/HAR reports and the server log there
 set -euo pipefail
@@ -169,7 +173,7 @@ fi
 
 # ---- 3. schemathesis ----------------------------------------------------------------------
 if wants fuzz; then
-  CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,positive_data_acceptance"
+  CHECKS="${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,positive_data_acceptance,ignored_auth}"
   # Operations that end the caller's session, and the admin-only ones: fuzzed in pass 2.
   SESSION_OPS='^(POST /api/v1/auth/logout|PUT /api/v1/users/me/password|DELETE /api/v1/users/me|(PATCH|DELETE) /api/v1/users/\{id\})$'
   common=(--config-file "$HERE/schemathesis.toml" run "$WORK/openapi.json" --url "$BASE" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES"
