@@ -117,6 +117,19 @@ pub struct Config {
     /// change) per minute per account.
     #[arg(long, env = "ACCOUNT_RATE_PER_MIN", default_value_t = 10)]
     pub account_rate_per_min: u32,
+    /// Rooms a user may create per hour (a burst of as many, then one every `60/N` minutes).
+    #[arg(long, env = "ROOMS_PER_HOUR", default_value_t = 20)]
+    pub rooms_per_hour: u32,
+    /// Open WebSockets per user, across the cluster (0 = unlimited).
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 32)]
+    pub ws_max_sockets_per_user: u32,
+    /// Open WebSockets per client address (IPv6: per /64), across the cluster (0 = unlimited).
+    /// Behind a proxy, set `TRUST_PROXY_HEADERS` or every client shares the proxy's address.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_ADDRESS", default_value_t = 1000)]
+    pub ws_max_sockets_per_address: u32,
+    /// Rooms one multiplexed socket may be subscribed to at once.
+    #[arg(long, env = "WS_MAX_ROOMS_PER_SOCKET", default_value_t = 500)]
+    pub ws_max_rooms_per_socket: usize,
     /// Maximum database pool size.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
@@ -196,6 +209,8 @@ impl Config {
             || self.frame_rate_burst == 0
             || self.auth_rate_per_min == 0
             || self.account_rate_per_min == 0
+            || self.rooms_per_hour == 0
+            || self.ws_max_rooms_per_socket == 0
         {
             bail!("rate limits must be positive");
         }
@@ -216,6 +231,9 @@ impl Config {
         config.message_rate_burst = 100_000;
         config.frame_rate_per_sec = 100_000;
         config.frame_rate_burst = 100_000;
+        config.rooms_per_hour = 100_000;
+        config.ws_max_sockets_per_user = 0;
+        config.ws_max_sockets_per_address = 0;
         config.shutdown_grace_secs = 5;
         config.db_max_connections = 5;
         config

@@ -50,6 +50,9 @@ pub(crate) enum ApiError {
     },
     #[error("too many requests, retry in {0} s")]
     RateLimited(u64),
+    /// 429: a limit on things held open (sockets) is reached; retry once one closes.
+    #[error("{0}")]
+    TooMany(&'static str),
     /// 503: a dependency (database, Redis) is down. The cause is logged, not shown.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -97,7 +100,7 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Validation { .. } => "validation_failed",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(_) | Self::TooMany(_) => "rate_limited",
             Self::Unavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -113,7 +116,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -158,9 +161,16 @@ impl IntoResponse for ApiError {
             },
         };
         let mut res = (status, axum::Json(body)).into_response();
-        if let Self::RateLimited(secs) = self {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        match self {
+            Self::RateLimited(secs) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Self::TooMany(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
         }
         res
     }

@@ -163,9 +163,12 @@ pub async fn run(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     let server = server.into_future();
     tokio::pin!(server);
     tokio::select! {
+        // Biased: once the shutdown has begun the server future completes too (as soon as no
+        // HTTP request is in flight), and it must not win the race and skip the drain below.
+        biased;
+        () = stop.cancelled() => {}
         // The listener failed before any shutdown.
         served = &mut server => return served.map_err(Into::into),
-        () = stop.cancelled() => {}
     }
     // In-flight HTTP requests (and their commits) finish, then every tracked task: commit
     // drains and their publishes, socket sessions flushing their close frames, room tasks.

@@ -1,24 +1,420 @@
-//! The rate limits, each written once and called by every path it covers: messages per user,
-//! other socket frames per user, and credential checks per client address and per account
-//! (each one an argon2 verification: tens of milliseconds of CPU and 19 MiB).
+//! Every abuse limit of SPEC §10, each written once and called by every path it covers:
 //!
-//! Per replica (governor's keyed GCRA); the caller turns a refusal into a 429 or an error
-//! frame.
+//! * rates ([`RateLimit`]): messages per user, other socket frames per user, credential checks
+//!   per client address and per account, rooms created per user per hour;
+//! * concurrency ([`SocketQuota`]): open sockets per user and per client address; rooms per
+//!   multiplexed socket is a plain count in the socket's session.
+//!
+//! Each limit holds per replica (governor's keyed GCRA, in memory) and, in cluster mode, across
+//! the cluster through Redis: a GCRA script per rate, a sorted set of live sockets per
+//! concurrency key. The per-replica check comes first: it is free, and a replica alone can
+//! never let more through than the whole cluster may. When Redis is down (or slow) the
+//! per-replica limits still hold, and the cluster-wide part is skipped rather than refusing
+//! everyone: a limit is not worth an outage.
+//!
+//! Client addresses are keyed by IPv4 address, or by IPv6 /64 (one host usually holds a whole
+//! /64, so a per-address key would cost an attacker nothing).
+//!
+//! The caller turns a refusal into a 429 or an error frame.
 
-use std::{hash::Hash, net::IpAddr};
+use std::{
+    collections::HashMap,
+    fmt::Display,
+    hash::Hash,
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
 
-use governor::{DefaultKeyedRateLimiter, clock::Clock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use parking_lot::Mutex;
+use redis::Script;
 
 use super::Chat;
-use crate::error::ApiError;
+use crate::{bus::BusState, config::Config, error::ApiError};
 
-fn check<K: Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-) -> Result<(), ApiError> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-        ApiError::RateLimited(wait.as_secs().max(1))
+/// How long a cluster-wide check may take before it is skipped (Redis slow or down).
+const REDIS_BUDGET: Duration = Duration::from_millis(250);
+
+/// The client's address: the peer, or, behind a trusted proxy (`TRUST_PROXY_HEADERS`), the
+/// **last** `X-Forwarded-For` entry — the address the proxy itself appended (nginx's
+/// `$proxy_add_x_forwarded_for`). Entries before it come from the client and could be anything.
+pub(crate) fn client_ip(
+    config: &Config,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> IpAddr {
+    if config.trust_proxy_headers
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.map_or(IpAddr::from([127, 0, 0, 1]), |p| p.ip())
+}
+
+/// The key of a client address: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64.
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Redis connections and liveness, for the cluster-wide half of each limit.
+#[derive(Clone)]
+pub(crate) struct Cluster {
+    pub(crate) pool: deadpool_redis::Pool,
+    /// This replica's id (its sockets' entries carry it).
+    pub(crate) replica: u64,
+}
+
+/// A keyed rate (GCRA): `burst` at once, then one per `interval`.
+pub(crate) struct RateLimit<K: Hash + Eq + Clone> {
+    /// Names the Redis keys: `chat:rl:{name}:{key}`.
+    name: &'static str,
+    local: DefaultKeyedRateLimiter<K>,
+    interval_us: u64,
+    burst: u64,
+    cluster: Option<Cluster>,
+}
+
+/// GCRA in one atomic step: KEYS[1] holds the theoretical arrival time (µs, Redis clock).
+/// ARGV: interval µs, burst. Returns 0 (admitted) or the µs to wait.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tau = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > tau then return tat - tau - now end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return 0
+";
+
+fn gcra_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(GCRA))
+}
+
+impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
+    pub(crate) fn new(name: &'static str, quota: Quota, cluster: Option<Cluster>) -> Self {
+        let interval_us = u64::try_from(quota.replenish_interval().as_micros()).unwrap_or(u64::MAX);
+        Self {
+            name,
+            local: RateLimiter::keyed(quota),
+            interval_us: interval_us.max(1),
+            burst: u64::from(quota.burst_size().get()),
+            cluster,
+        }
+    }
+
+    /// `per` per `period` with a burst of `burst`.
+    pub(crate) fn quota(per: u32, period: Duration, burst: u32) -> Quota {
+        let per = NonZeroU32::new(per).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(period / per.get())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst)
+    }
+
+    /// Take one cell for `key`.
+    ///
+    /// # Errors
+    /// 429 with the seconds to wait.
+    pub(crate) async fn check(&self, key: &K, bus: BusState) -> Result<(), ApiError> {
+        self.local.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            ApiError::RateLimited(wait.as_secs().max(1))
+        })?;
+        let Some(cluster) = self.cluster.as_ref().filter(|_| bus == BusState::Live) else {
+            return Ok(());
+        };
+        let key = format!("chat:rl:{}:{key}", self.name);
+        let call = async {
+            let mut conn = cluster.pool.get().await?;
+            let wait_us: u64 = gcra_script()
+                .key(&key)
+                .arg(self.interval_us)
+                .arg(self.burst)
+                .invoke_async(&mut *conn)
+                .await?;
+            anyhow::Ok(wait_us)
+        };
+        match tokio::time::timeout(REDIS_BUDGET, call).await {
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(wait_us)) => Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1))),
+            Ok(Err(e)) => {
+                metrics::counter!("chat_rate_limit_redis_errors_total").increment(1);
+                tracing::debug!(error = %e, limit = self.name, "cluster-wide rate limit skipped");
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!("chat_rate_limit_redis_errors_total").increment(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forget keys that are back to a full bucket (memory).
+    pub(crate) fn retain_recent(&self) {
+        self.local.retain_recent();
+    }
+}
+
+/// Whose sockets a [`SocketQuota`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SocketKey {
+    User(i64),
+    Address(IpAddr),
+}
+
+impl SocketKey {
+    fn redis_key(self) -> String {
+        match self {
+            Self::User(id) => format!("chat:sockets:{{user:{id}}}"),
+            Self::Address(ip) => format!("chat:sockets:{{addr:{ip}}}"),
+        }
+    }
+}
+
+/// How long a socket's cluster-wide entry lives without a heartbeat (a crashed replica's
+/// sockets stop counting after this).
+const SOCKET_TTL_MS: u64 = 30_000;
+
+/// Admit a socket if fewer than the limit are live: KEYS[1] is a sorted set of
+/// `replica:socket` scored by expiry (ms, Redis clock). ARGV: member, limit, ttl ms.
+/// Returns 1 (admitted) or 0.
+const SOCKET_ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+";
+
+/// Refresh live entries: KEYS are sorted sets, ARGV[1] the ttl ms, then one member per key.
+const SOCKET_REFRESH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return 0
+";
+
+fn acquire_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(SOCKET_ACQUIRE))
+}
+
+/// Open sockets per user and per client address: counted on this replica, and in cluster
+/// mode in Redis, where each socket is an entry that its replica refreshes (so a crashed
+/// replica's sockets stop counting within [`SOCKET_TTL_MS`], and a restarted Redis is
+/// refilled by the next heartbeat).
+pub(crate) struct SocketQuota {
+    per_user: u32,
+    per_address: u32,
+    local: Mutex<HashMap<SocketKey, u32>>,
+    /// This replica's live sockets: id → its keys (for the heartbeat).
+    live: Mutex<HashMap<u64, [SocketKey; 2]>>,
+    next_id: std::sync::atomic::AtomicU64,
+    cluster: Option<Cluster>,
+}
+
+/// An admitted socket; dropping it releases the socket's place.
+pub(crate) struct SocketPermit {
+    quota: Arc<SocketQuota>,
+    id: u64,
+    keys: [SocketKey; 2],
+}
+
+impl SocketQuota {
+    /// `0` means unlimited.
+    pub(crate) fn new(per_user: u32, per_address: u32, cluster: Option<Cluster>) -> Self {
+        Self {
+            per_user,
+            per_address,
+            local: Mutex::default(),
+            live: Mutex::default(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            cluster,
+        }
+    }
+
+    fn limit(&self, key: SocketKey) -> u32 {
+        match key {
+            SocketKey::User(_) => self.per_user,
+            SocketKey::Address(_) => self.per_address,
+        }
+    }
+
+    /// Admit a socket of `user` from `ip`.
+    ///
+    /// # Errors
+    /// 429 when the user or the address already has as many sockets as allowed.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        user: i64,
+        ip: IpAddr,
+        bus: BusState,
+    ) -> Result<SocketPermit, ApiError> {
+        let keys = [SocketKey::User(user), SocketKey::Address(address_key(ip))];
+        {
+            let mut local = self.local.lock();
+            for key in keys {
+                let limit = self.limit(key);
+                if limit != 0 && local.get(&key).copied().unwrap_or(0) >= limit {
+                    return Err(refused(key));
+                }
+            }
+            for key in keys {
+                *local.entry(key).or_default() += 1;
+            }
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // From here on, dropping the permit undoes everything.
+        let permit = SocketPermit {
+            quota: self.clone(),
+            id,
+            keys,
+        };
+        self.live.lock().insert(id, keys);
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| bus == BusState::Live) {
+            for key in keys {
+                let limit = self.limit(key);
+                if limit == 0 {
+                    continue;
+                }
+                let call = async {
+                    let mut conn = cluster.pool.get().await?;
+                    let ok: i64 = acquire_script()
+                        .key(key.redis_key())
+                        .arg(format!("{}:{id}", cluster.replica))
+                        .arg(limit)
+                        .arg(SOCKET_TTL_MS)
+                        .invoke_async(&mut *conn)
+                        .await?;
+                    anyhow::Ok(ok == 1)
+                };
+                match tokio::time::timeout(REDIS_BUDGET, call).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return Err(refused(key)),
+                    Ok(Err(_)) | Err(_) => {
+                        metrics::counter!("chat_rate_limit_redis_errors_total").increment(1);
+                    }
+                }
+            }
+        }
+        Ok(permit)
+    }
+
+    /// Refresh this replica's entries in Redis (every few seconds): keeps them alive and
+    /// puts them back after a Redis restart.
+    pub(crate) async fn heartbeat(&self) -> anyhow::Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let entries: Vec<(String, String)> = self
+            .live
+            .lock()
+            .iter()
+            .flat_map(|(id, keys)| {
+                keys.iter()
+                    .filter(|k| self.limit(**k) != 0)
+                    .map(move |k| (k.redis_key(), format!("{}:{id}", cluster.replica)))
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = cluster.pool.get().await?;
+        let mut pipe = redis::pipe();
+        // One call per key keeps every script within one hash slot.
+        for (key, member) in &entries {
+            pipe.cmd("EVAL")
+                .arg(SOCKET_REFRESH)
+                .arg(1)
+                .arg(key)
+                .arg(SOCKET_TTL_MS)
+                .arg(member)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut *conn).await?;
+        Ok(())
+    }
+
+    fn release(&self, id: u64, keys: [SocketKey; 2]) {
+        {
+            let mut local = self.local.lock();
+            for key in keys {
+                if let Some(n) = local.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        local.remove(&key);
+                    }
+                }
+            }
+        }
+        self.live.lock().remove(&id);
+        if let Some(cluster) = self.cluster.clone() {
+            let member = format!("{}:{id}", cluster.replica);
+            let keys: Vec<String> = keys
+                .iter()
+                .filter(|k| self.limit(**k) != 0)
+                .map(|k| k.redis_key())
+                .collect();
+            if keys.is_empty() {
+                return;
+            }
+            // Best effort: an entry left behind expires with its TTL.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let Ok(mut conn) = cluster.pool.get().await else {
+                        return;
+                    };
+                    let mut pipe = redis::pipe();
+                    for key in keys {
+                        pipe.cmd("ZREM").arg(key).arg(&member).ignore();
+                    }
+                    let _ = pipe.query_async::<()>(&mut *conn).await;
+                });
+            }
+        }
+    }
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        self.quota.release(self.id, self.keys);
+    }
+}
+
+fn refused(key: SocketKey) -> ApiError {
+    ApiError::TooMany(match key {
+        SocketKey::User(_) => "too many open sockets for this user",
+        SocketKey::Address(_) => "too many open sockets from this address",
     })
 }
 
@@ -27,8 +423,8 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) fn admit(&self, user_id: i64) -> Result<(), ApiError> {
-        check(&self.msg_limiter, &user_id)
+    pub(crate) async fn admit(&self, user_id: i64) -> Result<(), ApiError> {
+        self.msg_limiter.check(&user_id, self.bus.state()).await
     }
 
     /// The per-user limit on the other client frames that fan out or cost a query (typing,
@@ -36,8 +432,8 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) fn admit_frame(&self, user_id: i64) -> Result<(), ApiError> {
-        check(&self.frame_limiter, &user_id)
+    pub(crate) async fn admit_frame(&self, user_id: i64) -> Result<(), ApiError> {
+        self.frame_limiter.check(&user_id, self.bus.state()).await
     }
 
     /// The limits on credential checks and account probes (register, login, refresh,
@@ -46,15 +442,104 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) fn admit_credentials(
+    pub(crate) async fn admit_credentials(
         &self,
         ip: IpAddr,
         account: Option<i64>,
     ) -> Result<(), ApiError> {
-        check(&self.auth_limiter, &ip)?;
+        let bus = self.bus.state();
+        self.auth_limiter.check(&address_key(ip), bus).await?;
         match account {
-            Some(id) => check(&self.account_limiter, &id),
+            Some(id) => self.account_limiter.check(&id, bus).await,
             None => Ok(()),
+        }
+    }
+
+    /// Rooms created per user per hour (`POST /rooms`, and `PUT /rooms/{name}` when it
+    /// creates).
+    ///
+    /// # Errors
+    /// 429 with the seconds to wait.
+    pub(crate) async fn admit_room_creation(&self, user_id: i64) -> Result<(), ApiError> {
+        self.room_limiter.check(&user_id, self.bus.state()).await
+    }
+
+    /// A place for one more socket of `user` from `ip`; held until the permit is dropped.
+    ///
+    /// # Errors
+    /// 429 when the user or the address has too many open sockets.
+    pub(crate) async fn admit_socket(
+        &self,
+        user: i64,
+        ip: IpAddr,
+    ) -> Result<SocketPermit, ApiError> {
+        self.sockets.acquire(user, ip, self.bus.state()).await
+    }
+
+    /// Forget idle rate-limit keys (memory); refresh this replica's socket entries in Redis.
+    pub(crate) async fn limits_housekeeping(&self, prune: bool) {
+        if prune {
+            self.msg_limiter.retain_recent();
+            self.frame_limiter.retain_recent();
+            self.auth_limiter.retain_recent();
+            self.account_limiter.retain_recent();
+            self.room_limiter.retain_recent();
+        }
+        if let Err(e) = self.sockets.heartbeat().await {
+            tracing::debug!(error = %e, "socket quota heartbeat failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+    }
+
+    #[tokio::test]
+    async fn sockets_are_counted_per_user_and_per_address_and_released_on_drop() {
+        let quota = Arc::new(SocketQuota::new(2, 3, None));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a1 = quota.acquire(1, ip, BusState::Local).await.unwrap();
+        let _a2 = quota.acquire(1, ip, BusState::Local).await.unwrap();
+        assert!(
+            quota.acquire(1, ip, BusState::Local).await.is_err(),
+            "user limit"
+        );
+        let _b1 = quota.acquire(2, ip, BusState::Local).await.unwrap();
+        assert!(
+            quota.acquire(3, ip, BusState::Local).await.is_err(),
+            "address limit"
+        );
+        drop(a1);
+        let _a3 = quota.acquire(1, ip, BusState::Local).await.unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(
+            quota.acquire(1, other, BusState::Local).await.is_err(),
+            "still 2 for user 1"
+        );
+        let _c = quota.acquire(3, other, BusState::Local).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn zero_means_unlimited() {
+        let quota = Arc::new(SocketQuota::new(0, 0, None));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(quota.acquire(1, ip, BusState::Local).await.unwrap());
         }
     }
 }

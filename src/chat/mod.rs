@@ -3,6 +3,7 @@
 //! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
 //! * [`access`]: who may see, enter, write to and manage a room.
 //! * [`send`]: the send pipeline (rate limit, group commit, publish).
+//! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
 //! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
 //! * [`presence`]: who is online where, cluster-wide.
 //! * [`admin`]: the first admin.
@@ -21,10 +22,9 @@ pub(crate) mod presence;
 pub(crate) mod revoke;
 pub(crate) mod send;
 
-use std::{net::IpAddr, num::NonZeroU32, ops::Deref, sync::Arc, time::Duration};
+use std::{net::IpAddr, ops::Deref, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::RngCore;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
@@ -32,6 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::{
     jwt::JwtKeys,
+    limits::{Cluster, RateLimit, SocketQuota},
     password::PasswordHasher,
     presence::{LocalPresence, Presence, RedisPresence},
     revoke::{DbDenyList, DenyList, RedisDenyList},
@@ -55,13 +56,17 @@ pub(crate) struct Services {
     pub(crate) hub: Arc<Hub>,
     pub(crate) sender: Sender,
     /// Messages per user (burst and sustained).
-    pub(crate) msg_limiter: DefaultKeyedRateLimiter<i64>,
+    pub(crate) msg_limiter: RateLimit<i64>,
     /// Other client frames that fan out or cost a query, per user.
-    pub(crate) frame_limiter: DefaultKeyedRateLimiter<i64>,
-    /// Credential checks per client address.
-    pub(crate) auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    pub(crate) frame_limiter: RateLimit<i64>,
+    /// Credential checks per client address (IPv6: per /64).
+    pub(crate) auth_limiter: RateLimit<IpAddr>,
     /// Credential checks and account probes per account.
-    pub(crate) account_limiter: DefaultKeyedRateLimiter<i64>,
+    pub(crate) account_limiter: RateLimit<i64>,
+    /// Rooms created per user.
+    pub(crate) room_limiter: RateLimit<i64>,
+    /// Open sockets per user and per client address.
+    pub(crate) sockets: Arc<SocketQuota>,
     /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
     /// for them.
     pub(crate) tasks: TaskTracker,
@@ -85,6 +90,8 @@ struct ModeParts {
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     deny: Arc<dyn DenyList>,
+    /// Redis, for the cluster-wide half of the limits.
+    cluster: Option<Cluster>,
 }
 
 impl Chat {
@@ -106,12 +113,14 @@ impl Chat {
             bus,
             presence,
             deny,
+            cluster,
         } = match &config.redis_url {
             Some(url) => cluster_parts(url.expose_secret(), replica_id, &tasks, &stop)?,
             None => ModeParts {
                 bus: Arc::new(LocalBus::default()),
                 presence: Arc::new(LocalPresence::default()),
                 deny: DbDenyList::load(db.clone()).await?,
+                cluster: None,
             },
         };
         let hub = Hub::new(
@@ -120,13 +129,49 @@ impl Chat {
             config.ws_queue_capacity,
             tasks.clone(),
         );
-        let per_sec = NonZeroU32::new(config.message_rate_per_sec).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.message_rate_burst).unwrap_or(NonZeroU32::MIN);
-        let frames = Quota::per_second(
-            NonZeroU32::new(config.frame_rate_per_sec).unwrap_or(NonZeroU32::MIN),
-        )
-        .allow_burst(NonZeroU32::new(config.frame_rate_burst).unwrap_or(NonZeroU32::MIN));
-        let auth_per_min = NonZeroU32::new(config.auth_rate_per_min).unwrap_or(NonZeroU32::MIN);
+        let second = Duration::from_secs(1);
+        let minute = Duration::from_secs(60);
+        let limit = |name, per, period, burst| {
+            RateLimit::new(
+                name,
+                RateLimit::<i64>::quota(per, period, burst),
+                cluster.clone(),
+            )
+        };
+        let msg_limiter = limit(
+            "msg",
+            config.message_rate_per_sec,
+            second,
+            config.message_rate_burst,
+        );
+        let frame_limiter = limit(
+            "frame",
+            config.frame_rate_per_sec,
+            second,
+            config.frame_rate_burst,
+        );
+        let account_limiter = limit(
+            "account",
+            config.account_rate_per_min,
+            minute,
+            config.account_rate_per_min,
+        );
+        let room_limiter = limit(
+            "rooms",
+            config.rooms_per_hour,
+            Duration::from_secs(3600),
+            config.rooms_per_hour,
+        );
+        let auth_limiter = RateLimit::new(
+            "auth",
+            RateLimit::<IpAddr>::quota(config.auth_rate_per_min, minute, config.auth_rate_per_min),
+            cluster.clone(),
+        );
+        let sockets = Arc::new(SocketQuota::new(
+            config.ws_max_sockets_per_user,
+            config.ws_max_sockets_per_address,
+            cluster,
+        ));
         let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
         });
@@ -138,12 +183,12 @@ impl Chat {
             bus,
             presence,
             hub,
-            msg_limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
-            frame_limiter: RateLimiter::keyed(frames),
-            auth_limiter: RateLimiter::keyed(Quota::per_minute(auth_per_min)),
-            account_limiter: RateLimiter::keyed(Quota::per_minute(
-                NonZeroU32::new(config.account_rate_per_min).unwrap_or(NonZeroU32::MIN),
-            )),
+            msg_limiter,
+            frame_limiter,
+            auth_limiter,
+            account_limiter,
+            room_limiter,
+            sockets,
             tasks,
             stop,
             db,
@@ -170,14 +215,9 @@ impl Chat {
                 _ = tick.tick() => {}
             }
             n += 1;
-            if n.is_multiple_of(12) {
-                self.msg_limiter.retain_recent();
-                self.frame_limiter.retain_recent();
-                self.auth_limiter.retain_recent();
-                self.account_limiter.retain_recent();
-            }
             if n.is_multiple_of(2) {
                 self.presence_heartbeat().await;
+                self.limits_housekeeping(n.is_multiple_of(12)).await;
             }
             self.presence_sweep().await;
         }
@@ -223,6 +263,10 @@ fn cluster_parts(
     Ok(ModeParts {
         bus: Arc::new(RedisBus::start(url, pool.clone(), replica_id, tasks, stop)?),
         presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
-        deny: Arc::new(RedisDenyList::new(pool)),
+        deny: Arc::new(RedisDenyList::new(pool.clone())),
+        cluster: Some(Cluster {
+            pool,
+            replica: replica_id,
+        }),
     })
 }

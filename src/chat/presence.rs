@@ -37,6 +37,8 @@ pub(crate) trait Presence: Send + Sync {
     async fn leave(&self, room: i64, user: i64) -> anyhow::Result<bool>;
     /// Users online in `room`.
     async fn online(&self, room: i64) -> anyhow::Result<Vec<i64>>;
+    /// How many users are online in each of `rooms` (one round trip).
+    async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>>;
     /// Expired entries (crashed replicas): `(room, user)` pairs that just went offline.
     async fn sweep(&self) -> anyhow::Result<Vec<(i64, i64)>>;
     /// Refresh this replica's entries (every 10 s).
@@ -95,6 +97,17 @@ impl Chat {
         }
     }
 
+    /// Online counts of `rooms`, cluster-wide (missing if presence is unreachable).
+    pub(crate) async fn online_counts(&self, rooms: &[i64]) -> HashMap<i64, i64> {
+        match self.presence.online_counts(rooms).await {
+            Ok(counts) => rooms.iter().copied().zip(counts).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unavailable");
+                HashMap::new()
+            }
+        }
+    }
+
     /// Ids of the users online in `room_id` (empty if presence is unreachable).
     pub(crate) async fn online_ids(&self, room_id: i64) -> Vec<i64> {
         self.presence.online(room_id).await.unwrap_or_default()
@@ -148,6 +161,17 @@ impl Presence for LocalPresence {
             rooms.remove(&room);
         }
         Ok(removed)
+    }
+
+    async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>> {
+        let map = self.rooms.lock();
+        Ok(rooms
+            .iter()
+            .map(|r| {
+                map.get(r)
+                    .map_or(0, |s| i64::try_from(s.len()).unwrap_or(0))
+            })
+            .collect())
     }
 
     async fn online(&self, room: i64) -> anyhow::Result<Vec<i64>> {
@@ -327,6 +351,19 @@ impl Presence for RedisPresence {
             .query_async(&mut *conn)
             .await?;
         Ok(users)
+    }
+
+    async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.cmd("ZCOUNT")
+                .arg(online_key(*room))
+                .arg(now)
+                .arg("+inf");
+        }
+        Ok(pipe.query_async(&mut *conn).await?)
     }
 
     async fn sweep(&self) -> anyhow::Result<Vec<(i64, i64)>> {

@@ -107,11 +107,16 @@ impl Hub {
         }
     }
 
-    /// Close every socket of this replica (shutdown).
+    /// Close every socket of this replica (shutdown). With [`CloseReason::Restart`] each
+    /// socket first sends the acks it owes ([`SocketCtl::restart`]).
     pub(crate) fn close_all(&self, reason: CloseReason) {
         for list in self.users.lock().values() {
             for ctl in list {
-                ctl.close(reason);
+                if reason == CloseReason::Restart {
+                    ctl.restart();
+                } else {
+                    ctl.close(reason);
+                }
             }
         }
     }
@@ -161,11 +166,13 @@ impl Hub {
     }
 
     /// End the replay phase: queue the frames that arrived meanwhile and go live.
-    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl) {
+    ///
+    /// # Errors
+    /// While replaying, so much arrived that the buffer overflowed: replay up to the returned
+    /// `seq` from the database, then call again.
+    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl) -> Result<(), i64> {
         let channel = self.rooms.lock().get(&room_id).cloned();
-        if let Some(channel) = channel {
-            channel.resume(ctl.id);
-        }
+        channel.map_or(Ok(()), |channel| channel.resume(ctl.id))
     }
 
     /// Unsubscribe `ctl` from `room_id` (the subscriber may already be gone).

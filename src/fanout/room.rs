@@ -75,6 +75,9 @@ struct Subscriber {
     ctl: Arc<SocketCtl>,
     /// While the socket replays history, live frames wait here (bounded like the queue).
     paused: Option<Vec<Frame>>,
+    /// The paused buffer overflowed (a long replay in a busy room): what it held was dropped,
+    /// and the socket replays further from the database before it goes live.
+    overflowed: bool,
 }
 
 impl Subscriber {
@@ -84,11 +87,15 @@ impl Subscriber {
             return false;
         }
         if let Some(buf) = &mut self.paused {
+            // A replaying socket is not a slow consumer: once the buffer is full, the
+            // messages it would hold are read from the database instead (see `resume`).
             if buf.len() >= capacity {
-                self.ctl.close(CloseReason::SlowConsumer);
-                return false;
+                buf.clear();
+                self.overflowed = true;
             }
-            buf.push(frame.clone());
+            if !self.overflowed {
+                buf.push(frame.clone());
+            }
             return true;
         }
         if self.ctl.outbox.try_push(frame.clone()).is_ok() {
@@ -149,22 +156,37 @@ impl RoomChannel {
         state.subs.push(Subscriber {
             ctl,
             paused: Some(Vec::new()),
+            overflowed: false,
         });
         state.last
     }
 
     /// End a socket's replay phase: queue the frames that arrived meanwhile and go live.
-    pub(super) fn resume(&self, socket: u64) {
+    ///
+    /// # Errors
+    /// If the paused buffer overflowed meanwhile: the `seq` to replay up to from the database
+    /// before calling again (the socket stays paused, with an empty buffer).
+    pub(super) fn resume(&self, socket: u64) -> Result<(), i64> {
         let mut state = self.state.lock();
-        if let Some(sub) = state.subs.iter_mut().find(|s| s.ctl.id == socket)
-            && let Some(buf) = sub.paused.take()
-        {
+        let last = state.last;
+        let Some(sub) = state.subs.iter_mut().find(|s| s.ctl.id == socket) else {
+            return Ok(());
+        };
+        if sub.overflowed {
+            sub.overflowed = false;
+            if let Some(buf) = &mut sub.paused {
+                buf.clear();
+            }
+            return Err(last);
+        }
+        if let Some(buf) = sub.paused.take() {
             for frame in buf {
                 if !sub.offer(&frame, self.capacity) {
                     break;
                 }
             }
         }
+        Ok(())
     }
 
     pub(super) fn remove(&self, socket: u64) {

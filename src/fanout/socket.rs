@@ -4,7 +4,7 @@
 //! (`ws`) turns the reason into a close code and sends the close frame.
 
 use std::{
-    sync::atomic::{AtomicU8, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     task::Poll,
 };
 
@@ -81,6 +81,8 @@ pub(crate) struct SocketCtl {
     pub(crate) outbox: Outbox,
     /// 0 while open, else a [`CloseReason`].
     close: AtomicU8,
+    /// Shutdown asked the reader to stop, send the answers it owes, then close (1012).
+    restarting: AtomicBool,
     /// The session's reader and writer tasks, woken by [`SocketCtl::close`]. Two atomic
     /// wakers instead of a cancellation token: waiting for the close is polled on every frame,
     /// and an atomic waker costs no lock per poll.
@@ -103,6 +105,7 @@ impl SocketCtl {
             mux,
             outbox: Outbox::new(capacity),
             close: AtomicU8::new(0),
+            restarting: AtomicBool::new(false),
             wakers: [AtomicWaker::new(), AtomicWaker::new()],
             sid: Mutex::new(sid),
             dropped: Mutex::default(),
@@ -128,6 +131,19 @@ impl SocketCtl {
         }
     }
 
+    /// Shutdown: the reader stops reading, queues the answers (acks) already earned by what
+    /// it read, then closes the socket with [`CloseReason::Restart`]. A socket whose session
+    /// never reaches its read loop is closed by the session itself.
+    pub(crate) fn restart(&self) {
+        self.restarting.store(true, Ordering::Release);
+        self.wakers[Side::Reader as usize].wake();
+    }
+
+    fn done(&self, side: Side) -> bool {
+        self.close.load(Ordering::Acquire) != 0
+            || (matches!(side, Side::Reader) && self.restarting.load(Ordering::Acquire))
+    }
+
     /// Queue a frame of the session's own (an answer, a replayed message), waiting while the
     /// queue is full.
     ///
@@ -149,15 +165,16 @@ impl SocketCtl {
         .await
     }
 
-    /// Resolves once the socket is asked to close; each task waits with its own waker.
+    /// Resolves once the socket is asked to close (for the reader: or to restart, see
+    /// [`SocketCtl::restart`]); each task waits with its own waker.
     pub(crate) fn closed(&self, side: Side) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            if self.is_closing() {
+            if self.done(side) {
                 return Poll::Ready(());
             }
             self.wakers[side as usize].register(cx.waker());
             // Re-check: a close between the first check and the registration woke nobody.
-            if self.close.load(Ordering::Acquire) != 0 {
+            if self.done(side) {
                 Poll::Ready(())
             } else {
                 Poll::Pending

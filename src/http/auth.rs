@@ -180,7 +180,7 @@ pub(crate) async fn register(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    chat.admit_credentials(ip, None)?;
+    chat.admit_credentials(ip, None).await?;
     let mut extra = FieldErrors::new();
     if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
         && p != c
@@ -226,7 +226,7 @@ pub(crate) async fn login(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    chat.admit_credentials(ip, None)?;
+    chat.admit_credentials(ip, None).await?;
     let login = body
         .login
         .or(body.username)
@@ -260,7 +260,7 @@ pub(crate) async fn login(
     }
     let found = store::users::find_for_login(&chat.db, &login).await?;
     if let Some((user, _)) = &found {
-        chat.admit_credentials(ip, Some(user.id))?;
+        chat.admit_credentials(ip, Some(user.id)).await?;
     }
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), Some(h)),
@@ -288,7 +288,7 @@ pub(crate) async fn refresh(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<Tokens>, ApiError> {
-    chat.admit_credentials(ip, None)?;
+    chat.admit_credentials(ip, None).await?;
     let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
         return Err(ApiError::invalid_field("refresh", "is required"));
     };

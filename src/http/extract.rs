@@ -200,7 +200,15 @@ where
     }
 }
 
-/// The client's address (see [`super::client_ip`]), for the per-address limits.
+/// The peer's socket address, when the server was started with connect info.
+pub(crate) fn peer_addr(parts: &Parts) -> Option<std::net::SocketAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// The client's address (see [`crate::chat::limits::client_ip`]), for the per-address limits.
 pub(crate) struct ClientAddr(pub(crate) std::net::IpAddr);
 
 impl<S> FromRequestParts<S> for ClientAddr
@@ -212,9 +220,10 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let chat = Chat::from_ref(state);
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-        Ok(Self(super::client_ip(&chat.config, &parts.headers, peer)))
+        Ok(Self(crate::chat::limits::client_ip(
+            &chat.config,
+            &parts.headers,
+            peer_addr(parts),
+        )))
     }
 }

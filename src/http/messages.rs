@@ -130,7 +130,7 @@ pub(crate) async fn create_message(
         body.content.as_deref(),
         body.client_id.as_deref(),
     ))?;
-    chat.admit(me.id)?;
+    chat.admit(me.id).await?;
     let draft = Draft {
         author: UserRef {
             id: me.id,

@@ -13,17 +13,15 @@ pub(crate) mod messages;
 pub(crate) mod rooms;
 pub(crate) mod users;
 
-use std::net::SocketAddr;
-
 use axum::{
     Router,
-    extract::{ConnectInfo, Request},
+    extract::Request,
     http::{StatusCode, header},
     middleware::Next,
     response::{Html, IntoResponse, Response},
 };
 
-use crate::{chat::Chat, config::Config, error::ApiError};
+use crate::{chat::Chat, error::ApiError};
 
 /// Request bodies above this are refused with 413.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
@@ -94,24 +92,4 @@ pub(crate) fn plain_query(name: &str, value: Option<&str>) -> Result<(), ApiErro
         ))),
         _ => Ok(()),
     }
-}
-
-/// The client's address: the peer, or, behind a trusted proxy, the **last** `X-Forwarded-For`
-/// entry — the address the proxy itself appended (nginx's `$proxy_add_x_forwarded_for`).
-/// Entries before it come from the client and could be anything.
-pub(crate) fn client_ip(
-    config: &Config,
-    req_headers: &axum::http::HeaderMap,
-    peer: Option<&ConnectInfo<SocketAddr>>,
-) -> std::net::IpAddr {
-    if config.trust_proxy_headers
-        && let Some(ip) = req_headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
-    }
-    peer.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip())
 }

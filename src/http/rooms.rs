@@ -70,6 +70,9 @@ pub(crate) struct UpdateRoomRequest {
     pub topic: Option<Option<String>>,
     #[schema(value_type = Option<Visibility>)]
     pub visibility: Option<String>,
+    /// Transfer the room to this member; the previous owner stays a member.
+    #[serde(default, deserialize_with = "super::extract::integer")]
+    pub owner_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -96,6 +99,16 @@ pub(crate) struct ListRoomsQuery {
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub(crate) struct MembersResponse {
     pub items: Vec<Member>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct MembersQuery {
+    /// Page size, 1–200 (default 100).
+    pub limit: Option<u64>,
+    /// `next_cursor` of the previous page; anything else is a 422.
+    pub cursor: Option<String>,
 }
 
 /// A room as its clients see it, with its online count.
@@ -125,6 +138,7 @@ async fn create(
             fields,
         });
     }
+    chat.admit_room_creation(me.id).await?;
     let visibility = body
         .visibility
         .as_deref()
@@ -138,6 +152,7 @@ async fn create(
         (status = 201, description = "Created; the caller is its owner and a member", body = Room),
         (status = 409, description = "The name is taken (`conflict`)", body = ErrorBody),
         (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "The caller created too many rooms in the last hour (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn create_room(
     State(chat): State<Chat>,
@@ -180,10 +195,9 @@ pub(crate) async fn list_rooms(
         q.cursor.as_deref(),
     )
     .await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        items.push(wire(&chat, row).await?);
-    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let online = chat.online_counts(&ids).await;
+    let items = store::rooms::to_wire_many(&chat.db, rows, &online).await?;
     Ok(Json(Page {
         items,
         next_cursor: next,
@@ -209,6 +223,7 @@ pub(crate) async fn get_room(
         (status = 201, description = "Created; the caller is its owner", body = Room),
         (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
         (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "The caller created too many rooms in the last hour (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn join_or_create_room(
     State(chat): State<Chat>,
@@ -272,11 +287,13 @@ pub(crate) async fn join_room(
     Ok(Json(wire(&chat, room).await?))
 }
 
-/// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003.
+/// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003. The
+/// owner cannot leave (409) until the room is transferred.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/leave", tag = "rooms", security(("bearer" = [])),
     responses(
         (status = 204, description = "Left; the caller's sockets in the room close with 4003"),
         (status = 404, description = "No such room, or the caller is not a member (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The caller owns the room: transfer it (`owner_id`) or delete it first (`conflict`)", body = ErrorBody),
     ))]
 pub(crate) async fn leave_room(
     State(chat): State<Chat>,
@@ -287,19 +304,28 @@ pub(crate) async fn leave_room(
     if role.is_none() {
         return Err(ApiError::NotFound("membership"));
     }
+    if room.owner_id == Some(me.id) {
+        return Err(ApiError::Conflict {
+            message: "the owner cannot leave the room: transfer it first (PATCH the room with \
+                      `owner_id`) or delete it"
+                .into(),
+            fields: FieldErrors::new(),
+        });
+    }
     store::rooms::remove_member(&chat.db, room.id, me.id).await?;
     chat.publish(route::removed(room.id, &room.name, me.id))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`; broadcasts `room_updated`.
+/// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`, `owner_id` (transfer to
+/// a member); broadcasts `room_updated`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body = UpdateRoomRequest,
     responses(
         (status = 200, description = "The updated room", body = Room),
         (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
-        (status = 422, description = "Invalid topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 422, description = "Invalid topic or visibility, or `owner_id` is not a member (`validation_failed`, with `fields`)", body = ErrorBody),
     ))]
 pub(crate) async fn update_room(
     State(chat): State<Chat>,
@@ -325,7 +351,24 @@ pub(crate) async fn update_room(
             fields,
         });
     }
-    let row = store::rooms::update(&chat.db, room, body.topic, body.visibility).await?;
+    let changes = store::rooms::RoomChanges {
+        topic: body.topic,
+        visibility: body.visibility,
+        owner_id: body.owner_id,
+    };
+    let row = match store::rooms::update(&chat.db, room, changes).await {
+        Err(store::StoreError::NotMember) => {
+            fields.insert(
+                "owner_id".into(),
+                vec!["must be a member of the room".into()],
+            );
+            return Err(ApiError::Validation {
+                message: "validation failed".into(),
+                fields,
+            });
+        }
+        other => other?,
+    };
     let room = wire(&chat, row).await?;
     chat.publish(route::to_room(room.id, &Event::RoomUpdated { room: &room }))
         .await;
@@ -355,21 +398,38 @@ pub(crate) async fn delete_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /api/v1/rooms/{name}/members`: `online` is cluster-wide.
-#[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, description = "The members", body = MembersResponse), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
+/// `GET /api/v1/rooms/{name}/members?limit=&cursor=`: one page, in user-id order; `online` is
+/// cluster-wide.
+#[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])), params(MembersQuery),
+    responses(
+        (status = 200, description = "One page of members", body = MembersResponse),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`cursor` is not one this server issued (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn list_members(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
+    Query(q): Query<MembersQuery>,
 ) -> Result<Json<MembersResponse>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 200);
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        // A string the document allows but this server did not issue: 422, as for users.
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+        })?),
+    };
     let (room, _) = chat.visible_room(&name, &me).await?;
+    let (mut items, next) = store::rooms::members(&chat.db, room.id, limit, after).await?;
     let online = chat.online_ids(room.id).await;
-    let mut items = store::rooms::members(&chat.db, room.id).await?;
     for m in &mut items {
         m.online = online.contains(&m.user.id);
     }
-    Ok(Json(MembersResponse { items }))
+    Ok(Json(MembersResponse {
+        items,
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
 /// `POST /api/v1/rooms/{name}/members` (owner, admin): invite `user_id`.
@@ -397,10 +457,8 @@ pub(crate) async fn invite_member(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     store::rooms::add_member(&chat.db, room.id, user_id).await?;
-    let member = store::rooms::members(&chat.db, room.id)
+    let member = store::rooms::member(&chat.db, room.id, user.id)
         .await?
-        .into_iter()
-        .find(|m| m.user.id == user.id)
         .ok_or(ApiError::NotFound("user"))?;
     Ok((StatusCode::CREATED, Json(member)))
 }

@@ -155,7 +155,7 @@ pub(crate) async fn update_me(
     validate_all(&body, extra)?;
     if body.email.is_some() {
         // An email change answers whether an address is taken: limited like a login.
-        chat.admit_credentials(ip, Some(me.id))?;
+        chat.admit_credentials(ip, Some(me.id)).await?;
     }
     let up = store::users::ProfileUpdate {
         email: body.email,
@@ -181,7 +181,7 @@ pub(crate) async fn change_password(
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     validate_all(&body, FieldErrors::new())?;
-    chat.admit_credentials(ip, Some(me.id))?;
+    chat.admit_credentials(ip, Some(me.id)).await?;
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
         return Err(ApiError::bad_request("missing fields"));
     };
@@ -214,7 +214,7 @@ pub(crate) async fn delete_me(
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
         return Err(ApiError::invalid_field("password", "is required"));
     };
-    chat.admit_credentials(ip, Some(me.id))?;
+    chat.admit_credentials(ip, Some(me.id)).await?;
     let hash = store::users::password_hash(&chat.db, me.id)
         .await?
         .ok_or_else(ApiError::invalid_token)?;

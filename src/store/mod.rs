@@ -17,6 +17,10 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, SqlErr, Statement, Value};
 
 use crate::error::{ApiError, FieldErrors};
 
+/// Most ids bound as parameters in one `IN (…)` list: longer lists go in several queries
+/// (PostgreSQL takes at most 65 535 parameters in a statement, older SQLite 999).
+pub(crate) const MAX_IDS_PER_QUERY: usize = 900;
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {

@@ -292,14 +292,19 @@ pub(crate) async fn refs(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = user::Entity::find()
-        .select_only()
-        .column(user::Column::Id)
-        .column(user::Column::Username)
-        .filter(user::Column::Id.is_in(ids.iter().copied()))
-        .into_tuple::<(i64, String)>()
-        .all(db)
-        .await?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        rows.extend(
+            user::Entity::find()
+                .select_only()
+                .column(user::Column::Id)
+                .column(user::Column::Username)
+                .filter(user::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple::<(i64, String)>()
+                .all(db)
+                .await?,
+        );
+    }
     Ok(rows
         .into_iter()
         .map(|(id, username)| UserRef { id, username })

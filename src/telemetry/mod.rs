@@ -146,18 +146,22 @@ pub fn span_from_traceparent(span: Span, traceparent: Option<&str>) -> Span {
     span
 }
 
-/// The URI's query with the value of `token` (and any `*password*`) replaced.
+/// The URI's query with the value of `token` (and any `*password*`) replaced. Names are
+/// compared after percent-decoding, as the query extractor decodes them: `%74oken` is `token`.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if k.eq_ignore_ascii_case("token")
-                    || k.to_ascii_lowercase().contains("password") =>
-            {
-                format!("{k}=[redacted]")
+        .map(|pair| {
+            let (raw_key, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = form_urlencoded::parse(raw_key.as_bytes())
+                .next()
+                .map(|(k, _)| k.to_ascii_lowercase())
+                .unwrap_or_default();
+            if key == "token" || key.contains("password") {
+                format!("{raw_key}=[redacted]")
+            } else {
+                pair.to_owned()
             }
-            _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -217,5 +221,15 @@ mod tests {
             "token=[redacted]&since_seq=3"
         );
         assert_eq!(super::redact_query("a=1&TOKEN=x"), "a=1&TOKEN=[redacted]");
+        // Percent-encoded names are what the query extractor decodes: redacted too.
+        assert_eq!(
+            super::redact_query("%74oken=abc&x=1"),
+            "%74oken=[redacted]&x=1"
+        );
+        assert_eq!(super::redact_query("to%6Ben"), "to%6Ben=[redacted]");
+        assert_eq!(
+            super::redact_query("new_pass%77ord=p"),
+            "new_pass%77ord=[redacted]"
+        );
     }
 }

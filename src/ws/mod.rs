@@ -11,12 +11,14 @@ mod upgrade;
 mod writer;
 
 use axum::{
-    Router,
-    extract::{Path, Query, State},
+    Extension, Router,
+    extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, header},
     response::Response,
     routing::get,
 };
+use std::net::SocketAddr;
+
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -28,6 +30,7 @@ use crate::{
         Chat,
         access::Refusal,
         auth::{CurrentUser, bearer},
+        limits::SocketPermit,
     },
     error::ApiError,
 };
@@ -94,6 +97,7 @@ async fn room_socket(
     Path(name): Path<String>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
@@ -109,17 +113,21 @@ async fn room_socket(
         ));
     }
     let since = query.since_seq;
-    // Joined only once nothing else can refuse the request.
     let ws = ws?;
+    let permit = chat
+        .admit_socket(user.id, client_ip(&chat, &headers, peer))
+        .await?;
+    // Joined only once nothing else can refuse the request.
     chat.complete_entry(&room, user.id, entry).await?;
     let tasks = chat.tasks.clone();
     Ok(ws.on_upgrade(&tasks, config(), move |socket| {
-        session::run(
+        let session = session::run(
             chat,
             socket.split(),
             user,
             session::Mode::Room { room, since },
-        )
+        );
+        holding(permit, session)
     }))
 }
 
@@ -128,13 +136,37 @@ async fn mux_socket(
     State(chat): State<Chat>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ws: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     check_origin(&chat, &headers)?;
     let user = authenticate(&chat, &query, &headers).await?;
+    let ws = ws?;
+    let permit = chat
+        .admit_socket(user.id, client_ip(&chat, &headers, peer))
+        .await?;
     let tasks = chat.tasks.clone();
-    Ok(ws?.on_upgrade(&tasks, config(), move |socket| {
-        session::run(chat, socket.split(), user, session::Mode::Mux)
+    Ok(ws.on_upgrade(&tasks, config(), move |socket| {
+        holding(
+            permit,
+            session::run(chat, socket.split(), user, session::Mode::Mux),
+        )
     }))
+}
+
+/// The client's address, for the per-address socket limit.
+fn client_ip(
+    chat: &Chat,
+    headers: &HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> std::net::IpAddr {
+    crate::chat::limits::client_ip(&chat.config, headers, peer.map(|Extension(c)| c.0))
+}
+
+/// Run `session` while holding the socket's place in the limits (released when it ends, or
+/// if the upgrade never completes).
+async fn holding(permit: SocketPermit, session: impl Future<Output = ()>) {
+    session.await;
+    drop(permit);
 }

@@ -78,6 +78,21 @@ struct Session {
     in_flight: Option<FuturesOrdered<Answer>>,
 }
 
+/// How long a closing socket waits for the peer's close frame.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Read and discard until the peer's close frame, the end of the stream or [`LINGER`].
+async fn linger<R: WsStream>(stream: &mut R) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// `Sync` as well: the session is borrowed across awaits.
 type Answer = std::pin::Pin<Box<dyn Future<Output = Utf8Bytes> + Send + Sync>>;
 
@@ -132,7 +147,12 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
             tracing::warn!(error = %e, "socket set-up failed");
             session.ctl.close(CloseReason::Restart);
         } else {
-            session.read_loop(stream).await;
+            let mut stream = stream;
+            session.read_loop(&mut stream).await;
+            // The close frame (and the answers before it) must reach the peer: dropping a
+            // connection with unread input makes the kernel reset it, and a reset can discard
+            // what was sent. So read on, discarding, until the peer's close (or a deadline).
+            linger(&mut stream).await;
         }
         Box::pin(session.leave_all()).await;
         session.chat.hub.unregister_socket(&session.ctl);
@@ -201,7 +221,7 @@ impl Session {
         Ok(())
     }
 
-    async fn read_loop<R: WsStream>(&mut self, mut stream: R) {
+    async fn read_loop<R: WsStream>(&mut self, stream: &mut R) {
         // Registered once, not on every frame.
         let ctl = self.ctl.clone();
         let cancelled = ctl.closed(Side::Reader);
@@ -217,7 +237,14 @@ impl Session {
             let reading = self.in_flight_len() < MAX_IN_FLIGHT;
             let event = tokio::select! {
                 biased;
-                () = &mut cancelled => return,
+                () = &mut cancelled => {
+                    if !self.ctl.is_closing() {
+                        // Shutdown: what was read is answered before the 1012 close.
+                        let _ = self.flush_answers().await;
+                        self.ctl.close(CloseReason::Restart);
+                    }
+                    return;
+                }
                 () = &mut expiry => {
                     self.ctl.close(CloseReason::TokenRevoked);
                     return;
@@ -335,7 +362,7 @@ impl Session {
 
     /// [`Self::admitted`] for a frame under the per-user frame limit.
     async fn frame_admitted(&mut self, room: Option<&str>) -> anyhow::Result<bool> {
-        let verdict = self.chat.admit_frame(self.user.id);
+        let verdict = self.chat.admit_frame(self.user.id).await;
         self.admitted(verdict, "too many frames; slow down", room)
             .await
     }
@@ -383,6 +410,12 @@ impl Session {
         if self.rooms.iter().any(|j| j.name == room) {
             let frame = protocol::error("already_subscribed", "already subscribed", Some(&room));
             return self.push(frame).await;
+        }
+        let max = self.chat.config.ws_max_rooms_per_socket;
+        if self.rooms.len() >= max {
+            let message = format!("at most {max} rooms per socket; unsubscribe from one first");
+            let frame = protocol::error("limit_reached", &message, Some(&room));
+            return self.reply(frame).await;
         }
         let user_id = self.user.id;
         match self
@@ -440,7 +473,7 @@ impl Session {
         let Some((room_id, room)) = self.target(room.as_deref()).await? else {
             return Ok(());
         };
-        let verdict = self.chat.admit(self.user.id);
+        let verdict = self.chat.admit(self.user.id).await;
         if !self
             .admitted(verdict, "too many messages; slow down", Some(&room))
             .await?
@@ -487,10 +520,16 @@ impl Session {
             protocol::ready(&wire, &self.user, &online, last_seq)
         };
         self.push(first).await?;
+        let mut replayed = last_seq;
         if let Some(since) = since {
             self.replay(room_id, since, last_seq).await?;
         }
-        chat.hub.resume(room_id, &self.ctl);
+        // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer,
+        // so read on from the database until the replay has caught up with the room.
+        while let Err(upto) = chat.hub.resume(room_id, &self.ctl) {
+            self.replay(room_id, replayed, upto).await?;
+            replayed = upto;
+        }
         tracing::debug!(room = %wire.name, last_seq, "joined");
         Ok(())
     }

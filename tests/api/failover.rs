@@ -305,3 +305,116 @@ async fn through_nginx_round_robin() {
     ws_send(&mut a, json!({"type": "message", "content": "live again"})).await;
     assert_eq!(next_of(&mut b, "message", 10).await.unwrap()["seq"], 6);
 }
+
+/// Shutdown answers what it has read: sends committed after SIGTERM still get their acks
+/// before the 1012 close. The commit is held back by a row lock taken in the test, so the
+/// sends are certainly in flight when the signal arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: the commit is held by a PostgreSQL row lock"
+)]
+async fn sigterm_sends_the_acks_already_earned_before_1012() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let db = fresh_database(Backend::Postgres).await;
+    let mut server = ServerProc::start(&db, &[("RUST_LOG", "info")]).await;
+    let user = server.register("earned").await;
+    server.create_room(&user, "earned", "public").await;
+    let mut ws = ws_connect(&server.ws_url(""), "earned", &user.access, None).await;
+    expect_ready(&mut ws).await;
+
+    let conn = Database::connect(&db).await.expect("db");
+    let lock = conn.begin().await.expect("begin");
+    lock.execute_unprepared("SELECT id FROM rooms WHERE name = 'earned' FOR UPDATE")
+        .await
+        .expect("lock the room");
+    for i in 0..5 {
+        ws_send(
+            &mut ws,
+            json!({"type": "message", "content": format!("e{i}"), "client_id": format!("e{i}")}),
+        )
+        .await;
+    }
+    // The group commit is waiting for the lock: the sends are in flight.
+    let watcher = Database::connect(&db).await.expect("db");
+    wait_until_async(15, "the commit waits for the room's lock", || async {
+        let row = watcher
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        row.try_get::<i64>("", "n").unwrap_or(0) >= 1
+    })
+    .await;
+    server.signal("-TERM");
+    wait_until(15, "the server to start its shutdown", || {
+        server.log().contains("shutting down")
+    })
+    .await;
+    lock.rollback().await.expect("release the lock");
+
+    // What the server had read is answered (an ack if stored, else an error); what it had
+    // not read yet is neither answered nor stored: the client resends it after reconnecting.
+    let (mut acks, mut errors) = (Vec::new(), Vec::new());
+    let code = loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "ack" {
+                    acks.push(v["client_id"].as_str().unwrap_or_default().to_owned());
+                } else if v["type"] == "error" {
+                    errors.push(v);
+                }
+            }
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let status = server.wait_exit(10).await;
+                panic!("socket error {e}; exit {status:?}; log {}", server.log())
+            }
+            None => break None,
+        }
+    };
+    assert_eq!(
+        code,
+        Some(1012),
+        "acks {acks:?}, errors {errors:?}, log {}",
+        server.log()
+    );
+    assert!(
+        !acks.is_empty(),
+        "the commit under way when the signal came is acked"
+    );
+    assert_eq!(server.wait_exit(15).await.and_then(|s| s.code()), Some(0));
+    let stored: Vec<String> = watcher
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT client_id FROM messages ORDER BY seq",
+        ))
+        .await
+        .expect("messages")
+        .iter()
+        .map(|r| r.try_get::<String>("", "client_id").expect("client_id"))
+        .collect();
+    assert_eq!(stored, acks, "acked exactly what was stored");
+}
+
+/// [`wait_until`] for a condition that needs a query.
+async fn wait_until_async<F, Fut>(secs: u64, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -462,3 +462,133 @@ dual_test!(
         }
     }
 );
+
+dual_test!(
+    the_owner_cannot_leave_until_the_room_is_transferred,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let owner = app.register("own_owner").await;
+        let heir = app.register("own_heir").await;
+        let outsider = app.register("own_outsider").await;
+        app.create_room(&owner, "own-private", "private").await;
+        let (status, body) = app
+            .post(
+                "/api/v1/rooms/own-private/members",
+                Some(&owner.access),
+                json!({"user_id": heir.id}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+
+        // The owner may not leave and so lose the room.
+        let (status, body) = app
+            .post(
+                "/api/v1/rooms/own-private/leave",
+                Some(&owner.access),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+        let (status, _) = app
+            .get("/api/v1/rooms/own-private", Some(&owner.access))
+            .await;
+        assert_eq!(status, 200, "still the owner's room");
+
+        // Only to a member, and only by the owner (or an admin).
+        let patch = |token: &str, owner_id: i64| {
+            let (app, token) = (&app, token.to_owned());
+            async move {
+                app.send(
+                    reqwest::Method::PATCH,
+                    "/api/v1/rooms/own-private",
+                    Some(&token),
+                    Some(json!({"owner_id": owner_id})),
+                )
+                .await
+            }
+        };
+        let (status, body) = patch(&owner.access, outsider.id).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["fields"]["owner_id"].is_array(), "{body}");
+        let (status, _) = patch(&heir.access, heir.id).await;
+        assert_eq!(status, 403, "a member cannot take the room");
+        let (status, room) = patch(&owner.access, heir.id).await;
+        assert_eq!(status, 200, "{room}");
+        assert_eq!(room["owner"]["id"], heir.id);
+        let (_, members) = app
+            .get("/api/v1/rooms/own-private/members", Some(&heir.access))
+            .await;
+        let role = |id: i64| {
+            members["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|m| m["user"]["id"] == id)
+                .map(|m| m["role"].clone())
+        };
+        assert_eq!(role(heir.id), Some(json!("owner")), "{members}");
+        assert_eq!(role(owner.id), Some(json!("member")), "{members}");
+
+        // Now the former owner may leave, and the new one may not.
+        let (status, _) = app
+            .post(
+                "/api/v1/rooms/own-private/leave",
+                Some(&owner.access),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        let (status, _) = app
+            .post(
+                "/api/v1/rooms/own-private/leave",
+                Some(&heir.access),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 409);
+        let (status, _) = app
+            .get("/api/v1/rooms/own-private", Some(&owner.access))
+            .await;
+        assert_eq!(
+            status, 404,
+            "a private room is invisible to a former member"
+        );
+    }
+);
+
+dual_test!(
+    an_auth_frame_with_another_users_token_is_refused_and_closes_nothing,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let alice = app.register("authf_alice").await;
+        let bob = app.register("authf_bob").await;
+        app.create_room(&alice, "authf-room", "public").await;
+        app.join_room(&bob, "authf-room").await;
+        let mut a = mux(&app, &alice, &["authf-room"]).await;
+        let mut b_ws = mux(&app, &bob, &["authf-room"]).await;
+
+        ws_send(&mut a, json!({"type": "auth", "token": bob.access})).await;
+        let refused = next_of(&mut a, "error", 5).await.expect("an error frame");
+        assert_eq!(refused["code"], "invalid_token", "{refused}");
+
+        // Alice's socket still works, as Alice; Bob's socket is untouched.
+        ws_send(
+            &mut a,
+            json!({"type": "message", "room": "authf-room", "content": "still alice", "client_id": "af1"}),
+        )
+        .await;
+        next_of(&mut a, "ack", 5).await.expect("ack");
+        let msg = next_of(&mut b_ws, "message", 5)
+            .await
+            .expect("bob hears it");
+        assert_eq!(msg["user"]["id"], alice.id, "{msg}");
+        ws_send(&mut b_ws, json!({"type": "ping"})).await;
+        next_of(&mut b_ws, "pong", 5)
+            .await
+            .expect("bob's socket open");
+        // Bob's token still works.
+        let (status, _) = app.get("/api/v1/users/me", Some(&bob.access)).await;
+        assert_eq!(status, 200);
+    }
+);

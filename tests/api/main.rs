@@ -8,6 +8,7 @@ mod cluster;
 mod config_options;
 mod failover;
 mod hardening;
+mod limits;
 mod messages;
 mod openapi;
 mod ops;

@@ -149,6 +149,16 @@ async fn logs_never_contain_tokens_or_passwords() {
     ws_send(&mut ws, json!({"type": "auth", "token": rotated["access"]})).await;
     ws_send(&mut ws, json!({"type": "message", "content": "hello logs"})).await;
     next_of(&mut ws, "ack", 5).await.unwrap();
+    // A percent-encoded parameter name is decoded by the server: still redacted.
+    let login_access = login["access"].as_str().unwrap();
+    let (mut mux, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws?%74oken={login_access}",
+        server.ws_url("")
+    ))
+    .await
+    .expect("upgrade with %74oken");
+    assert_eq!(next_json(&mut mux, 5).await.unwrap()["type"], "ready");
+    drop(mux);
     // A refused upgrade with a token in the URL.
     assert_eq!(
         ws_refused(&server.ws_url(&format!("/ws/rooms/logs?token={refresh}"))).await,

@@ -1,0 +1,353 @@
+//! SPEC §10 limits: open sockets per user and per address, rooms per multiplexed socket, rooms
+//! created per user per hour; in cluster mode each holds across the replicas, not once per
+//! replica.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{dual_test, support::*};
+
+async fn app_with(b: Backend, tune: impl FnOnce(&mut chat::Config)) -> TestApp {
+    let db = fresh_database(b).await;
+    let mut config = chat::Config::for_tests(&db);
+    tune(&mut config);
+    spawn_with(config).await
+}
+
+/// Retry an upgrade for a few seconds until it gets `want` (a closed socket's place is given
+/// back once its session has ended).
+async fn upgrade_until(url: &str, want: u16) -> u16 {
+    let mut got = 0;
+    for _ in 0..50 {
+        got = ws_refused(url).await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+dual_test!(
+    open_sockets_are_limited_per_user_and_per_address,
+    |b| async move {
+        let app = app_with(b, |c| {
+            c.ws_max_sockets_per_user = 2;
+            c.ws_max_sockets_per_address = 3;
+        })
+        .await;
+        let ann = app.register("sock_ann").await;
+        let bea = app.register("sock_bea").await;
+        let cyd = app.register("sock_cyd").await;
+        app.create_room(&ann, "sock-room", "public").await;
+        let mux_url = |u: &User| format!("{}/ws?token={}", app.ws_url(""), u.access);
+
+        let room_url =
+            |u: &User| format!("{}/ws/rooms/sock-room?token={}", app.ws_url(""), u.access);
+        let mut first = ws_connect(&app.ws_url(""), "sock-room", &ann.access, None).await;
+        expect_ready(&mut first).await;
+        let (mut second, _) = tokio_tungstenite::connect_async(mux_url(&ann))
+            .await
+            .expect("second socket");
+        next_of(&mut second, "ready", 5).await.expect("ready");
+        // A third socket of the same user, on either endpoint: 429 before the upgrade.
+        assert_eq!(ws_refused(&mux_url(&ann)).await, 429);
+        assert_eq!(ws_refused(&room_url(&ann)).await, 429);
+
+        // Another user from the same address fits once; then the address is full (3).
+        let (mut b1, _) = tokio_tungstenite::connect_async(mux_url(&bea))
+            .await
+            .expect("bea's socket");
+        next_of(&mut b1, "ready", 5).await.expect("ready");
+        assert_eq!(ws_refused(&room_url(&cyd)).await, 429);
+        let (status, body) = app
+            .get("/api/v1/rooms/sock-room/members", Some(&ann.access))
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            !body.to_string().contains("sock_cyd"),
+            "a refused upgrade joins nothing: {body}"
+        );
+
+        // Closing one gives its place back.
+        close_ws(first).await;
+        assert_eq!(upgrade_until(&room_url(&cyd), 101).await, 101);
+        drop((second, b1));
+    }
+);
+
+dual_test!(rooms_per_multiplexed_socket_are_limited, |b| async move {
+    let app = app_with(b, |c| c.ws_max_rooms_per_socket = 2).await;
+    let user = app.register("many_rooms").await;
+    for r in ["mr-a", "mr-b", "mr-c"] {
+        app.create_room(&user, r, "public").await;
+    }
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws?token={}", app.ws_url(""), user.access))
+            .await
+            .expect("upgrade");
+    next_of(&mut ws, "ready", 5).await.expect("ready");
+    for r in ["mr-a", "mr-b"] {
+        ws_send(&mut ws, json!({"type": "subscribe", "room": r})).await;
+        next_of(&mut ws, "subscribed", 5).await.expect("subscribed");
+    }
+    ws_send(&mut ws, json!({"type": "subscribe", "room": "mr-c"})).await;
+    let refused = next_of(&mut ws, "error", 5).await.expect("error");
+    assert_eq!(refused["code"], "limit_reached", "{refused}");
+    assert_eq!(refused["room"], "mr-c");
+    ws_send(&mut ws, json!({"type": "unsubscribe", "room": "mr-a"})).await;
+    next_of(&mut ws, "unsubscribed", 5)
+        .await
+        .expect("unsubscribed");
+    ws_send(&mut ws, json!({"type": "subscribe", "room": "mr-c"})).await;
+    let sub = next_of(&mut ws, "subscribed", 5).await.expect("subscribed");
+    assert_eq!(sub["room"], "mr-c");
+});
+
+dual_test!(rooms_created_per_hour_are_limited, |b| async move {
+    let app = app_with(b, |c| c.rooms_per_hour = 2).await;
+    let maker = app.register("room_maker").await;
+    let other = app.register("room_other").await;
+    app.create_room(&maker, "rph-1", "public").await;
+    app.create_room(&maker, "rph-2", "public").await;
+    let res = reqwest::Client::new()
+        .post(app.url("/api/v1/rooms"))
+        .bearer_auth(&maker.access)
+        .json(&json!({"name": "rph-3"}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(res.status().as_u16(), 429);
+    let retry: u64 = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry > 60, "one room every 30 minutes: {retry}");
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Join-or-create counts when it creates, and not when it joins.
+    let (status, _) = app
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/rooms/rph-4",
+            Some(&maker.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 429);
+    let (status, _) = app
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/rooms/rph-1",
+            Some(&other.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "joining is not creating");
+    // Per user: someone else may still create.
+    app.create_room(&other, "rph-5", "public").await;
+    let (status, _) = app.get("/api/v1/rooms/rph-3", Some(&maker.access)).await;
+    assert_eq!(status, 404, "nothing was created");
+});
+
+/// Two replicas on one Redis, each with the same limits: the limits are the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn limits_hold_across_the_cluster_not_per_replica() {
+    let redis = RedisServer::start().await;
+    let db = cluster_db().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut config = chat::Config::for_tests(&db);
+        config.redis_url = Some(redis.url().into());
+        config.jwt_secret = Some(SECRET.to_owned().into());
+        config.message_rate_per_sec = 1;
+        config.message_rate_burst = 4;
+        config.rooms_per_hour = 2;
+        config.ws_max_sockets_per_user = 2;
+        apps.push(spawn_with(config).await);
+    }
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    let user = apps[0].register("cl_limits").await;
+
+    // Rooms: one on each replica, then neither accepts a third.
+    apps[0].create_room(&user, "cl-1", "public").await;
+    apps[1].create_room(&user, "cl-2", "public").await;
+    for app in &apps {
+        let (status, _) = app
+            .post("/api/v1/rooms", Some(&user.access), json!({"name": "cl-3"}))
+            .await;
+        assert_eq!(status, 429, "rooms per hour are counted cluster-wide");
+    }
+
+    // Messages: a burst of 4 in all, whichever replica they go to.
+    let mut statuses = Vec::new();
+    for k in 0..8 {
+        let (status, _) = apps[k % 2]
+            .post(
+                "/api/v1/rooms/cl-1/messages",
+                Some(&user.access),
+                json!({"content": format!("m{k}")}),
+            )
+            .await;
+        statuses.push(status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (4..=5).contains(&accepted),
+        "a burst of 4 across two replicas (one more if a second passed): {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // Sockets: two in all.
+    let url = |app: &TestApp| format!("{}/ws?token={}", app.ws_url(""), user.access);
+    let (mut a, _) = tokio_tungstenite::connect_async(url(&apps[0]))
+        .await
+        .expect("socket on replica 0");
+    next_of(&mut a, "ready", 5).await.expect("ready");
+    let (mut b, _) = tokio_tungstenite::connect_async(url(&apps[1]))
+        .await
+        .expect("socket on replica 1");
+    next_of(&mut b, "ready", 5).await.expect("ready");
+    assert_eq!(ws_refused(&url(&apps[0])).await, 429);
+    assert_eq!(ws_refused(&url(&apps[1])).await, 429);
+    // A closed socket frees its place on the other replica too.
+    close_ws(a).await;
+    let mut got = 0;
+    for _ in 0..50 {
+        got = ws_refused(&url(&apps[1])).await;
+        if got == 101 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, 101);
+    drop(b);
+}
+
+dual_test!(members_are_listed_in_pages, |b| async move {
+    let app = spawn_app(b).await;
+    let owner = app.register("pages_owner").await;
+    app.create_room(&owner, "pages", "public").await;
+    let mut ids = vec![owner.id];
+    for i in 0..4 {
+        let u = app.register(&format!("pages_m{i}")).await;
+        app.join_room(&u, "pages").await;
+        ids.push(u.id);
+    }
+    ids.sort_unstable();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/rooms/pages/members?limit=2&cursor={c}"),
+            None => "/api/v1/rooms/pages/members?limit=2".to_owned(),
+        };
+        let (status, page) = app.get(&path, Some(&owner.access)).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|m| m["user"]["id"].as_i64().expect("id")));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination ends");
+    }
+    assert_eq!(seen, ids, "every member once, in id order");
+    assert_eq!(pages, 3);
+    let (status, body) = app
+        .get(
+            "/api/v1/rooms/pages/members?cursor=not-a-cursor",
+            Some(&owner.access),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    // The joined-rooms list (one query for all counts) still counts members and owners.
+    let (status, list) = app
+        .get("/api/v1/rooms?joined=true", Some(&owner.access))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["member_count"], 5, "{list}");
+    assert_eq!(list["items"][0]["owner"]["id"], owner.id, "{list}");
+});
+
+dual_test!(
+    a_long_replay_in_a_busy_room_arrives_complete_without_4429,
+    |b| async move {
+        use sea_orm::{ConnectionTrait, Database};
+        const STORED: i64 = 20_000;
+        const LIVE: i64 = 400;
+        let db_url = fresh_database(b).await;
+        let mut config = chat::Config::for_tests(&db_url);
+        // A small queue, so the live traffic overflows the replaying socket's paused buffer.
+        config.ws_queue_capacity = 8;
+        config.ws_flush_interval_ms = 0;
+        let app = spawn_with(config).await;
+        let user = app.register("replayer").await;
+        let room = app.create_room(&user, "long", "public").await;
+        let room_id = room["id"].as_i64().expect("id");
+        app.post_message(&user, "long", "first").await;
+        // History written straight into the database: 20 000 more messages.
+        let db = Database::connect(&db_url).await.expect("db");
+        db.execute_unprepared(&format!(
+            "INSERT INTO messages (room_id, seq, author_id, content, created_at) \
+             WITH RECURSIVE s(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM s WHERE n < {last}) \
+             SELECT {room_id}, n, {author}, 'bulk', \
+                    (SELECT created_at FROM messages WHERE room_id = {room_id} AND seq = 1) \
+             FROM s",
+            last = STORED + 1,
+            author = user.id,
+        ))
+        .await
+        .expect("bulk insert");
+        db.execute_unprepared(&format!(
+            "UPDATE rooms SET last_seq = {} WHERE id = {room_id}",
+            STORED + 1
+        ))
+        .await
+        .expect("counter");
+        db.close().await.ok();
+
+        // A sender keeps the room busy (over REST) while the listener replays from 0.
+        let (url, token) = (app.url("/api/v1/rooms/long/messages"), user.access.clone());
+        let busy = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for k in 0..LIVE {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"content": format!("live {k}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(res.status().as_u16(), 201);
+            }
+        });
+        let mut listener = ws_connect(&app.ws_url(""), "long", &user.access, Some(0)).await;
+        let total = STORED + 1 + LIVE;
+        let mut next = 1;
+        while next <= total {
+            let Some(frame) = next_json(&mut listener, 30).await else {
+                let code = close_code(&mut listener, 1).await;
+                panic!("stopped at seq {next} of {total}, close code {code:?}");
+            };
+            if frame["type"] == "message" {
+                assert_eq!(frame["seq"], next, "in order, no gap, no duplicate");
+                next += 1;
+            }
+        }
+        busy.await.expect("sender");
+    }
+);
