@@ -5,7 +5,12 @@ Schema validation is done by kubernetes-validate, lint by yamllint and hadolint;
 checks what no schema can: that the pieces agree with each other and with SPEC.md §9
 (probes, drain timing, hardening, the compose topology, the dashboard's metric names).
 
-    check_deploy.py k8s RENDERED.yaml     policy checks on `kubectl kustomize k8s/` output
+    check_deploy.py k8s FLAVOR RENDERED   policy checks on a rendered bundle (FLAVOR: dev, production,
+                                          helm-default, helm-production, helm-dev)
+    check_deploy.py secret-example        k8s/secret.example.yaml holds placeholders only
+    check_deploy.py split IN CORE CRD     split a bundle into core kinds and custom resources
+    check_deploy.py crds FILE...          custom resources against .ci/schemas/crds.json
+    check_deploy.py rules                 the PrometheusRule copies, alert tests and runbook
     check_deploy.py compose               deploy/compose.yaml, nginx.conf, otel, prometheus
     check_deploy.py grafana               deploy/grafana/ dashboard and provisioning
     check_deploy.py docker                Dockerfile / .dockerignore facts the k8s side relies on
@@ -40,6 +45,13 @@ METRICS = {
     "chat_redis_reconnects_total": "counter",
     "chat_bus_gap_fills_total": "counter",
     "chat_db_pool_connections": "gauge",
+    "chat_ws_closes_total": "counter",
+    "chat_build_info": "gauge",
+    "chat_ready": "gauge",
+    "chat_bus_live": "gauge",
+    "chat_schema_current": "gauge",
+    "process_resident_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
 }
 
 
@@ -93,23 +105,60 @@ def pod_spec(doc: dict) -> dict | None:
     return None
 
 
-def check_k8s(rendered: Path) -> int:
-    c = Checks("k8s")
+def server_deployment(by_kind: dict) -> dict | None:
+    """The Deployment whose pod runs the `chat-server` container."""
+    for d in by_kind.get("Deployment", {}).values():
+        if any(c["name"] == "chat-server" for c in dig(d, "spec", "template", "spec", "containers", default=[])):
+            return d
+    return None
+
+
+def rules_groups() -> list:
+    return yaml.safe_load((DEPLOY / "prometheus" / "chat-rules.yaml").read_text())["groups"]
+
+
+# What each rendered bundle must be (.ci/check-deploy renders them):
+#   dev: kustomize overlays/dev; production: overlays/production; helm-*: `helm template`
+#   with the chart's default, production and dev values files.
+FLAVORS = {
+    "dev": dict(namespace=True, hpa=False, exposure="Ingress", monitoring=False, secret=False, digest=False),
+    "production": dict(namespace=False, hpa=True, exposure="HTTPRoute", monitoring=True, secret=False, digest=True),
+    "helm-default": dict(namespace=False, hpa=True, exposure=None, monitoring=True, secret=False, digest=False),
+    "helm-production": dict(namespace=False, hpa=True, exposure="HTTPRoute", monitoring=True, secret=False, digest=True),
+    "helm-dev": dict(namespace=False, hpa=False, exposure="Ingress", monitoring=False, secret=True, digest=False),
+}
+
+
+def check_k8s(flavor: str, rendered: Path) -> int:
+    want = FLAVORS[flavor]
+    helm = flavor.startswith("helm")
+    c = Checks(f"k8s {flavor}")
     docs = load_all(rendered)
     by_kind: dict[str, dict[str, dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     name = lambda d: f"{d['kind']}/{d['metadata']['name']}"  # noqa: E731
 
-    # Layout: one namespace, everything in it, common labels, no Secret in the bundle.
-    c.check(list(by_kind.get("Namespace", {})) == ["chat"], "exactly one Namespace, `chat`")
+    # Layout: the namespace only in the dev overlay, everything else in `chat` (kustomize; Helm
+    # installs into the release namespace), common labels, no Secret unless the chart makes one.
+    if want["namespace"]:
+        c.check(list(by_kind.get("Namespace", {})) == ["chat"], "exactly one Namespace, `chat`")
+    else:
+        c.check("Namespace" not in by_kind, "no Namespace (the platform or `helm -n` provides it)")
     for d in docs:
-        if d["kind"] != "Namespace":
+        if d["kind"] != "Namespace" and not helm:
             c.check(d["metadata"].get("namespace") == "chat", f"{name(d)} is in namespace chat")
         c.check(dig(d, "metadata", "labels", "app.kubernetes.io/part-of") == "chat", f"{name(d)} has part-of=chat")
-    c.check("Secret" not in by_kind, "the kustomization ships no Secret (secret.example.yaml stays out)")
-    for kind in ("Deployment", "Service", "Ingress", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job", "ConfigMap"):
+    if want["secret"]:
+        c.check(len(by_kind.get("Secret", {})) == 1, "the chart creates one Secret (no existingSecret)")
+    else:
+        c.check("Secret" not in by_kind, "no Secret in the bundle (existingSecret / secret.example.yaml stays out)")
+    for kind in ("Deployment", "Service", "Job", "ConfigMap", "NetworkPolicy"):
         c.check(bool(by_kind.get(kind)), f"the bundle has a {kind}")
+    if flavor != "helm-dev":
+        c.check(bool(by_kind.get("PodDisruptionBudget")), "the bundle has a PodDisruptionBudget")
+    if want["exposure"]:
+        c.check(bool(by_kind.get(want["exposure"])), f"exposed through a {want['exposure']}")
 
     # Every pod: Pod Security "restricted" essentials, resources, pinned images.
     for d in docs:
@@ -127,103 +176,166 @@ def check_k8s(rendered: Path) -> int:
             c.check(sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem")
             c.check(dig(sc, "capabilities", "drop") == ["ALL"], f"{where}: drops ALL capabilities")
             c.check(sc.get("privileged") in (None, False), f"{where}: not privileged")
-            for res in ("requests", "limits"):
-                c.check(
-                    {"cpu", "memory"} <= set(dig(ctr, "resources", res, default={})),
-                    f"{where}: cpu and memory {res}",
-                )
+            c.check({"cpu", "memory"} <= set(dig(ctr, "resources", "requests", default={})), f"{where}: cpu and memory requests")
+            c.check("memory" in dig(ctr, "resources", "limits", default={}), f"{where}: a memory limit")
             image = ctr.get("image", "")
-            c.check(
-                ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"),
-                f"{where}: image {image!r} has an explicit, non-latest tag",
-            )
+            pinned = "@sha256:" in image or (":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"))
+            c.check(pinned, f"{where}: image {image!r} has a digest or an explicit, non-latest tag")
+            if want["digest"] and ctr["name"] in ("chat-server", "migrate"):
+                c.check("@sha256:" in image, f"{where}: image pinned by digest ({image})")
 
-    cm = by_kind.get("ConfigMap", {}).get("chat-server-config", {})
+    dep = server_deployment(by_kind)
+    if not c.check(dep is not None, "the chat-server Deployment exists"):
+        return c.finish()
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    ctr = next(x for x in pod["containers"] if x["name"] == "chat-server")
+    refs = {(k, dig(e, k, "name")) for e in ctr.get("envFrom", []) for k in e}
+    cm_names = [n for k, n in refs if k == "configMapRef"]
+    cm = by_kind.get("ConfigMap", {}).get(cm_names[0] if cm_names else "", {})
     cm_data = cm.get("data", {})
-    c.check(bool(cm_data), "ConfigMap chat-server-config exists")
+    c.check(bool(cm_data), f"the Deployment's ConfigMap {cm_names} exists")
     for secret_key in ("JWT_SECRET", "DATABASE_URL", "REDIS_URL"):
         c.check(secret_key not in cm_data, f"{secret_key} is not in the ConfigMap (it belongs in the Secret)")
+    c.check(any(k == "secretRef" for k, _ in refs), "chat-server: envFrom a Secret")
     grace = int(cm_data.get("SHUTDOWN_GRACE_SECS", "10"))
+    # A config change rolls the pods: a generated name (kustomize) or a checksum annotation (Helm).
+    if helm:
+        ann = dig(spec, "template", "metadata", "annotations", default={})
+        c.check(re.fullmatch(r"[0-9a-f]{64}", ann.get("checksum/config", "")) is not None, "pod template has checksum/config")
+    else:
+        c.check(re.fullmatch(r"chat-server-config-[a-z0-9]{10}", cm["metadata"]["name"]) is not None,
+                "ConfigMap name carries the content hash (configMapGenerator)")
 
-    # The server Deployment.
-    dep = by_kind.get("Deployment", {}).get("chat-server")
-    if c.check(dep is not None, "Deployment chat-server exists"):
-        spec = dep["spec"]
-        pod = spec["template"]["spec"]
-        pod_labels = spec["template"]["metadata"]["labels"]
-        ctr = pod["containers"][0]
-        c.check(spec.get("replicas") == 3, "chat-server: 3 replicas")
-        c.check(labels_match(spec["selector"]["matchLabels"], pod_labels), "chat-server: selector matches pod labels")
-        c.check(dig(spec, "strategy", "rollingUpdate", "maxUnavailable") == 0, "chat-server: maxUnavailable 0")
-        c.check(dig(ctr, "readinessProbe", "httpGet", "path") == "/readyz", "chat-server: readiness on /readyz")
-        c.check(dig(ctr, "livenessProbe", "httpGet", "path") == "/healthz", "chat-server: liveness on /healthz")
-        c.check(ctr.get("args") == ["serve"], "chat-server: args [serve]")
-        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
-        c.check(env.get("AUTO_MIGRATE") == "false", "chat-server: AUTO_MIGRATE=false")
-        refs = {(k, dig(e, k, "name")) for e in ctr.get("envFrom", []) for k in e}
-        c.check(("configMapRef", "chat-server-config") in refs, "chat-server: envFrom the ConfigMap")
-        c.check(("secretRef", "chat-server-secrets") in refs, "chat-server: envFrom the Secret")
-        ports = {p.get("name"): p["containerPort"] for p in ctr.get("ports", [])}
-        c.check(ports.get("http") == 8080, "chat-server: port http=8080")
-        cmd = dig(ctr, "lifecycle", "preStop", "exec", "command", default=[])
-        sleep = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" and cmd[1].isdigit() else None
-        if c.check(sleep is not None and sleep > 0, "chat-server: preStop is `sleep N`"):
-            tgps = pod.get("terminationGracePeriodSeconds", 30)
-            c.check(
-                tgps > sleep + grace,
-                f"chat-server: terminationGracePeriodSeconds {tgps} > preStop {sleep} + SHUTDOWN_GRACE_SECS {grace}",
-            )
-        psc = pod.get("securityContext", {})
-        c.check(psc.get("runAsUser") == 10001, "chat-server: runs as uid 10001 (the image's user)")
+    hpas = [h for h in by_kind.get("HorizontalPodAutoscaler", {}).values()
+            if h["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]]
+    c.check(bool(hpas) == want["hpa"], f"HPA present: {want['hpa']}")
+    if hpas:
+        c.check("replicas" not in spec, "no `replicas` in the Deployment: the HPA owns the count")
+    else:
+        c.check(isinstance(spec.get("replicas"), int) and spec["replicas"] >= 1, "without an HPA the Deployment sets replicas")
+    c.check(labels_match(spec["selector"]["matchLabels"], pod_labels), "chat-server: selector matches pod labels")
+    c.check(dig(spec, "strategy", "rollingUpdate", "maxUnavailable") == 0, "chat-server: maxUnavailable 0")
+    c.check(spec.get("minReadySeconds", 0) >= 5, "chat-server: minReadySeconds >= 5 (new pods warm before the next old one stops)")
+    ports = {p.get("name"): p["containerPort"] for p in ctr.get("ports", [])}
+    c.check(ports.get("http") == 8080 and ports.get("internal") == 9090, "chat-server: ports http=8080, internal=9090")
+    c.check(cm_data.get("INTERNAL_ADDR") == "0.0.0.0:9090", "INTERNAL_ADDR=0.0.0.0:9090: probes and metrics off the public port")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+        c.check(dig(ctr, probe, "httpGet", "path") == path, f"chat-server: {probe} on {path}")
+        c.check(dig(ctr, probe, "httpGet", "port") == "internal", f"chat-server: {probe} on the internal port")
+    c.check(ctr.get("args") == ["serve"], "chat-server: args [serve]")
+    env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+    c.check(env.get("AUTO_MIGRATE") == "false", "chat-server: AUTO_MIGRATE=false")
+    res = ctr.get("resources", {})
+    c.check(dig(res, "requests", "memory") == dig(res, "limits", "memory"), "chat-server: memory request = limit")
+    cpu_limit = dig(res, "limits", "cpu")
+    c.check(cpu_limit is None, "chat-server: no CPU limit (TOKIO_WORKER_THREADS sizes the runtime)")
+    c.check(cm_data.get("TOKIO_WORKER_THREADS", "").isdigit(), "TOKIO_WORKER_THREADS is set")
+    cmd = dig(ctr, "lifecycle", "preStop", "exec", "command", default=[])
+    sleep = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" and cmd[1].isdigit() else None
+    if c.check(sleep is not None and sleep > 0, "chat-server: preStop is `sleep N`"):
+        tgps = pod.get("terminationGracePeriodSeconds", 30)
+        c.check(
+            tgps > sleep + grace,
+            f"chat-server: terminationGracePeriodSeconds {tgps} > preStop {sleep} + SHUTDOWN_GRACE_SECS {grace}",
+        )
+    c.check(dig(pod, "securityContext", "runAsUser") == 10001, "chat-server: runs as uid 10001 (the image's user)")
 
-        # Everything that points at the Deployment's pods.
-        for svc in by_kind.get("Service", {}).values():
-            if svc["metadata"]["name"] == "chat-server":
-                c.check(labels_match(svc["spec"]["selector"], pod_labels), "Service chat-server selects the pods")
-                for p in svc["spec"]["ports"]:
-                    tp = p.get("targetPort")
-                    c.check(tp in ports or tp in ports.values(), f"Service chat-server targetPort {tp} exists")
-        c.check("chat-server" in by_kind.get("Service", {}), "Service chat-server exists")
-        for pdb in by_kind.get("PodDisruptionBudget", {}).values():
-            c.check(labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels), "PDB selects the chat-server pods")
-        for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
-            ref = hpa["spec"]["scaleTargetRef"]
-            c.check(hpa["apiVersion"] == "autoscaling/v2", "HPA is autoscaling/v2")
-            c.check(ref["kind"] == "Deployment" and ref["name"] == "chat-server", "HPA targets Deployment chat-server")
-            c.check(hpa["spec"].get("minReplicas", 1) >= 3, "HPA minReplicas >= 3")
-            c.check(
-                any(dig(m, "resource", "name") == "cpu" for m in hpa["spec"].get("metrics", [])), "HPA scales on CPU"
-            )
-            pool = int(cm_data.get("DB_MAX_CONNECTIONS", "20"))
-            c.check(
-                hpa["spec"]["maxReplicas"] * pool + 1 <= 100,
-                f"HPA maxReplicas x DB_MAX_CONNECTIONS ({hpa['spec']['maxReplicas']} x {pool}) fits 100 PostgreSQL connections",
-            )
+    # Everything that points at the server pods.
+    svc = None
+    public: dict = {}
+    for s in by_kind.get("Service", {}).values():
+        if labels_match(s["spec"].get("selector", {}), pod_labels):
+            svc = s
+    if c.check(svc is not None, "a Service selects the chat-server pods"):
+        for p in svc["spec"]["ports"]:
+            tp = p.get("targetPort")
+            c.check(tp in ports or tp in ports.values(), f"Service targetPort {tp} exists")
+        public = {p["name"]: p["port"] for p in svc["spec"]["ports"] if p.get("targetPort") in ("http", 8080)}
+    for pdb in by_kind.get("PodDisruptionBudget", {}).values():
+        c.check(labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels), "PDB selects the chat-server pods")
+    pool = int(cm_data.get("DB_MAX_CONNECTIONS", "20"))
+    for hpa in hpas:
+        c.check(hpa["apiVersion"] == "autoscaling/v2", "HPA is autoscaling/v2")
+        c.check(hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment", "HPA targets the Deployment")
+        c.check(hpa["spec"].get("minReplicas", 1) >= 3, "HPA minReplicas >= 3")
+        metrics = hpa["spec"].get("metrics", [])
+        for res_name in ("cpu", "memory"):
+            c.check(any(dig(m, "resource", "name") == res_name for m in metrics), f"HPA scales on {res_name}")
+        c.check(
+            any(m.get("type") == "Pods" and dig(m, "pods", "metric", "name") == "chat_ws_connections" for m in metrics),
+            "HPA scales on chat_ws_connections per pod",
+        )
+        c.check(
+            hpa["spec"]["maxReplicas"] * pool + 1 <= 100,
+            f"HPA maxReplicas x DB_MAX_CONNECTIONS ({hpa['spec']['maxReplicas']} x {pool}) fits 100 PostgreSQL connections",
+        )
 
-        # The migrate Job runs the same image.
-        job = by_kind.get("Job", {}).get("chat-server-migrate")
-        if c.check(job is not None, "Job chat-server-migrate exists"):
-            jctr = job["spec"]["template"]["spec"]["containers"][0]
-            c.check(jctr.get("args") == ["migrate"], "migrate Job runs `chat-server migrate`")
-            c.check(jctr.get("image") == ctr.get("image"), "migrate Job uses the Deployment's image")
-            c.check(job["spec"]["template"]["spec"].get("restartPolicy") in ("Never", "OnFailure"), "migrate Job restartPolicy")
+    # The migration runs the same image; with Helm, as a pre-install/pre-upgrade hook.
+    jobs = [j for j in by_kind.get("Job", {}).values() if dig(j, "spec", "template", "spec", "containers", 0, "args") == ["migrate"]]
+    if c.check(len(jobs) == 1, "one migration Job (`chat-server migrate`)"):
+        job = jobs[0]
+        jctr = job["spec"]["template"]["spec"]["containers"][0]
+        c.check(jctr.get("image") == ctr.get("image"), "migration Job uses the Deployment's image")
+        c.check(job["spec"]["template"]["spec"].get("restartPolicy") in ("Never", "OnFailure"), "migration Job restartPolicy")
+        if helm:
+            hook = dig(job, "metadata", "annotations", "helm.sh/hook", default="")
+            c.check(set(hook.split(",")) == {"pre-install", "pre-upgrade"}, "migration Job is a pre-install,pre-upgrade hook")
+            for sec in by_kind.get("Secret", {}).values():
+                sw = int(dig(sec, "metadata", "annotations", "helm.sh/hook-weight", default="0"))
+                jw = int(dig(job, "metadata", "annotations", "helm.sh/hook-weight", default="0"))
+                c.check(sw < jw, "the chart's Secret is a hook that exists before the migration hook")
 
-    # Ingress: nginx, WebSocket-friendly timeouts, backend exists.
+    # Exposure: only the public port, never the internal one; WebSocket-friendly.
     for ing in by_kind.get("Ingress", {}).values():
         ann = ing["metadata"].get("annotations", {})
         for key in ("proxy-read-timeout", "proxy-send-timeout"):
             val = ann.get(f"nginx.ingress.kubernetes.io/{key}", "0")
             c.check(val.isdigit() and int(val) >= 3600, f"Ingress {key} >= 3600")
         c.check(ann.get("nginx.ingress.kubernetes.io/proxy-http-version") == "1.1", "Ingress proxy-http-version 1.1")
-        c.check(ing["spec"].get("ingressClassName") == "nginx", "Ingress class nginx")
         for rule in ing["spec"].get("rules", []):
             for path in dig(rule, "http", "paths", default=[]):
-                svc_name = dig(path, "backend", "service", "name")
-                svc = by_kind.get("Service", {}).get(svc_name)
-                if c.check(svc is not None, f"Ingress backend Service {svc_name} exists"):
-                    port = dig(path, "backend", "service", "port")
-                    names = {p.get("name") for p in svc["spec"]["ports"]} | {p["port"] for p in svc["spec"]["ports"]}
-                    c.check(port.get("name", port.get("number")) in names, f"Ingress backend port {port} exists")
+                c.check(dig(path, "backend", "service", "name") == dig(svc, "metadata", "name"), "Ingress backend is the Service")
+                port = dig(path, "backend", "service", "port", default={})
+                c.check(port.get("name") in public or port.get("number") in public.values(), f"Ingress routes the public port only ({port})")
+    for route in by_kind.get("HTTPRoute", {}).values():
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                c.check(ref["name"] == dig(svc, "metadata", "name"), "HTTPRoute backend is the Service")
+                c.check(ref.get("port") in public.values(), f"HTTPRoute routes the public port only ({ref.get('port')})")
+            c.check(dig(rule, "timeouts", "request") == "0s", "HTTPRoute: no request timeout (WebSockets)")
+
+    # NetworkPolicy: default deny, then the server's own allowances.
+    nps = list(by_kind.get("NetworkPolicy", {}).values())
+    c.check(
+        any(np["spec"].get("podSelector") == {} and set(np["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not np["spec"].get("ingress") and not np["spec"].get("egress") for np in nps),
+        "a default-deny NetworkPolicy (every pod, ingress and egress)",
+    )
+    server_nps = [np for np in nps if labels_match(dig(np, "spec", "podSelector", "matchLabels", default={}), pod_labels)]
+    if c.check(len(server_nps) == 1, "one NetworkPolicy selects the chat-server pods"):
+        np = server_nps[0]["spec"]
+        in_ports = [p.get("port") for r in np.get("ingress", []) for p in r.get("ports", [])]
+        c.check(sorted(in_ports) == ["http", "internal"], f"ingress only to http and internal ({in_ports})")
+        out_ports = {p.get("port") for r in np.get("egress", []) for p in r.get("ports", [])}
+        for port, what in ((53, "DNS"), (5432, "PostgreSQL"), (6379 if flavor.endswith("dev") else 6380, "Redis"), (4318, "OTLP")):
+            c.check(port in out_ports, f"egress to {what} ({port})")
+    for store in ("redis", "postgres"):
+        if store in by_kind.get("Service", {}):
+            c.check(store in {np["metadata"]["name"] for np in nps}, f"dev {store} has a NetworkPolicy (chat-server only)")
+
+    # Monitoring: scrape the internal port; the rules are the tested ones.
+    monitors = list(by_kind.get("PodMonitor", {}).values()) + list(by_kind.get("ServiceMonitor", {}).values())
+    rules = list(by_kind.get("PrometheusRule", {}).values())
+    c.check(bool(monitors) == want["monitoring"] or flavor == "helm-dev", f"PodMonitor/ServiceMonitor present: {want['monitoring']}")
+    c.check(bool(rules) == want["monitoring"], f"PrometheusRule present: {want['monitoring']}")
+    for m in monitors:
+        eps = dig(m, "spec", "podMetricsEndpoints", default=[]) + dig(m, "spec", "endpoints", default=[])
+        c.check(bool(eps) and all(e.get("port") == "internal" and e.get("path") == "/metrics" for e in eps),
+                f"{name(m)} scrapes /metrics on the internal port")
+    for r in rules:
+        c.check(r["spec"]["groups"] == rules_groups(), f"{name(r)} holds exactly deploy/prometheus/chat-rules.yaml")
 
     # Dev-only data stores are marked as such.
     for kind in ("StatefulSet", "Deployment", "Service"):
@@ -232,8 +344,11 @@ def check_k8s(rendered: Path) -> int:
                 c.check(
                     dig(d, "metadata", "labels", "chat.example.com/dev-only") == "true", f"{name(d)} is labelled dev-only"
                 )
+    return c.finish()
 
-    # The example Secret holds placeholders only.
+
+def check_secret_example() -> int:
+    c = Checks("secret.example")
     for sec in load_all(K8S / "secret.example.yaml"):
         data = sec.get("stringData", {})
         c.check("data" not in sec, f"secret.example {sec['metadata']['name']}: stringData only")
@@ -245,6 +360,66 @@ def check_k8s(rendered: Path) -> int:
                 c.check("REPLACE_ME" in m.group(1), f"secret.example {key}: URL password is a placeholder")
         if sec["metadata"]["name"] == "chat-server-secrets":
             c.check({"JWT_SECRET", "DATABASE_URL", "REDIS_URL"} <= set(data), "secret.example has JWT_SECRET, DATABASE_URL, REDIS_URL")
+    return c.finish()
+
+
+# ------------------------------------------------------------------------- CRDs
+
+CORE_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+
+
+def split(rendered: Path, core_out: Path, crd_out: Path) -> int:
+    """Core kinds (for kubernetes-validate) and CRD kinds (for `crds`) into two files."""
+    core, crd = [], []
+    for d in load_all(rendered):
+        (core if d.get("apiVersion") in CORE_GROUPS else crd).append(d)
+    core_out.write_text(yaml.safe_dump_all(core, sort_keys=False))
+    crd_out.write_text(yaml.safe_dump_all(crd, sort_keys=False))
+    print(f"{rendered.name}: {len(core)} core, {len(crd)} custom resources")
+    return 0
+
+
+def check_crds(paths: list[Path]) -> int:
+    """Custom resources against .ci/schemas/crds.json, strictly (unknown fields fail)."""
+    import jsonschema
+
+    c = Checks("crds")
+    schemas = json.loads((ROOT / ".ci" / "schemas" / "crds.json").read_text())
+    for path in paths:
+        for d in load_all(path):
+            key = f"{d.get('apiVersion')}/{d.get('kind')}"
+            if d.get("apiVersion") in CORE_GROUPS:
+                continue
+            where = f"{path.name}: {key} {dig(d, 'metadata', 'name')}"
+            if not c.check(key in schemas, f"{where}: a schema for {key} is kept in .ci/schemas/crds.json"):
+                continue
+            errors = sorted(jsonschema.Draft7Validator(schemas[key]).iter_errors(d), key=lambda e: list(e.path))
+            for e in errors:
+                print(f"  {where}: /{'/'.join(map(str, e.path))}: {e.message}")
+            c.check(not errors, f"{where} is valid")
+    return c.finish()
+
+
+def check_rules() -> int:
+    """The PrometheusRule copies are the source, and every alert has unit tests both ways."""
+    c = Checks("rules")
+    src = DEPLOY / "prometheus" / "chat-rules.yaml"
+    chart = DEPLOY / "helm" / "chat-server" / "files" / "chat-rules.yaml"
+    c.check(chart.read_text() == src.read_text(), "the chart's files/chat-rules.yaml is identical to deploy/prometheus/chat-rules.yaml")
+    comp = load_all(K8S / "components" / "monitoring" / "prometheusrule.yaml")[0]
+    c.check(comp["spec"]["groups"] == rules_groups(), "k8s/components/monitoring/prometheusrule.yaml holds the same groups")
+    alerts = [r["alert"] for g in rules_groups() for r in g["rules"] if "alert" in r]
+    c.check(len(alerts) == len(set(alerts)), "alert names are unique")
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "chat-rules.test.yaml").read_text())
+    cases = [t for test in tests["tests"] for t in test.get("alert_rule_test", [])]
+    runbook = (DEPLOY / "RUNBOOK.md").read_text()
+    for rule in (r for g in rules_groups() for r in g["rules"] if "alert" in r):
+        a = rule["alert"]
+        c.check(any(t["alertname"] == a and t.get("exp_alerts") for t in cases), f"{a}: a test case where it fires")
+        c.check(any(t["alertname"] == a and not t.get("exp_alerts") for t in cases), f"{a}: a test case where it does not fire")
+        c.check(rule.get("labels", {}).get("severity") in ("page", "ticket"), f"{a}: severity page or ticket")
+        anchor = rule.get("annotations", {}).get("runbook_url", "").split("#")[-1]
+        c.check(anchor == a.lower() and f"### {a}\n" in runbook, f"{a}: runbook_url points at its section of deploy/RUNBOOK.md")
     return c.finish()
 
 
@@ -373,7 +548,7 @@ def check_compose() -> int:
     )
 
     # Prometheus scrapes the replicas by their compose names.
-    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     hosts = [
         t.split(":")[0]
         for job in prom.get("scrape_configs", [])
@@ -383,6 +558,10 @@ def check_compose() -> int:
     for h in hosts:
         c.check(h in services, f"prometheus: target host {h} is a compose service")
     c.check(set(replicas) <= set(hosts), "prometheus: scrapes every chat replica")
+    c.check(prom.get("rule_files") == ["/etc/prometheus/rules/chat-rules.yaml"], "prometheus: loads the chat rules")
+    prom_mounts = dig(services, "prometheus", "volumes", default=[])
+    c.check("./prometheus/chat-rules.yaml:/etc/prometheus/rules/chat-rules.yaml:ro" in prom_mounts,
+            "compose: prometheus mounts deploy/prometheus/chat-rules.yaml where prometheus.yml loads it")
     return c.finish()
 
 
@@ -418,7 +597,7 @@ def check_grafana() -> int:
             exprs.append(expr)
             c.check(expr.count("(") == expr.count(")"), f"panel {p.get('title')!r}: balanced parentheses")
             c.check(expr.count("{") == expr.count("}"), f"panel {p.get('title')!r}: balanced braces")
-            for name in re.findall(r"\b((?:chat|http)_[a-z_]+)\b", expr):
+            for name in re.findall(r"\b((?:chat|http|process)_[a-z_]+)\b", expr):
                 base = re.sub(r"_(bucket|sum|count)$", "", name)
                 kind = METRICS.get(name) or METRICS.get(base)
                 c.check(kind is not None, f"panel {p.get('title')!r}: metric {name} is one the server exposes")
@@ -431,6 +610,15 @@ def check_grafana() -> int:
     c.check("histogram_quantile(0.5" in joined and "histogram_quantile(0.99" in joined, "fan-out p50 and p99 via histogram_quantile")
     c.check(re.search(r'status=~"5\.\."', joined) is not None, "dashboard has a 5xx rate")
     c.check(re.search(r"sum by \(le, route\)", joined) is not None, "dashboard has HTTP latency by route")
+    names = [v.get("name") for v in dig(dash, "templating", "list", default=[])]
+    for var in ("namespace", "job", "pod"):
+        c.check(var in names, f"dashboard has a `{var}` variable")
+    for expr in exprs:
+        if re.search(r"\b(chat|http|process)_", expr):
+            c.check('namespace=~"$namespace"' in expr and 'job=~"$job"' in expr and 'pod=~"$pod"' in expr,
+                    f"query filters on $namespace, $job and $pod: {expr[:60]}")
+        if "http_requests_total" in expr:
+            c.check('route!~"/healthz|/readyz|/metrics"' in expr, f"probes left out of request and error ratios: {expr[:60]}")
 
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     uids = {d.get("uid"): d for d in ds.get("datasources", [])}
@@ -488,8 +676,16 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     what = argv[1]
-    if what == "k8s" and len(argv) == 3:
-        return check_k8s(Path(argv[2]))
+    if what == "k8s" and len(argv) == 4 and argv[2] in FLAVORS:
+        return check_k8s(argv[2], Path(argv[3]))
+    if what == "secret-example":
+        return check_secret_example()
+    if what == "split" and len(argv) == 5:
+        return split(Path(argv[2]), Path(argv[3]), Path(argv[4]))
+    if what == "crds" and len(argv) >= 3:
+        return check_crds([Path(p) for p in argv[2:]])
+    if what == "rules":
+        return check_rules()
     if what == "compose":
         return check_compose()
     if what == "grafana":

@@ -56,6 +56,12 @@ pub struct Config {
     /// Listen address; `127.0.0.1:0` picks a free port and logs it.
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
     pub bind_addr: SocketAddr,
+    /// Listen address of the internal port (`/healthz`, `/readyz`, `/metrics`), for the
+    /// kubelet and Prometheus only. Set: those paths leave `BIND_ADDR`, so an Ingress or
+    /// HTTPRoute in front of `BIND_ADDR` cannot expose them. Unset: they are served on
+    /// `BIND_ADDR`.
+    #[arg(long, env = "INTERNAL_ADDR")]
+    pub internal_addr: Option<SocketAddr>,
     /// SQLite or PostgreSQL URL.
     #[arg(
         long,
@@ -224,6 +230,7 @@ impl Config {
         config.bind_addr = "127.0.0.1:0".parse().expect("literal address");
         config.database_url = database_url.to_owned().into();
         config.redis_url = None;
+        config.internal_addr = None;
         config.jwt_secret = Some("test-secret-test-secret-test-secret".to_owned().into());
         config.auth_rate_per_min = 100_000;
         config.account_rate_per_min = 100_000;

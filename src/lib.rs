@@ -16,7 +16,8 @@
 //! 5. `domain`: wire types, validation rules, events; no I/O;
 //! 6. `config`, `error`, `telemetry` at the bottom.
 //!
-//! Only what the binary and the tests need is public: [`Config`], [`AppState`], [`run`].
+//! Only what the binary and the tests need is public: [`Config`], [`AppState`], [`run`],
+//! [`run_with_internal`].
 
 mod app;
 mod bus;
@@ -30,5 +31,5 @@ mod store;
 pub mod telemetry;
 mod ws;
 
-pub use app::{AppState, connect_db, create_admin, migrate, run};
+pub use app::{AppState, connect_db, create_admin, migrate, run, run_with_internal};
 pub use config::Config;

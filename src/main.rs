@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: chat::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bind = config.bind_addr;
+    let internal_addr = config.internal_addr;
     let mode = if config.is_cluster() {
         "cluster (Redis fan-out)"
     } else {
@@ -81,13 +82,28 @@ async fn serve(config: chat::Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let addr = listener.local_addr()?;
+    // Probes and metrics on their own port, which the Ingress/HTTPRoute does not route.
+    let internal = match internal_addr {
+        Some(internal_addr) => {
+            let internal = tokio::net::TcpListener::bind(internal_addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {internal_addr}: {e}"))?;
+            let addr = internal.local_addr()?;
+            tracing::info!(%addr, "internal port (probes, metrics) listening");
+            Some(internal)
+        }
+        None => None,
+    };
     tracing::info!(%addr, mode, "listening");
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received; draining");
         shutdown.cancel();
     });
-    chat::run(state, listener).await
+    match internal {
+        Some(internal) => chat::run_with_internal(state, listener, internal).await,
+        None => chat::run(state, listener).await,
+    }
 }
 
 async fn wait_for_signal() {

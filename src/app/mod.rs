@@ -5,7 +5,7 @@
 
 mod router;
 
-use std::{future::IntoFuture, net::SocketAddr, time::Duration};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -18,7 +18,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     chat::{Chat, admin, password::PasswordHasher},
     config::Config,
-    fanout::socket::CloseReason,
+    fanout::{hub::Hub, socket::CloseReason},
+    store::schema::{self, SchemaGate},
     telemetry,
 };
 
@@ -27,10 +28,20 @@ use crate::{
 /// megabytes in the kernel.
 const SEND_BUFFER: usize = 64 * 1024;
 
+/// How often a replica whose database schema is behind checks again.
+const SCHEMA_RECHECK: Duration = Duration::from_secs(2);
+
+/// The drain closes sockets in batches this far apart, over the first half of the grace
+/// period (at least one batch).
+const CLOSE_BATCH_EVERY: Duration = Duration::from_millis(250);
+
 /// A built service, ready to [`run`].
 #[derive(Clone)]
 pub struct AppState {
     chat: Chat,
+    /// Whether the database has every migration of this binary: until it does, `/readyz`
+    /// answers 503 and every other route too.
+    schema: SchemaGate,
 }
 
 impl AppState {
@@ -47,12 +58,28 @@ impl AppState {
         if config.auto_migrate {
             migrate(&db).await?;
         }
+        let schema = SchemaGate::default();
+        let current = check_schema(&db, &schema, true).await;
         let chat = Chat::build(config, db, TaskTracker::new(), shutdown).await?;
-        let state = Self { chat };
-        state.ensure_admin_from_env().await?;
+        let state = Self { chat, schema };
+        if current {
+            state.ensure_admin_from_env().await?;
+        }
         let chat = state.chat.clone();
         state.chat.tasks.spawn(chat.housekeeping());
+        if !current {
+            state
+                .chat
+                .tasks
+                .spawn(watch_schema(state.chat.clone(), state.schema.clone()));
+        }
         Ok(state)
+    }
+
+    /// Whether the database schema has every migration of this binary (else this replica
+    /// serves nothing but its probes and metrics).
+    pub fn schema_current(&self) -> bool {
+        self.schema.is_current()
     }
 
     /// The configuration this state was built from.
@@ -85,6 +112,53 @@ impl AppState {
             self.ensure_admin(u, e, p.expose_secret()).await?;
         }
         Ok(())
+    }
+}
+
+/// Compare the database's migrations with this binary's and set `gate`; `true` when current.
+async fn check_schema(db: &DatabaseConnection, gate: &SchemaGate, log: bool) -> bool {
+    let current = match schema::pending(db).await {
+        Ok(pending) if pending.is_empty() => true,
+        Ok(pending) => {
+            if log {
+                tracing::warn!(
+                    ?pending,
+                    "the database schema is behind this binary: serving nothing until \
+                     `chat-server migrate` has applied its migrations"
+                );
+            }
+            false
+        }
+        Err(e) => {
+            if log {
+                tracing::warn!(error = %e, "cannot read the applied migrations");
+            }
+            false
+        }
+    };
+    gate.set_current(current);
+    current
+}
+
+/// Re-check a schema that was behind until it is current (the migrate Job or hook ran), then
+/// create the first admin from `ADMIN_*` if configured.
+async fn watch_schema(chat: Chat, gate: SchemaGate) {
+    loop {
+        tokio::select! {
+            () = chat.stop.cancelled() => return,
+            () = tokio::time::sleep(SCHEMA_RECHECK) => {}
+        }
+        if check_schema(&chat.db, &gate, false).await {
+            tracing::info!("database schema is current: serving");
+            let state = AppState {
+                chat: chat.clone(),
+                schema: gate.clone(),
+            };
+            if let Err(e) = state.ensure_admin_from_env().await {
+                tracing::error!(error = %e, "creating the admin from ADMIN_* failed");
+            }
+            return;
+        }
     }
 }
 
@@ -137,26 +211,60 @@ pub async fn create_admin(
 }
 
 /// Serve `state` on `listener` until its shutdown token is cancelled, then drain: `/readyz`
-/// is already 503, the listener stops accepting, every socket is closed with 1012, and
-/// in-flight requests, commits and socket flushes get up to `SHUTDOWN_GRACE_SECS` to finish.
+/// is already 503, the listener stops accepting, sockets are closed with 1012 in batches
+/// spread over the first half of `SHUTDOWN_GRACE_SECS` (so the other replicas absorb the
+/// reconnections gradually), and in-flight requests, commits and socket flushes get up to
+/// `SHUTDOWN_GRACE_SECS` to finish. Probes and metrics are served on `listener` too.
 ///
 /// # Errors
 /// If the listener fails.
 pub async fn run(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
-    let chat = state.chat;
-    let app = router::router(chat.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    serve(state, listener, None).await
+}
+
+/// [`run`], with `/healthz`, `/readyz` and `/metrics` on `internal` only (`INTERNAL_ADDR`):
+/// the public listener, the one an Ingress routes to, does not serve them. The internal
+/// listener keeps answering during the drain (the kubelet sees `/readyz` 503) and stops when
+/// this returns.
+///
+/// # Errors
+/// If a listener fails.
+pub async fn run_with_internal(
+    state: AppState,
+    listener: TcpListener,
+    internal: TcpListener,
+) -> anyhow::Result<()> {
+    serve(state, listener, Some(internal)).await
+}
+
+async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    internal: Option<TcpListener>,
+) -> anyhow::Result<()> {
+    let AppState { chat, schema } = state;
+    let split = internal.is_some();
+    let app = router::router(chat.clone(), schema.clone(), !split)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    // Aborted when this function returns (the guard drops).
+    let _internal = internal.map(|internal| {
+        let app = router::internal_router(chat.clone(), schema.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        AbortOnDrop(tokio::spawn(axum::serve(internal, app).into_future()))
+    });
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER);
     });
+    let grace = Duration::from_secs(chat.config.shutdown_grace_secs);
     let stop = chat.stop.clone();
     let hub = chat.hub.clone();
+    let closer = chat.tasks.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
-        tracing::info!("shutting down: closing sockets with 1012");
-        hub.close_all(CloseReason::Restart);
+        tracing::info!("shutting down: closing sockets with 1012, in batches");
+        closer.spawn(close_in_batches(hub, grace / 2));
     });
-    let grace = Duration::from_secs(chat.config.shutdown_grace_secs);
     let tasks = chat.tasks.clone();
     let stop = chat.stop.clone();
     drop(chat);
@@ -170,8 +278,9 @@ pub async fn run(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
         // The listener failed before any shutdown.
         served = &mut server => return served.map_err(Into::into),
     }
-    // In-flight HTTP requests (and their commits) finish, then every tracked task: commit
-    // drains and their publishes, socket sessions flushing their close frames, room tasks.
+    // In-flight HTTP requests (and their commits) finish, then every tracked task: the batched
+    // closes, commit drains and their publishes, socket sessions flushing their close frames,
+    // room tasks.
     let drained = tokio::time::timeout(grace, async {
         let served = server.await;
         tasks.close();
@@ -188,5 +297,55 @@ pub async fn run(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Close every socket with 1012, spread over `window`: one batch every
+/// [`CLOSE_BATCH_EVERY`], each the same share of the sockets open when the drain began. A
+/// few sockets go at once (one per batch); ten thousand take the whole window, so the
+/// reconnections reach the other replicas as a stream rather than a wall. Sockets that
+/// appeared meanwhile are closed with the last batch.
+async fn close_in_batches(hub: Arc<Hub>, window: Duration) {
+    let sockets = hub.sockets();
+    let batches = batch_count(window);
+    let per_batch = sockets.len().div_ceil(batches).max(1);
+    for (i, batch) in sockets.chunks(per_batch).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(CLOSE_BATCH_EVERY).await;
+        }
+        for ctl in batch {
+            // The socket sends the acks it owes, then closes with 1012.
+            ctl.restart();
+        }
+    }
+    hub.close_all(CloseReason::Restart);
+}
+
+/// Batches that fit in `window`, one per [`CLOSE_BATCH_EVERY`] (at least one).
+fn batch_count(window: Duration) -> usize {
+    usize::try_from(window.as_millis() / CLOSE_BATCH_EVERY.as_millis())
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_spread_over_half_the_grace_period() {
+        // SHUTDOWN_GRACE_SECS=15: 7.5 s of batches, 250 ms apart.
+        assert_eq!(batch_count(Duration::from_secs(15) / 2), 30);
+        assert_eq!(batch_count(Duration::ZERO), 1);
+        assert_eq!(batch_count(Duration::from_millis(100)), 1);
     }
 }

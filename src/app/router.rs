@@ -10,9 +10,11 @@
 use std::time::Duration;
 
 use axum::{
-    Router,
+    Extension, Router,
+    extract::{Request, State},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
-    middleware,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tower::ServiceBuilder;
@@ -25,20 +27,34 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{chat::Chat, config::Config, http, telemetry, ws};
+use crate::{
+    chat::Chat,
+    config::Config,
+    error::{ErrorBody, ErrorDetail},
+    http,
+    store::schema::SchemaGate,
+    telemetry, ws,
+};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(super) fn router(chat: Chat) -> Router {
+/// The public router. `with_probes`: `/healthz`, `/readyz` and `/metrics` are served here too
+/// (no `INTERNAL_ADDR`).
+pub(super) fn router(chat: Chat, schema: SchemaGate, with_probes: bool) -> Router {
     let api = http::api_routes().layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_secs(chat.config.request_timeout_secs),
     ));
     let cors = cors(&chat.config);
+    let ops = if with_probes {
+        http::ops_routes()
+    } else {
+        http::docs::routes()
+    };
     Router::new()
         .nest("/api/v1", api)
         .merge(ws::routes())
-        .merge(http::ops_routes())
+        .merge(ops)
         .route("/", get(http::index))
         .fallback(http::extract::not_found_fallback)
         .method_not_allowed_fallback(http::method_not_allowed)
@@ -59,12 +75,49 @@ pub(super) fn router(chat: Chat) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(middleware::from_fn(telemetry::metrics::track_http))
+                .layer(Extension(schema.clone()))
+                .layer(middleware::from_fn_with_state(schema, require_schema))
                 .layer(CatchPanicLayer::new())
                 .layer(cors)
                 .layer(axum::extract::DefaultBodyLimit::max(http::BODY_LIMIT))
                 .layer(middleware::from_fn(http::json_errors)),
         )
         .with_state(chat)
+}
+
+/// The internal router (`INTERNAL_ADDR`): probes and metrics only, for the kubelet and
+/// Prometheus.
+pub(super) fn internal_router(chat: Chat, schema: SchemaGate) -> Router {
+    http::health::routes()
+        .fallback(http::extract::not_found_fallback)
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(telemetry::metrics::track_http))
+                .layer(Extension(schema))
+                .layer(CatchPanicLayer::new()),
+        )
+        .with_state(chat)
+}
+
+/// Paths a replica serves while its database schema is behind its migrations.
+const ALWAYS_SERVED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A replica whose database lacks some of its migrations serves nothing but its probes and
+/// metrics: every other request gets 503 `service_unavailable` (SPEC §3 error shape), a
+/// WebSocket upgrade included.
+async fn require_schema(State(schema): State<SchemaGate>, req: Request, next: Next) -> Response {
+    if schema.is_current() || ALWAYS_SERVED.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "service_unavailable".to_owned(),
+            message: "the database schema is behind this release; waiting for migrations"
+                .to_owned(),
+            fields: None,
+        },
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// CORS for `ALLOWED_ORIGINS` (any origin when unset or `*`).

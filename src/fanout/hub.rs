@@ -107,6 +107,11 @@ impl Hub {
         }
     }
 
+    /// Every open socket of this replica, at this moment (the drain closes them in batches).
+    pub(crate) fn sockets(&self) -> Vec<Arc<SocketCtl>> {
+        self.users.lock().values().flatten().cloned().collect()
+    }
+
     /// Close every socket of this replica (shutdown). With [`CloseReason::Restart`] each
     /// socket first sends the acks it owes ([`SocketCtl::restart`]).
     pub(crate) fn close_all(&self, reason: CloseReason) {

@@ -10,6 +10,7 @@ pub(crate) mod commit;
 pub(crate) mod messages;
 pub(crate) mod revoked;
 pub(crate) mod rooms;
+pub(crate) mod schema;
 pub(crate) mod sessions;
 pub(crate) mod users;
 

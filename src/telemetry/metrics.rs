@@ -19,6 +19,14 @@ pub const SLOW_CONSUMER_CLOSES: &str = "chat_slow_consumer_closes_total";
 pub const REDIS_RECONNECTS: &str = "chat_redis_reconnects_total";
 pub const GAP_FILLS: &str = "chat_bus_gap_fills_total";
 pub const DB_POOL: &str = "chat_db_pool_connections";
+pub const WS_CLOSES: &str = "chat_ws_closes_total";
+pub const BUILD_INFO: &str = "chat_build_info";
+pub const BUS_LIVE: &str = "chat_bus_live";
+pub const READY: &str = "chat_ready";
+pub const SCHEMA_CURRENT: &str = "chat_schema_current";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -91,6 +99,28 @@ fn describe() {
     );
     metrics::describe_counter!(GAP_FILLS, "Gap fills of a room's stream from the database");
     metrics::describe_gauge!(DB_POOL, "Database pool connections by state");
+    metrics::describe_counter!(
+        WS_CLOSES,
+        "WebSocket closes sent by this replica, by close code (SPEC §8)"
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Always 1; the labels say which build runs");
+    metrics::describe_gauge!(
+        BUS_LIVE,
+        "1 when the bus delivers (in-process, or a Redis probe came back recently), else 0"
+    );
+    metrics::describe_gauge!(READY, "1 when /readyz answers 200, else 0");
+    metrics::describe_gauge!(
+        SCHEMA_CURRENT,
+        "1 when the database has every migration of this binary, else 0"
+    );
+    metrics::describe_gauge!(
+        PROCESS_RSS,
+        metrics::Unit::Bytes,
+        "Resident set size of the process"
+    );
+    metrics::describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process");
+    metrics::describe_gauge!(PROCESS_MAX_FDS, "File descriptor limit of the process");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Counters of rare events are exported from the start, at 0: an alert on their rate needs
     // the series to exist before the first event.
     for name in [
@@ -130,6 +160,43 @@ pub fn delivered(n: u64, published_at_micros: i64) {
     #[allow(clippy::cast_precision_loss)]
     let secs = (super::now_micros() - published_at_micros).max(0) as f64 / 1e6;
     histogram!(FANOUT_LATENCY).record(secs);
+}
+
+/// A close frame with `code` went out on one of this replica's sockets.
+pub fn ws_closed(code: u16) {
+    counter!(WS_CLOSES, "code" => code.to_string()).increment(1);
+}
+
+/// The parts of `/readyz`, as gauges (set on every scrape and every probe).
+pub fn health(ready: bool, bus_live: bool, schema_current: bool) {
+    gauge!(READY).set(f64::from(u8::from(ready)));
+    gauge!(BUS_LIVE).set(f64::from(u8::from(bus_live)));
+    gauge!(SCHEMA_CURRENT).set(f64::from(u8::from(schema_current)));
+}
+
+/// Resident memory and file descriptors, read from `/proc/self` (Linux; nothing elsewhere).
+pub fn record_process() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    {
+        gauge!(PROCESS_RSS).set(kib * 1024.0);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        #[allow(clippy::cast_precision_loss)]
+        gauge!(PROCESS_OPEN_FDS).set(dir.count() as f64);
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits")
+        && let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+    {
+        gauge!(PROCESS_MAX_FDS).set(max);
+    }
 }
 
 pub fn slow_consumer_closed() {

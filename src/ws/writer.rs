@@ -218,6 +218,7 @@ async fn close<W: WsSink>(mut sink: W, mut batch: VecDeque<Frame>, ctl: &SocketC
     let slow = reason == CloseReason::SlowConsumer;
     let flush = if slow { SLOW_CLOSE_FLUSH } else { CLOSE_FLUSH };
     let (code, text) = protocol::close_code(reason);
+    crate::telemetry::metrics::ws_closed(code);
     let _ = tokio::time::timeout(flush, async {
         if !slow {
             // Frames queued before the close (e.g. `room_deleted`) go out first.

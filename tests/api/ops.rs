@@ -11,7 +11,7 @@ use axum::{Router, body::Bytes, routing::post};
 use prost::Message as _;
 use serde_json::json;
 
-use crate::support::*;
+use crate::{dual_test, support::*};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_in_embedded_mode() {
@@ -332,4 +332,173 @@ async fn one_trace_follows_a_message_across_replicas() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployment (issue 18): the schema gate, the internal port, the operator metrics.
+
+/// The name of the binary's newest migration, forgotten by the database: as if this image
+/// were rolled out before its migration ran.
+async fn database_without_newest_migration(backend: Backend) -> (String, String) {
+    use migration::MigratorTrait;
+    use sea_orm::ConnectionTrait;
+    let url = fresh_database(backend).await;
+    let db = sea_orm::Database::connect(&url).await.expect("connect");
+    migration::Migrator::up(&db, None).await.expect("migrate");
+    let newest = migration::Migrator::migrations()
+        .last()
+        .expect("a migration")
+        .name()
+        .to_owned();
+    db.execute_unprepared(&format!(
+        "DELETE FROM seaql_migrations WHERE version = '{newest}'"
+    ))
+    .await
+    .expect("forget the newest migration");
+    db.close().await.ok();
+    (url, newest)
+}
+
+dual_test!(
+    a_replica_whose_database_lacks_its_newest_migration_serves_nothing,
+    |backend| async move {
+        use sea_orm::ConnectionTrait;
+        let (url, newest) = database_without_newest_migration(backend).await;
+        let mut config = chat::Config::for_tests(&url);
+        config.auto_migrate = false;
+        let app = spawn_with(config).await;
+        assert!(!app.state.schema_current());
+
+        let (status, body) = app.get("/readyz", None).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["schema"], "behind");
+        assert_eq!(body["db"], "up");
+        // Alive (no restart loop), and observable.
+        assert_eq!(app.get("/healthz", None).await.0, 200);
+        assert_eq!(app.get("/metrics", None).await.0, 200);
+        // Nothing else: REST (with or without a token), the web client, docs, WebSockets.
+        let (status, body) = app
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"username": "early", "email": "early@example.com", "password": "password-123"}),
+            )
+            .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+        for path in ["/api/v1/rooms", "/", "/docs", "/api/v1/openapi.json"] {
+            let (status, body) = app.get(path, Some("any-token")).await;
+            assert_eq!(status, 503, "{path}: {body}");
+            assert_eq!(body["error"]["code"], "service_unavailable", "{path}");
+        }
+        assert_eq!(
+            ws_refused(&app.ws_url("/ws/rooms/general?token=x")).await,
+            503
+        );
+
+        // The migration lands (the Job or hook ran): the replica notices and serves.
+        let db = sea_orm::Database::connect(&url).await.expect("connect");
+        db.execute_unprepared(&format!(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{newest}', 0)"
+        ))
+        .await
+        .expect("record the migration");
+        app.wait_readyz(200, 10).await;
+        assert!(app.state.schema_current());
+        app.register("late").await;
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_only_on_the_internal_port() {
+    let url = fresh_database(Backend::Sqlite).await;
+    let (app, internal) = spawn_with_internal(chat::Config::for_tests(&url)).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(internal.get(path, None).await.0, 200, "internal {path}");
+        assert_eq!(app.get(path, None).await.0, 404, "public {path}");
+    }
+    // The public port serves the rest; the internal one nothing else.
+    app.register("public_user").await;
+    assert_eq!(internal.get("/api/v1/rooms", None).await.0, 404);
+    assert_eq!(internal.get("/", None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_metrics_build_health_process_and_closes_by_code() {
+    // A process of its own: the counters and gauges are not shared with other tests.
+    let db = fresh_database(Backend::Sqlite).await;
+    let app = ServerProc::start(&db, &[]).await;
+    let user = app.register("closer").await;
+    app.create_room(&user, "closing", "public").await;
+    let mut ws = ws_connect(&app.ws_url(""), "closing", &user.access, None).await;
+    expect_ready(&mut ws).await;
+    let (status, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/rooms/closing",
+            Some(&user.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(close_code(&mut ws, 5).await, Some(4404));
+
+    let m = app.metrics().await;
+    assert_eq!(
+        m.sum("chat_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+    assert_eq!(m.sum("chat_ready", &[]), 1.0);
+    assert_eq!(m.sum("chat_bus_live", &[]), 1.0);
+    assert_eq!(m.sum("chat_schema_current", &[]), 1.0);
+    assert_eq!(m.sum("chat_ws_closes_total", &[("code", "4404")]), 1.0);
+    assert!(m.sum("process_resident_memory_bytes", &[]) > 1e6);
+    let open = m.sum("process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && open <= m.sum("process_max_fds", &[]),
+        "{open}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_spreads_socket_closes_over_half_the_grace_period() {
+    let url = fresh_database(Backend::Sqlite).await;
+    let mut config = chat::Config::for_tests(&url);
+    // 2 s of batches, one every 250 ms: 16 sockets go 2 at a time.
+    config.shutdown_grace_secs = 4;
+    let app = spawn_with(config).await;
+    let user = app.register("drainer").await;
+    app.create_room(&user, "drain", "public").await;
+    let mut sockets = Vec::new();
+    for _ in 0..16 {
+        let mut ws = ws_connect(&app.ws_url(""), "drain", &user.access, None).await;
+        expect_ready(&mut ws).await;
+        sockets.push(ws);
+    }
+    let start = std::time::Instant::now();
+    drop(app); // cancels the app's shutdown token: the drain begins
+    let closed = futures::future::join_all(sockets.iter_mut().map(|ws| async move {
+        let code = close_code(ws, 10).await;
+        (code, start.elapsed())
+    }))
+    .await;
+    assert!(
+        closed.iter().all(|(code, _)| *code == Some(1012)),
+        "{closed:?}"
+    );
+    let first = closed.iter().map(|(_, t)| *t).min().unwrap();
+    let last = closed.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        first < Duration::from_millis(500),
+        "the first batch goes at once: {first:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(1500),
+        "closes spread over the window, not all at once: {first:?}..{last:?}"
+    );
+    assert!(
+        last < Duration::from_secs(3),
+        "within the first half of the grace period (+ slack): {last:?}"
+    );
 }

@@ -109,6 +109,33 @@ pub async fn spawn_with(config: Config) -> TestApp {
     }
 }
 
+/// [`spawn_with`], with probes and metrics on a second listener (`INTERNAL_ADDR`); the
+/// second value is a client of that internal port.
+pub async fn spawn_with_internal(config: Config) -> (TestApp, Client) {
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    let state = AppState::build(config, shutdown.clone())
+        .await
+        .expect("app state builds");
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let (addr, internal_addr) = (
+        public.local_addr().expect("local addr"),
+        internal.local_addr().expect("local addr"),
+    );
+    tokio::spawn(chat::run_with_internal(state.clone(), public, internal));
+    let app = TestApp {
+        client: Client::new(addr),
+        state,
+        shutdown,
+    };
+    (app, Client::new(internal_addr))
+}
+
 /// Wait until `done()` holds; panics with `what` after `secs`. The way to synchronise with
 /// something a test cannot be told about, instead of a fixed sleep.
 pub async fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
