@@ -133,6 +133,8 @@ fi
 
 PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
+# The credential limits are raised (pass 2 registers a user per test case, all from
+# 127.0.0.1); the room-creation limit is met within a run, so its 429 is exercised too.
 ADMIN_PASSWORD="$(rand_hex 12)"
 export ADMIN_USERNAME="fuzz-admin" ADMIN_EMAIL="fuzz-admin@example.com" ADMIN_PASSWORD
 say "starting $BIN on $BASE ($WHERE)"
@@ -140,7 +142,7 @@ env "${SERVER_ENV[@]}" \
   BIND_ADDR="127.0.0.1:$PORT" \
   JWT_SECRET="$(rand_hex 32)" \
   ACCESS_TOKEN_TTL_SECS=3600 \
-  AUTH_RATE_PER_MIN=100000 ACCOUNT_RATE_PER_MIN=100000 \
+  AUTH_RATE_PER_MIN=100000 ACCOUNT_RATE_PER_MIN=100000 ROOMS_PER_HOUR=100 \
   LOG_FORMAT=pretty RUST_LOG="${RUST_LOG:-warn}" \
   "$BIN" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
