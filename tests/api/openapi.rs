@@ -126,22 +126,24 @@ async fn an_integral_number_written_with_a_fraction_is_an_integer() {
 /// `cursor` is any string in the document (it is opaque): one this server did not issue is a
 /// value the handler refuses (422 on `cursor`), not a malformed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_users_cursor_the_server_did_not_issue_is_a_422() {
+async fn a_cursor_the_server_did_not_issue_is_a_422() {
     let app = spawn_app(Backend::Sqlite).await;
     let user = app.register("cursor_user").await;
-    for cursor in ["abc", "%C3%A9", "99999999999999999999"] {
+    app.create_room(&user, "cursor-room", "public").await;
+    for list in ["/api/v1/users", "/api/v1/rooms/cursor-room/members"] {
+        for cursor in ["abc", "%C3%A9", "99999999999999999999"] {
+            let (status, body) = app
+                .get(&format!("{list}?cursor={cursor}"), Some(&user.access))
+                .await;
+            assert_eq!(status, 422, "{list} {cursor}: {body}");
+            assert_eq!(body["error"]["code"], "validation_failed");
+            assert!(body["error"]["fields"]["cursor"].is_array(), "{body}");
+        }
         let (status, body) = app
-            .get(
-                &format!("/api/v1/users?cursor={cursor}"),
-                Some(&user.access),
-            )
+            .get(&format!("{list}?limit=1"), Some(&user.access))
             .await;
-        assert_eq!(status, 422, "{cursor}: {body}");
-        assert_eq!(body["error"]["code"], "validation_failed");
-        assert!(body["error"]["fields"]["cursor"].is_array(), "{body}");
+        assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = app.get("/api/v1/users?limit=1", Some(&user.access)).await;
-    assert_eq!(status, 200, "{body}");
 }
 
 /// The served document lists, for every operation, the statuses its shape implies, and
