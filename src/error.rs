@@ -134,7 +134,9 @@ pub(crate) struct ErrorDetail {
     /// Stable machine-readable code, e.g. `validation_failed`.
     pub(crate) code: String,
     pub(crate) message: String,
+    /// The input fields at fault, each with its messages.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
     pub(crate) fields: Option<FieldErrors>,
 }
 

@@ -124,7 +124,8 @@ pub(crate) fn room_settings(
 }
 
 /// Who may find and join a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub(crate) enum Visibility {
     /// Listed to everyone; anyone may join.
     Public,

@@ -12,7 +12,7 @@ use crate::{
         model::User,
         validate::{self, USERNAME_RE},
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     store::{self, sessions::Rotation},
 };
 
@@ -27,12 +27,15 @@ pub(crate) fn routes() -> Router<Chat> {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct RegisterRequest {
     /// 3–32 of `[A-Za-z0-9_.-]`, unique case-insensitively.
+    #[schema(value_type = String, required = true, min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.\-]+$")]
     #[validate(
         required(message = "is required"),
         length(min = 3, max = 32, message = "must be 3 to 32 characters"),
         regex(path = *USERNAME_RE, message = "may contain only letters, digits, `_`, `.` and `-`")
     )]
     pub username: Option<String>,
+    /// Unique case-insensitively.
+    #[schema(value_type = String, required = true, format = Email, max_length = 254)]
     #[validate(
         required(message = "is required"),
         email(message = "is not a valid email address"),
@@ -40,6 +43,7 @@ pub(crate) struct RegisterRequest {
         custom(function = "plain_text")
     )]
     pub email: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
     #[validate(
         required(message = "is required"),
         length(min = 8, max = 128, message = "must be 8 to 128 characters")
@@ -47,11 +51,13 @@ pub(crate) struct RegisterRequest {
     pub password: Option<String>,
     /// When given, must equal `password`.
     pub password_confirm: Option<String>,
+    #[schema(max_length = 100)]
     #[validate(
         length(max = 100, message = "must be at most 100 characters"),
         custom(function = "plain_text")
     )]
     pub first_name: Option<String>,
+    #[schema(max_length = 100)]
     #[validate(
         length(max = 100, message = "must be at most 100 characters"),
         custom(function = "plain_text")
@@ -61,15 +67,20 @@ pub(crate) struct RegisterRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct LoginRequest {
-    /// Username or email.
+    /// Username or email (one of `login`, `username`, `email` is required).
     pub login: Option<String>,
+    /// Accepted in place of `login`.
     pub username: Option<String>,
+    /// Accepted in place of `login`.
     pub email: Option<String>,
+    #[schema(value_type = String, required = true)]
     pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct RefreshRequest {
+    /// The refresh token; it is spent (rotated) by this call.
+    #[schema(value_type = String, required = true)]
     pub refresh: Option<String>,
 }
 
@@ -158,8 +169,12 @@ async fn issue(
 
 /// `POST /api/v1/auth/register`: create an account and log it in.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = RegisterResponse), (status = 409, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Registered and logged in", body = RegisterResponse),
+        (status = 409, description = "Username or email already taken (`conflict`, with `fields`)", body = ErrorBody),
+        (status = 422, description = "Invalid field values (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn register(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -200,8 +215,12 @@ pub(crate) async fn register(
 
 /// `POST /api/v1/auth/login`: `login` (or `username`/`email`) and `password`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 401, description = "Wrong login or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 422, description = "`login` or `password` missing or invalid (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn login(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -258,7 +277,12 @@ pub(crate) async fn login(
 
 /// `POST /api/v1/auth/refresh`: rotate a refresh token.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "A new token pair; the presented refresh token is spent", body = Tokens),
+        (status = 401, description = "Unknown, expired or revoked refresh token; a reused one revokes its family (`invalid_token`)", body = ErrorBody),
+        (status = 422, description = "`refresh` missing (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn refresh(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
@@ -291,7 +315,7 @@ pub(crate) async fn refresh(
 
 /// `POST /api/v1/auth/logout`: end this session (or, with `all`, every session).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = Option<LogoutRequest>),
-    security(("bearer" = [])), responses((status = 204), (status = 401, body = crate::error::ErrorBody)))]
+    security(("bearer" = [])), responses((status = 204, description = "Logged out: the access token and the session are revoked")))]
 pub(crate) async fn logout(
     State(chat): State<Chat>,
     user: CurrentUser,

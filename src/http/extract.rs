@@ -43,7 +43,7 @@ where
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(Json)
+        parse_body(&bytes).map(Json)
     }
 }
 
@@ -58,6 +58,18 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
                 ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
             }
         })
+}
+
+/// A request body: a JSON object (every request type of the API is one). serde would also
+/// read a struct from an array of its fields in order (`["a@b.c"]` as `{"email": "a@b.c"}`,
+/// `[null, null]` clearing two fields): an array is refused here instead.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "malformed JSON: expected an object, not an array",
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Parse JSON with the path of any type error, for a precise 400.
@@ -78,6 +90,33 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
+/// `#[serde(default, deserialize_with = "integer")]` for an `Option<i64>` field of a request:
+/// JSON has one number type, and JSON Schema's `integer` admits `2.0`, so an integral number
+/// written with a fraction or an exponent is that integer; `2.5`, or one out of range, is a
+/// type error (400) as before.
+pub(crate) fn integer<'de, D>(de: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{Deserialize, Error, Unexpected};
+    let Some(n) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    // `i64::MAX as f64` rounds up to 2^63, which is out of range: hence `<`.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+        return Ok(Some(f as i64));
+    }
+    Err(D::Error::invalid_type(
+        Unexpected::Float(f),
+        &"an integer (i64)",
+    ))
+}
+
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
@@ -89,7 +128,8 @@ pub(crate) async fn not_found_fallback() -> ApiError {
     ApiError::NotFound("route")
 }
 
-/// An optional JSON body: an empty body is `None`; anything else must be valid JSON.
+/// An optional JSON body: an empty body, or the JSON `null`, is `None`; anything else must be
+/// valid JSON of `T`. (The OpenAPI document describes such a body as `T` or `null`.)
 pub(crate) struct MaybeJson<T>(pub Option<T>);
 
 impl<S, T> FromRequest<S> for MaybeJson<T>
@@ -108,7 +148,7 @@ where
         if !has_type {
             return Err(ApiError::UnsupportedMediaType);
         }
-        parse_json(&bytes).map(|v| Self(Some(v)))
+        parse_body::<Option<T>>(&bytes).map(Self)
     }
 }
 

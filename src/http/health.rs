@@ -18,7 +18,7 @@ pub(crate) fn routes() -> Router<Chat> {
 }
 
 /// `GET /healthz`
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process serves")))]
 pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -49,7 +49,10 @@ async fn readiness(chat: &Chat, gate: Option<&SchemaGate>) -> (bool, Value) {
 }
 
 /// `GET /readyz`: 200 when ready for traffic, else 503 with the failing parts.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready for traffic"),
+    (status = 503, description = "Not ready: the database or the bus is down, the schema is behind, or the replica is draining"),
+))]
 pub(crate) async fn readyz(
     State(chat): State<Chat>,
     gate: Option<Extension<SchemaGate>>,

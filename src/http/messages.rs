@@ -22,7 +22,7 @@ use crate::{
         model::{Message, UserRef},
         validate,
     },
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     fanout::route,
     store,
     telemetry::metrics,
@@ -60,13 +60,17 @@ pub(crate) struct HistoryResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct SendRequest {
     /// 1–4000 characters, not blank.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000)]
     pub content: Option<String>,
     /// Idempotency key (1–64 characters), unique per room and author.
+    #[schema(min_length = 1, max_length = 64)]
     pub client_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct EditRequest {
+    /// 1–4000 characters, not blank.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000)]
     pub content: Option<String>,
 }
 
@@ -84,7 +88,7 @@ fn check(fields: crate::error::FieldErrors) -> Result<(), ApiError> {
 
 /// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), params(HistoryQuery),
-    responses((status = 200, body = HistoryResponse), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
 pub(crate) async fn list_messages(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -107,8 +111,14 @@ pub(crate) async fn list_messages(
 
 /// `POST /api/v1/rooms/{name}/messages`: 201 new; 200 with the original for a repeated `client_id`.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), request_body = SendRequest,
-    responses((status = 201, body = Message), (status = 200, body = Message), (status = 403, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Committed and delivered", body = Message),
+        (status = 200, description = "The same `client_id` again: the original message, nothing new stored", body = Message),
+        (status = 403, description = "The caller is not a member (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid `content` or `client_id` (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "Sending too fast (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn create_message(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -140,7 +150,12 @@ pub(crate) async fn create_message(
 
 /// `PATCH /api/v1/rooms/{name}/messages/{id}` (author): broadcasts `message_edited`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}/messages/{id}", tag = "messages", security(("bearer" = [])), request_body = EditRequest,
-    responses((status = 200, body = Message), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The edited message", body = Message),
+        (status = 403, description = "The caller is not the author (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid `content` (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn edit_message(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -167,7 +182,11 @@ pub(crate) async fn edit_message(
 
 /// `DELETE /api/v1/rooms/{name}/messages/{id}` (author, room owner, admin): broadcasts `message_deleted`.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}/messages/{id}", tag = "messages", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; `message_deleted` is broadcast"),
+        (status = 403, description = "The caller is not the author, the room owner or an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_message(
     State(chat): State<Chat>,
     me: CurrentUser,

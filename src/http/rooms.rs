@@ -26,7 +26,7 @@ use crate::{
         model::{Member, Page, Room},
         validate::{self, Visibility},
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     fanout::route,
     store::{self, rooms::RoomRow},
 };
@@ -52,36 +52,47 @@ pub(crate) fn routes() -> Router<Chat> {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub(crate) struct CreateRoomRequest {
-    /// 1–64 of `[a-z0-9_-]`, starting with a letter or digit.
+    /// 1–64 of `[a-z0-9_-]`, starting with a letter or digit; unique and immutable.
+    #[schema(value_type = String, required = true, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: Option<String>,
+    #[schema(max_length = 512)]
     pub topic: Option<String>,
     /// `public` (default) or `private`.
+    #[schema(value_type = Option<Visibility>)]
     pub visibility: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateRoomRequest {
+    /// At most 512 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 512)]
     pub topic: Option<Option<String>>,
+    #[schema(value_type = Option<Visibility>)]
     pub visibility: Option<String>,
     /// Transfer the room to this member; the previous owner stays a member.
+    #[serde(default, deserialize_with = "super::extract::integer")]
     pub owner_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InviteRequest {
+    #[schema(value_type = i64, required = true)]
+    #[serde(default, deserialize_with = "super::extract::integer")]
     pub user_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct ListRoomsQuery {
-    /// Substring of the name.
+    /// Substring of the name. No control characters but `\n` and `\t` (else 400).
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub q: Option<String>,
     /// Only rooms the caller is a member of.
     pub joined: Option<bool>,
     /// 1–100, default 50.
     pub limit: Option<u64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub cursor: Option<String>,
 }
 
@@ -96,7 +107,7 @@ pub(crate) struct MembersResponse {
 pub(crate) struct MembersQuery {
     /// Page size, 1–200 (default 100).
     pub limit: Option<u64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page; anything else is a 422.
     pub cursor: Option<String>,
 }
 
@@ -137,7 +148,12 @@ async fn create(
 
 /// `POST /api/v1/rooms`: the creator becomes owner and member.
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoomRequest,
-    responses((status = 201, body = Room), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Created; the caller is its owner and a member", body = Room),
+        (status = 409, description = "The name is taken (`conflict`)", body = ErrorBody),
+        (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "The caller created too many rooms in the last hour (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn create_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -161,7 +177,7 @@ pub(crate) async fn create_room(
 
 /// `GET /api/v1/rooms?q=&joined=&limit=&cursor=`: public rooms plus the caller's private ones.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), params(ListRoomsQuery),
-    responses((status = 200, body = Page<Room>)))]
+    responses((status = 200, description = "A page of rooms", body = Page<Room>)))]
 pub(crate) async fn list_rooms(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -190,7 +206,7 @@ pub(crate) async fn list_rooms(
 
 /// `GET /api/v1/rooms/{name}`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The room", body = Room), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
 pub(crate) async fn get_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -202,7 +218,13 @@ pub(crate) async fn get_room(
 
 /// `PUT /api/v1/rooms/{name}`: join-or-create. 201 created; 200 joined (or already a member).
 #[utoipa::path(put, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body(content = Option<CreateRoomRequest>),
-    responses((status = 200, body = Room), (status = 201, body = Room), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Joined an existing public room (or already a member)", body = Room),
+        (status = 201, description = "Created; the caller is its owner", body = Room),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "The caller created too many rooms in the last hour (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn join_or_create_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -249,7 +271,11 @@ async fn join_existing(
 
 /// `POST /api/v1/rooms/{name}/join`: public rooms; private ones need an invitation (403).
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/join", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "Joined (or already a member)", body = Room),
+        (status = 403, description = "A private room that needs an invitation (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn join_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -264,7 +290,11 @@ pub(crate) async fn join_room(
 /// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003. The
 /// owner cannot leave (409) until the room is transferred.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/leave", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Left; the caller's sockets in the room close with 4003"),
+        (status = 404, description = "No such room, or the caller is not a member (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The caller owns the room: transfer it (`owner_id`) or delete it first (`conflict`)", body = ErrorBody),
+    ))]
 pub(crate) async fn leave_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -291,7 +321,12 @@ pub(crate) async fn leave_room(
 /// `PATCH /api/v1/rooms/{name}` (owner, admin): `topic`, `visibility`, `owner_id` (transfer to
 /// a member); broadcasts `room_updated`.
 #[utoipa::path(patch, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])), request_body = UpdateRoomRequest,
-    responses((status = 200, body = Room), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The updated room", body = Room),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid topic or visibility, or `owner_id` is not a member (`validation_failed`, with `fields`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -342,7 +377,11 @@ pub(crate) async fn update_room(
 
 /// `DELETE /api/v1/rooms/{name}` (owner, admin): sockets get `room_deleted`, then close 4404.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; its sockets get `room_deleted`, then close with 4404"),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_room(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -362,7 +401,11 @@ pub(crate) async fn delete_room(
 /// `GET /api/v1/rooms/{name}/members?limit=&cursor=`: one page, in user-id order; `online` is
 /// cluster-wide.
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])), params(MembersQuery),
-    responses((status = 200, body = MembersResponse), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "One page of members", body = MembersResponse),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`cursor` is not one this server issued (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn list_members(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -372,8 +415,9 @@ pub(crate) async fn list_members(
     let limit = q.limit.unwrap_or(100).clamp(1, 200);
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
+        // A string the document allows but this server did not issue: 422, as for users.
         Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::bad_request("invalid query parameter: `cursor` is not a cursor of this list")
+            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
         })?),
     };
     let (room, _) = chat.visible_room(&name, &me).await?;
@@ -390,7 +434,12 @@ pub(crate) async fn list_members(
 
 /// `POST /api/v1/rooms/{name}/members` (owner, admin): invite `user_id`.
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/members", tag = "rooms", security(("bearer" = [])), request_body = InviteRequest,
-    responses((status = 201, body = Member), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 201, description = "Invited: the user is a member", body = Member),
+        (status = 403, description = "The caller is neither the owner nor an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such user (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`user_id` missing (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn invite_member(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -416,7 +465,11 @@ pub(crate) async fn invite_member(
 
 /// `DELETE /api/v1/rooms/{name}/members/{user_id}` (owner, admin): their sockets close 4003.
 #[utoipa::path(delete, path = "/api/v1/rooms/{name}/members/{user_id}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Removed; their sockets in the room close with 4003"),
+        (status = 403, description = "The caller is neither the owner nor an admin, or the target is the owner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or the user is not a member (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn remove_member(
     State(chat): State<Chat>,
     me: CurrentUser,

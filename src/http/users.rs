@@ -20,7 +20,7 @@ use crate::{
         model::{Page, PublicUser, User},
         validate,
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, ErrorBody, FieldErrors},
     store,
 };
 
@@ -37,18 +37,20 @@ pub(crate) fn routes() -> Router<Chat> {
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct UpdateMeRequest {
+    #[schema(format = Email, max_length = 254)]
     #[validate(
         email(message = "is not a valid email address"),
         length(max = 254, message = "is too long"),
         custom(function = "super::auth::plain_text")
     )]
     pub email: Option<String>,
-    /// `null` clears it.
+    /// At most 100 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100)]
     pub first_name: Option<Option<String>>,
+    /// At most 100 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100)]
     pub last_name: Option<Option<String>>,
 }
 
@@ -63,8 +65,10 @@ where
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 pub(crate) struct ChangePasswordRequest {
+    #[schema(value_type = String, required = true)]
     #[validate(required(message = "is required"))]
     pub current_password: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
     #[validate(
         required(message = "is required"),
         length(min = 8, max = 128, message = "must be 8 to 128 characters")
@@ -74,27 +78,42 @@ pub(crate) struct ChangePasswordRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct DeleteMeRequest {
+    /// The account's current password.
+    #[schema(value_type = String, required = true)]
     pub password: Option<String>,
+}
+
+/// A role, as `PATCH /users/{id}` takes it (documentation only: the handler checks the names).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum RoleName {
+    User,
+    Admin,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateUserRequest {
-    /// Any of `user`, `admin`.
+    /// Any of `user`, `admin`; `user` is always kept.
+    #[schema(value_type = Vec<RoleName>, required = true)]
     pub roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct ListUsersQuery {
-    /// Substring of the username, case-insensitive.
+    /// Substring of the username, case-insensitive. No control characters but `\n` and `\t`
+    /// (else 400).
+    #[param(pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F]*$")]
     pub q: Option<String>,
     /// 1–100, default 20.
     pub limit: Option<u64>,
+    /// `next_cursor` of the previous page; anything else is a 422.
     pub cursor: Option<String>,
 }
 
 /// `GET /api/v1/users/me`
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = User), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The caller's full profile", body = User)))]
 pub(crate) async fn get_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -108,7 +127,12 @@ pub(crate) async fn get_me(
 
 /// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
-    responses((status = 200, body = User), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The updated profile", body = User),
+        (status = 409, description = "The email is already registered (`conflict`)", body = ErrorBody),
+        (status = 422, description = "Invalid field values (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 429, description = "Too many email changes from this address or account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -145,7 +169,11 @@ pub(crate) async fn update_me(
 
 /// `PUT /api/v1/users/me/password`: every other session is revoked.
 #[utoipa::path(put, path = "/api/v1/users/me/password", tag = "users", security(("bearer" = [])), request_body = ChangePasswordRequest,
-    responses((status = 204), (status = 401, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Changed; every other session of the user is revoked"),
+        (status = 422, description = "A field missing or invalid, or `current_password` is incorrect (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn change_password(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -172,7 +200,11 @@ pub(crate) async fn change_password(
 
 /// `DELETE /api/v1/users/me`: needs the password; messages stay with a `null` author.
 #[utoipa::path(delete, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = DeleteMeRequest,
-    responses((status = 204), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; every session is revoked, messages stay with a `null` author"),
+        (status = 422, description = "`password` missing or incorrect (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_me(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -203,18 +235,22 @@ async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListUsersQuery),
-    responses((status = 200, body = Page<PublicUser>), (status = 401, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "A page of users; `email` only for the caller (or for an admin)", body = Page<PublicUser>),
+        (status = 422, description = "`cursor` is not one this server issued (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn list_users(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
 ) -> Result<Json<Page<PublicUser>>, ApiError> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    // A well-formed request whose cursor this server did not issue: a 422, like any value
+    // the handler refuses (the document calls every string a cursor).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+        })?),
         None => None,
     };
     super::plain_query("q", q.q.as_deref())?;
@@ -234,7 +270,10 @@ pub(crate) async fn list_users(
 
 /// `GET /api/v1/users/{id}`
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = PublicUser), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The user; `email` only for the caller (or for an admin)", body = PublicUser),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn get_user(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -249,7 +288,12 @@ pub(crate) async fn get_user(
 
 /// `PATCH /api/v1/users/{id}` (admin): set `roles`.
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), request_body = UpdateUserRequest,
-    responses((status = 200, body = PublicUser), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 200, description = "The user with the new roles", body = PublicUser),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`roles` missing or naming an unknown role (`validation_failed`)", body = ErrorBody),
+    ))]
 pub(crate) async fn update_user(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -283,7 +327,11 @@ pub(crate) async fn update_user(
 
 /// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted; their sessions are revoked and their sockets closed"),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+    ))]
 pub(crate) async fn delete_user(
     State(chat): State<Chat>,
     me: CurrentUser,

@@ -11,6 +11,7 @@ mod hardening;
 mod healing;
 mod limits;
 mod messages;
+mod openapi;
 mod ops;
 mod rooms;
 mod users;
