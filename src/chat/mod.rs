@@ -213,7 +213,7 @@ impl Chat {
         let mut reconcile = tokio::time::interval(crate::fanout::hub::RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
-        let (mut audit_in, mut was_live) = (AUDIT_EVERY_TICKS, true);
+        let (mut audit_in, mut audited_at) = (AUDIT_EVERY_TICKS, 0);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -225,14 +225,16 @@ impl Chat {
                     // Sockets are audited when the bus comes back (events may have been
                     // lost while it was down) and every 30 s.
                     audit_in = audit_in.saturating_sub(1);
-                    let live = self.bus.state() != BusState::Down;
-                    if live && (audit_in == 0 || !was_live) {
+                    let reconnects = self.hub.reconnects();
+                    if self.bus.state() != BusState::Down
+                        && (audit_in == 0 || reconnects != audited_at)
+                    {
                         audit_in = AUDIT_EVERY_TICKS;
-                        if let Err(e) = self.audit_sockets().await {
-                            tracing::debug!(error = %e, "socket audit failed");
+                        match self.audit_sockets().await {
+                            Ok(()) => audited_at = reconnects,
+                            Err(e) => tracing::debug!(error = %e, "socket audit failed"),
                         }
                     }
-                    was_live = live;
                     continue;
                 }
                 _ = tick.tick() => {}

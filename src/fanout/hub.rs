@@ -39,6 +39,8 @@ pub(crate) struct Hub {
     next_socket: AtomicU64,
     /// Each active room's committed `last_seq` at the previous [`Hub::reconcile`].
     seen_committed: Mutex<HashMap<i64, i64>>,
+    /// How many times the bus reconnected (events may have been lost each time).
+    reconnects: AtomicU64,
 }
 
 /// How often [`Hub::reconcile`] runs.
@@ -62,6 +64,7 @@ impl Hub {
             queue_capacity,
             next_socket: AtomicU64::new(1),
             seen_committed: Mutex::default(),
+            reconnects: AtomicU64::new(0),
         });
         let inbound: std::sync::Weak<dyn Inbound> = Arc::downgrade(&hub) as _;
         bus.attach(inbound);
@@ -236,6 +239,11 @@ impl Hub {
         Ok(())
     }
 
+    /// How many times the bus has reconnected since the start.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Acquire)
+    }
+
     /// Each active room with the users subscribed to it here (distinct).
     pub(crate) fn subscriptions(&self) -> Vec<(i64, Vec<i64>)> {
         let channels: Vec<Arc<RoomChannel>> = self.rooms.lock().values().cloned().collect();
@@ -305,6 +313,7 @@ impl Inbound for Hub {
 
     /// Fill every room's gap from the database (after the bus was down).
     fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Release);
         for channel in self.rooms.lock().values() {
             let _ = channel.inbox.send(RoomInput::Resync);
         }
