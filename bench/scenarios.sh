@@ -17,7 +17,7 @@ bench=target/release/chat-bench
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-common=(MESSAGE_RATE_PER_SEC=1000000 MESSAGE_RATE_BURST=1000000 AUTH_RATE_PER_MIN=1000000 ACCOUNT_RATE_PER_MIN=1000000 ROOMS_PER_HOUR=1000000 WS_MAX_SOCKETS_PER_USER=0 WS_MAX_SOCKETS_PER_ADDRESS=0 RUST_LOG=${RUST_LOG:-warn})
+common=(MESSAGE_RATE_PER_SEC=1000000 MESSAGE_RATE_BURST=1000000 AUTH_RATE_PER_MIN=1000000 ACCOUNT_RATE_PER_MIN=1000000 ROOMS_PER_HOUR=1000000 WS_MAX_SOCKETS_PER_USER=0 WS_MAX_SOCKETS_PER_ADDRESS=0 WS_UPGRADES_PER_SEC=0 RUST_LOG=${RUST_LOG:-warn})
 wait_ready() { for _ in $(seq 1 100); do curl -sf "$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 scenario=(--rooms 50 --clients 20 --senders 2 --users 1000)
 ramp=(--rate 20 --ramp --ramp-factor 1.5 --step-duration 10s --warmup 3s)

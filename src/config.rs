@@ -133,6 +133,12 @@ pub struct Config {
     /// Behind a proxy, set `TRUST_PROXY_HEADERS` or every client shares the proxy's address.
     #[arg(long, env = "WS_MAX_SOCKETS_PER_ADDRESS", default_value_t = 1000)]
     pub ws_max_sockets_per_address: u32,
+    /// WebSocket upgrades this replica accepts per second (a burst of as many); beyond it, 503
+    /// with `Retry-After` before the upgrade, so that a reconnect storm (a replica died, its
+    /// sockets all come back at once) is spread out rather than served all at once (0 =
+    /// unlimited).
+    #[arg(long, env = "WS_UPGRADES_PER_SEC", default_value_t = 500)]
+    pub ws_upgrades_per_sec: u32,
     /// Rooms one multiplexed socket may be subscribed to at once.
     #[arg(long, env = "WS_MAX_ROOMS_PER_SOCKET", default_value_t = 500)]
     pub ws_max_rooms_per_socket: usize,
@@ -241,6 +247,7 @@ impl Config {
         config.rooms_per_hour = 100_000;
         config.ws_max_sockets_per_user = 0;
         config.ws_max_sockets_per_address = 0;
+        config.ws_upgrades_per_sec = 0;
         config.shutdown_grace_secs = 5;
         config.db_max_connections = 5;
         config

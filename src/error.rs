@@ -50,6 +50,10 @@ pub(crate) enum ApiError {
     },
     #[error("too many requests, retry in {0} s")]
     RateLimited(u64),
+    /// 503: this replica is admitting WebSocket upgrades at its rate; retry in a second
+    /// (another replica may take it).
+    #[error("too many connections at once; retry in a second")]
+    Busy,
     /// 429: a limit on things held open (sockets) is reached; retry once one closes.
     #[error("{0}")]
     TooMany(&'static str),
@@ -101,7 +105,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Validation { .. } => "validation_failed",
             Self::RateLimited(_) | Self::TooMany(_) => "rate_limited",
-            Self::Unavailable(_) => "service_unavailable",
+            Self::Unavailable(_) | Self::Busy => "service_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -117,7 +121,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited(_) | Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +173,10 @@ impl IntoResponse for ApiError {
             Self::TooMany(_) => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::Busy => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -464,6 +464,20 @@ impl Chat {
         self.room_limiter.check(&user_id, self.bus.state()).await
     }
 
+    /// The per-replica rate of WebSocket upgrades (reconnect storms).
+    ///
+    /// # Errors
+    /// 503 with `Retry-After: 1` above the rate.
+    pub(crate) fn admit_upgrade(&self) -> Result<(), ApiError> {
+        match &self.upgrade_limiter {
+            Some(limiter) if limiter.check().is_err() => {
+                metrics::counter!("chat_ws_upgrades_deferred_total").increment(1);
+                Err(ApiError::Busy)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A place for one more socket of `user` from `ip`; held until the permit is dropped.
     ///
     /// # Errors

@@ -69,6 +69,8 @@ pub(crate) struct Services {
     pub(crate) room_limiter: RateLimit<i64>,
     /// Open sockets per user and per client address.
     pub(crate) sockets: Arc<SocketQuota>,
+    /// WebSocket upgrades per second on this replica (`None`: unlimited).
+    pub(crate) upgrade_limiter: Option<governor::DefaultDirectRateLimiter>,
     /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
     /// for them.
     pub(crate) tasks: TaskTracker,
@@ -191,6 +193,8 @@ impl Chat {
             account_limiter,
             room_limiter,
             sockets,
+            upgrade_limiter: std::num::NonZeroU32::new(config.ws_upgrades_per_sec)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
             tasks,
             stop,
             db,

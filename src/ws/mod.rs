@@ -114,6 +114,7 @@ async fn room_socket(
     }
     let since = query.since_seq;
     let ws = ws?;
+    chat.admit_upgrade()?;
     let permit = chat
         .admit_socket(user.id, client_ip(&chat, &headers, peer))
         .await?;
@@ -143,6 +144,7 @@ async fn mux_socket(
     check_origin(&chat, &headers)?;
     let user = authenticate(&chat, &query, &headers).await?;
     let ws = ws?;
+    chat.admit_upgrade()?;
     let permit = chat
         .admit_socket(user.id, client_ip(&chat, &headers, peer))
         .await?;

@@ -353,3 +353,39 @@ dual_test!(
         busy.await.expect("sender");
     }
 );
+
+/// A reconnect storm is spread out: above its upgrade rate a replica answers 503 with
+/// `Retry-After` before the upgrade (the client retries, maybe on another replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
+    let app = app_with(Backend::Sqlite, |c| c.ws_upgrades_per_sec = 2).await;
+    let user = app.register("stormy").await;
+    let url = format!("{}/ws?token={}", app.ws_url(""), user.access);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..10 {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => held.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                refused = Some(res);
+                break;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    let res = refused.expect("an upgrade beyond the rate is refused");
+    assert!(held.len() >= 2, "the burst is admitted: {}", held.len());
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(res.body().as_deref().unwrap_or_default()).expect("json body");
+    assert_eq!(body["error"]["code"], "service_unavailable");
+    // A second later the rate admits again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ws_refused(&url).await, 101);
+}

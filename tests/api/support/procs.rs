@@ -208,6 +208,7 @@ impl ServerProc {
             .env("ROOMS_PER_HOUR", "100000")
             .env("WS_MAX_SOCKETS_PER_USER", "0")
             .env("WS_MAX_SOCKETS_PER_ADDRESS", "0")
+            .env("WS_UPGRADES_PER_SEC", "0")
             .env("RUST_LOG", "warn,chat_server=info")
             .env("LOG_FORMAT", "json")
             .stdout(out.try_clone().expect("log file"))
