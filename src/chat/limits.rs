@@ -350,18 +350,26 @@ impl SocketQuota {
             return Ok(());
         }
         let mut conn = cluster.pool.get().await?;
-        let mut pipe = redis::pipe();
-        // One call per key keeps every script within one hash slot.
-        for (key, member) in &entries {
-            pipe.cmd("EVAL")
-                .arg(SOCKET_REFRESH)
-                .arg(1)
-                .arg(key)
-                .arg(SOCKET_TTL_MS)
-                .arg(member)
-                .ignore();
+        // Loaded once per heartbeat (idempotent), then called by its hash: one call per key
+        // keeps every script within one hash slot.
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SOCKET_REFRESH)
+            .query_async(&mut *conn)
+            .await?;
+        for chunk in entries.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (key, member) in chunk {
+                pipe.cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(1)
+                    .arg(key)
+                    .arg(SOCKET_TTL_MS)
+                    .arg(member)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut *conn).await?;
         }
-        pipe.query_async::<()>(&mut *conn).await?;
         Ok(())
     }
 

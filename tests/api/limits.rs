@@ -389,3 +389,51 @@ async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(ws_refused(&url).await, 101);
 }
+
+/// Redis keeps nothing on disk: after a restart the replicas put their live sockets back
+/// (heartbeat), so the per-user socket limit holds again within one heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn socket_counts_come_back_after_a_redis_restart() {
+    let mut redis = RedisServer::start().await;
+    let db = cluster_db().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut config = chat::Config::for_tests(&db);
+        config.redis_url = Some(redis.url().into());
+        config.jwt_secret = Some(SECRET.to_owned().into());
+        config.ws_max_sockets_per_user = 1;
+        apps.push(spawn_with(config).await);
+    }
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    let user = apps[0].register("cl_heartbeat").await;
+    let url = |app: &TestApp| format!("{}/ws?token={}", app.ws_url(""), user.access);
+    let (mut held, _) = tokio_tungstenite::connect_async(url(&apps[0]))
+        .await
+        .expect("socket on replica 0");
+    next_of(&mut held, "ready", 5).await.expect("ready");
+    assert_eq!(ws_refused(&url(&apps[1])).await, 429);
+
+    redis.kill();
+    redis.restart().await;
+    for app in &apps {
+        app.wait_ready().await;
+    }
+    // Replica 1 refuses again once replica 0's heartbeat has put its socket back (≤ 10 s);
+    // a socket admitted in between is closed at once by the test, so it does not count.
+    let mut got = 0;
+    for _ in 0..150 {
+        got = ws_refused(&url(&apps[1])).await;
+        if got == 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, 429, "the live socket counts again after the restart");
+    drop(held);
+}
