@@ -53,7 +53,7 @@ case "$mode" in
       wait_ready http://127.0.0.1:$port
     done
     "$bench" run --url http://127.0.0.1:18081 --url http://127.0.0.1:18082 "${scenario[@]}" "${ramp[@]}" \
-      --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json
+      --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json | tee target/bench-cluster.txt
     ;;
   *) echo "usage: $0 embedded|cluster|idle|idle-embedded [chat-bench args]" >&2; exit 2 ;;
 esac
