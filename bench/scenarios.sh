@@ -7,6 +7,8 @@
 #   bench/scenarios.sh idle-embedded  # the same on the embedded server (SQLite)
 # Extra arguments go to chat-bench (e.g. --rate 1 --duration 20s instead of the ramp).
 # CHAT_SERVER_BIN=path runs that server binary instead of the one just built.
+# cluster: the report (every ramp step with p50/p90/p99/p99.9) is also kept in
+# target/bench-cluster.txt, the figures in target/bench-cluster.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-cluster}; shift || true
