@@ -7,6 +7,8 @@
 #   bench/scenarios.sh idle-embedded  # the same on the embedded server (SQLite)
 # Extra arguments go to chat-bench (e.g. --rate 1 --duration 20s instead of the ramp).
 # CHAT_SERVER_BIN=path runs that server binary instead of the one just built.
+# cluster: the report (every ramp step with p50/p90/p99/p99.9) is also kept in
+# target/bench-cluster.txt, the figures in target/bench-cluster.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-cluster}; shift || true
@@ -53,7 +55,7 @@ case "$mode" in
       wait_ready http://127.0.0.1:$port
     done
     "$bench" run --url http://127.0.0.1:18081 --url http://127.0.0.1:18082 "${scenario[@]}" "${ramp[@]}" \
-      --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json
+      --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json | tee target/bench-cluster.txt
     ;;
   *) echo "usage: $0 embedded|cluster|idle|idle-embedded [chat-bench args]" >&2; exit 2 ;;
 esac

@@ -148,11 +148,12 @@ pub struct Config {
     /// Frames a socket may have queued before it is closed as a slow consumer (4429).
     #[arg(long, env = "WS_QUEUE_CAPACITY", default_value_t = 1024)]
     pub ws_queue_capacity: usize,
-    /// Under sustained traffic a socket writes at most once per this many milliseconds, so
-    /// that one write carries every frame queued meanwhile (0 = write every frame at once).
-    /// Quiet sockets write immediately: a short burst is never delayed. Every write is a
-    /// system call (and a packet): under load they, not the fan-out, are the cost.
-    #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 50)]
+    /// 0 (the default): a socket writes by readiness — everything queued, as soon as its
+    /// writer runs, one write per wake-up; the fan-out queues a whole bus batch before waking
+    /// it. Above 0 (opt-in, for machines where a system call is very expensive): under
+    /// sustained traffic a socket writes at most once per this many milliseconds, which adds
+    /// up to that much latency to every message of a busy room.
+    #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 0)]
     pub ws_flush_interval_ms: u64,
     /// Concurrent argon2 hashes (each uses ~19 MiB); default: number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]

@@ -2,7 +2,8 @@
 //!
 //! The hub pushes shared frames into it (never waiting: a full queue means a slow consumer),
 //! the session pushes its own answers and replays (waiting for room), and the socket's writer
-//! takes everything queued at once. Unlike a channel, an idle socket's queue holds no memory:
+//! takes everything queued at once. The hub queues a whole batch before it wakes the writer
+//! ([`Outbox::try_queue`], [`Outbox::wake_writer`]): one wake-up, one write per batch. Unlike a channel, an idle socket's queue holds no memory:
 //! the writer takes the whole `VecDeque` and the next push starts a new one. With 10 000 idle
 //! sockets this is the difference between 0 and 1–2 KiB each.
 
@@ -48,15 +49,29 @@ impl Outbox {
     /// # Errors
     /// [`Full`] when `capacity` frames are waiting.
     pub(crate) fn try_push(&self, frame: Frame) -> Result<(), Full> {
-        {
-            let mut queue = self.lock();
-            if queue.len() >= self.capacity {
-                return Err(Full);
-            }
-            queue.push_back(frame);
-        }
+        self.try_queue(frame)?;
         self.writer.wake();
         Ok(())
+    }
+
+    /// Queue a frame unless the queue is full, without waking the writer: the fan-out queues
+    /// a whole bus batch this way and then calls [`Outbox::wake_writer`] once, so the writer
+    /// wakes once per batch and writes it with one system call, not once per message.
+    ///
+    /// # Errors
+    /// [`Full`] when `capacity` frames are waiting.
+    pub(crate) fn try_queue(&self, frame: Frame) -> Result<(), Full> {
+        let mut queue = self.lock();
+        if queue.len() >= self.capacity {
+            return Err(Full);
+        }
+        queue.push_back(frame);
+        Ok(())
+    }
+
+    /// Wake the writer for what [`Outbox::try_queue`] queued.
+    pub(crate) fn wake_writer(&self) {
+        self.writer.wake();
     }
 
     /// Queue a frame when there is room; `Pending` (and woken by the writer) while full.
@@ -138,6 +153,36 @@ mod tests {
         );
         outbox.try_push(Frame::from_static("c")).unwrap();
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn queued_frames_wake_the_writer_once() {
+        use std::sync::{Arc, atomic::Ordering};
+        let outbox = Outbox::new(4);
+        let counter = Arc::new(CountingWaker(0.into()));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(outbox.poll_ready(&mut cx).is_pending());
+        for f in ["a", "b", "c"] {
+            outbox.try_queue(Frame::from_static(f)).unwrap();
+        }
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0, "queued quietly");
+        outbox.wake_writer();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "one wake for the batch"
+        );
+        assert!(outbox.poll_ready(&mut cx).is_ready());
+        assert_eq!(outbox.take_all().len(), 3);
+        outbox.try_queue(Frame::from_static("d")).unwrap();
+        assert!(outbox.try_queue(Frame::from_static("e")).is_ok());
+        assert!(outbox.try_queue(Frame::from_static("f")).is_ok());
+        assert!(outbox.try_queue(Frame::from_static("g")).is_ok());
+        assert!(
+            outbox.try_queue(Frame::from_static("h")).is_err(),
+            "bounded too"
+        );
     }
 
     /// Counts its wakes.

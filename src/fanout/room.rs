@@ -6,9 +6,12 @@
 //! (publishes from different replicas can cross in Redis); if they don't come, the gap is read
 //! from the database. Duplicates are dropped.
 //!
-//! Delivery is a `try_push` of a shared frame into each socket's bounded outbox: no
+//! Delivery is a `try_queue` of a shared frame into each socket's bounded outbox: no
 //! allocation per recipient, one uncontended lock per recipient, and a full queue closes that
-//! socket as a slow consumer without slowing anyone else.
+//! socket as a slow consumer without slowing anyone else. The room task applies everything its
+//! inbox holds (a bus batch) before it wakes the sockets it queued frames for, once each: a
+//! socket writes a batch with one system call, and its writer runs once per batch, not once
+//! per message.
 
 use std::{
     collections::BTreeMap,
@@ -44,6 +47,9 @@ const REORDER_WAIT: Duration = Duration::from_millis(40);
 const FILL_RETRY: Duration = Duration::from_millis(500);
 /// Rows per database page when filling a gap.
 const FILL_PAGE: u64 = 500;
+/// Most inbox items the room task applies before it wakes the sockets: a long backlog is
+/// still written in pieces of this many messages, not held back until it is all applied.
+const APPLY_BATCH: usize = 256;
 
 /// An envelope as this replica delivers it: its header and its frame (checked to be text once
 /// per replica, not once per recipient).
@@ -78,6 +84,8 @@ struct Subscriber {
     /// The paused buffer overflowed (a long replay in a busy room): what it held was dropped,
     /// and the socket replays further from the database before it goes live.
     overflowed: bool,
+    /// Frames were queued for the writer and it has not been woken yet.
+    unwoken: bool,
 }
 
 impl Subscriber {
@@ -98,11 +106,19 @@ impl Subscriber {
             }
             return true;
         }
-        if self.ctl.outbox.try_push(frame.clone()).is_ok() {
+        if self.ctl.outbox.try_queue(frame.clone()).is_ok() {
+            self.unwoken = true;
             true
         } else {
             self.ctl.close(CloseReason::SlowConsumer);
             false
+        }
+    }
+
+    /// Wake the writer for the frames queued since the last wake.
+    fn wake(&mut self) {
+        if std::mem::take(&mut self.unwoken) {
+            self.ctl.outbox.wake_writer();
         }
     }
 }
@@ -157,6 +173,7 @@ impl RoomChannel {
             ctl,
             paused: Some(Vec::new()),
             overflowed: false,
+            unwoken: false,
         });
         state.last
     }
@@ -186,6 +203,7 @@ impl RoomChannel {
                 }
             }
         }
+        sub.wake();
         Ok(())
     }
 
@@ -200,7 +218,20 @@ impl RoomChannel {
     }
 
     pub(super) fn remove(&self, socket: u64) {
-        self.state.lock().subs.retain(|s| s.ctl.id != socket);
+        self.state.lock().subs.retain_mut(|s| {
+            if s.ctl.id == socket {
+                s.wake();
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Wake every socket that frames were queued for: once per batch, not once per frame.
+    fn wake_all(state: &mut RoomState) {
+        for sub in &mut state.subs {
+            sub.wake();
+        }
     }
 
     /// Wait until the channel knows its starting `seq` (set by the first `join`; a failed one
@@ -222,9 +253,18 @@ impl RoomChannel {
         true
     }
 
-    /// Apply the ordering rule to one item; `gap` is when to read a gap from the database.
-    fn apply(&self, item: Item, gap: &mut Option<Instant>) {
+    /// Apply the ordering rule to a batch of items (one or more, in arrival order), then wake
+    /// the sockets they were queued for; `gap` is when to read a gap from the database.
+    fn apply(&self, items: impl IntoIterator<Item = Item>, gap: &mut Option<Instant>) {
         let mut state = self.state.lock();
+        for item in items {
+            self.apply_one(&mut state, item, gap);
+        }
+        Self::wake_all(&mut state);
+    }
+
+    /// The ordering rule for one item; the caller wakes the sockets.
+    fn apply_one(&self, state: &mut RoomState, item: Item, gap: &mut Option<Instant>) {
         match item.header.kind {
             Kind::Message => {
                 let seq = item.header.seq;
@@ -233,8 +273,8 @@ impl RoomChannel {
                 }
                 if seq == state.last + 1 {
                     state.last = seq;
-                    self.deliver(&mut state, &item);
-                    self.drain_pending(&mut state);
+                    self.deliver(state, &item);
+                    self.drain_pending(state);
                 } else {
                     state.pending.insert(seq, item);
                 }
@@ -244,9 +284,9 @@ impl RoomChannel {
                     *gap = Some(Instant::now() + REORDER_WAIT);
                 }
             }
-            Kind::Event => self.deliver(&mut state, &item),
-            Kind::RoomDeleted => self.deliver_close(&mut state, &item, CloseReason::RoomDeleted),
-            Kind::Kick => self.deliver_close(&mut state, &item, CloseReason::Removed),
+            Kind::Event => self.deliver(state, &item),
+            Kind::RoomDeleted => self.deliver_close(state, &item, CloseReason::RoomDeleted),
+            Kind::Kick => self.deliver_close(state, &item, CloseReason::Removed),
             Kind::Revoke => {}
         }
     }
@@ -278,6 +318,9 @@ impl RoomChannel {
             }
             let keep = sub.offer(&item.frame, self.capacity);
             delivered += u64::from(keep);
+            if !keep {
+                sub.wake();
+            }
             keep
         });
         if message {
@@ -297,6 +340,8 @@ impl RoomChannel {
             if !item.frame.is_empty() {
                 sub.offer(&item.frame, self.capacity);
             }
+            // Leaving the list: what was queued for it must not wait for a later wake.
+            sub.wake();
             if sub.ctl.mux {
                 sub.ctl.drop_room(self.id);
             } else {
@@ -346,8 +391,10 @@ impl RoomChannel {
             self.drain_pending(&mut state);
             if !full_page {
                 self.skip_hole(&mut state);
+                Self::wake_all(&mut state);
                 return Ok(());
             }
+            Self::wake_all(&mut state);
         }
     }
 
@@ -382,6 +429,8 @@ impl RoomChannel {
 /// The room's task: applies the ordering rule and fans out, until the last subscriber left.
 pub(super) async fn run(channel: Arc<RoomChannel>, mut inbox: mpsc::UnboundedReceiver<RoomInput>) {
     let mut gap: Option<Instant> = None;
+    // Reused for every batch (no allocation per wake-up).
+    let mut items = Vec::new();
     loop {
         let input = match gap {
             Some(deadline) => tokio::select! {
@@ -399,7 +448,27 @@ pub(super) async fn run(channel: Arc<RoomChannel>, mut inbox: mpsc::UnboundedRec
             return;
         }
         match input {
-            RoomInput::Item(item) => channel.apply(item, &mut gap),
+            RoomInput::Item(item) => {
+                // Everything already in the inbox (a bus batch, usually) is applied under one
+                // lock, and each socket is woken once for all of it.
+                items.push(item);
+                let mut next = None;
+                while items.len() < APPLY_BATCH {
+                    match inbox.try_recv() {
+                        Ok(RoomInput::Item(item)) => items.push(item),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                channel.apply(items.drain(..), &mut gap);
+                match next {
+                    Some(RoomInput::Resync) => channel.resync(&mut gap).await,
+                    Some(RoomInput::Item(_) | RoomInput::Stop) | None => {}
+                }
+            }
             RoomInput::Stop => {}
             RoomInput::Resync => channel.resync(&mut gap).await,
         }

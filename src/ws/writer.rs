@@ -2,6 +2,14 @@
 //! pings every 30 s, drops a peer silent for 60 s, and sends the close frame for whatever
 //! reason the socket was closed. Generic over the sink, so that it runs in unit tests without
 //! a socket (and on paused time).
+//!
+//! Writes are coalesced by readiness, not by a clock: woken, the writer takes everything
+//! queued and writes it with one flush (one system call). What arrives while a write is in
+//! flight goes out with the next one. The fan-out queues a whole bus batch before it wakes the
+//! writer, so a batch is one write. A busy socket (it wrote less than [`BUSY_WITHIN`] ago)
+//! first yields once to the scheduler: the wait is one turn of the run queue — nothing on an
+//! idle server, longer the more tasks are runnable — so the write gathers what the other
+//! tasks are about to queue, and the batching grows with the load.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -38,7 +46,12 @@ const SLOW_CLOSE_FLUSH: Duration = Duration::from_secs(60);
 pub(crate) trait WsSink: Sink<Message, Error = tungstenite::Error> + Unpin + Send {}
 impl<T: Sink<Message, Error = tungstenite::Error> + Unpin + Send> WsSink for T {}
 
-/// Spaces a socket's writes under sustained traffic (`WS_FLUSH_INTERVAL_MS`): a token bucket
+/// A socket that wrote less than this long ago is busy: it yields once before it writes.
+const BUSY_WITHIN: Duration = Duration::from_millis(5);
+
+/// Opt-in (`WS_FLUSH_INTERVAL_MS` > 0; the default 0 coalesces by readiness only), for
+/// machines where a system call is so expensive that a fixed latency is worth paying for
+/// fewer of them. Spaces a socket's writes under sustained traffic: a token bucket
 /// of [`FLUSH_BURST`] writes refilled at one per interval. A quiet socket always has tokens,
 /// so its frames go out at once; a busy one writes once per interval, each write carrying
 /// every frame queued meanwhile — one syscall for many frames, on the server and in the
@@ -128,6 +141,8 @@ pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_inter
     let mut next_ping = Instant::now() + PING_EVERY;
     let mut keepalive = Box::pin(tokio::time::sleep_until(next_ping));
     let mut pacer = FlushPacer::new(flush_interval);
+    // When the last write was taken (a busy socket yields once before the next).
+    let mut last_write: Option<Instant> = None;
     // Frames taken from the queue and not yet written: a close interrupts a write (the peer
     // may not be reading), and what is left here still goes out before the close frame.
     let mut batch = VecDeque::new();
@@ -141,7 +156,14 @@ pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_inter
             () = &mut cancelled => break,
             () = std::future::poll_fn(|cx| ctl.outbox.poll_ready(cx)) => {
                 // A long queue is written at once: waiting would only make it longer.
-                if ctl.outbox.len() < COALESCED_ENOUGH && let Some(at) = pacer.take() {
+                let short = ctl.outbox.len() < COALESCED_ENOUGH;
+                if flush_interval.is_zero() {
+                    // Readiness: a busy socket lets the tasks already runnable (the other
+                    // rooms' fan-out, its own session's acks) queue theirs first.
+                    if short && last_write.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
+                        tokio::task::yield_now().await;
+                    }
+                } else if short && let Some(at) = pacer.take() {
                     // Busy socket: let more frames gather so that one write carries them.
                     tokio::select! {
                         biased;
@@ -155,6 +177,7 @@ pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_inter
                 }
                 // Everything queued goes out with one flush.
                 batch = ctl.outbox.take_all();
+                last_write = Some(Instant::now());
                 tokio::select! {
                     biased;
                     () = &mut cancelled => break,
@@ -307,17 +330,103 @@ mod tests {
         assert_eq!(u16::from(frame.code), 1012);
     }
 
+    /// What a [`Recorder`] saw: a frame's text, or a flush (one write system call).
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Text(String),
+        Flush,
+    }
+
+    /// A sink that records frames and flushes.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<parking_lot::Mutex<Vec<Ev>>>);
+
+    impl Sink<Message> for Recorder {
+        type Error = tungstenite::Error;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            if let Message::Text(t) = item {
+                self.0.lock().push(Ev::Text(t.to_string()));
+            }
+            Ok(())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            let mut evs = self.0.lock();
+            if evs.last().is_some_and(|e| *e != Ev::Flush) {
+                evs.push(Ev::Flush);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn text(s: &str) -> Ev {
+        Ev::Text(s.into())
+    }
+
+    /// Readiness (the default): frames go out as soon as the writer runs, with no clock
+    /// involved (time never advances here), and a batch queued before the wake-up is one
+    /// write.
+    #[tokio::test(start_paused = true)]
+    async fn writes_by_readiness_one_flush_per_batch() {
+        let ctl = Arc::new(SocketCtl::new(1, 1, false, 16, "sid".into()));
+        let rec = Recorder::default();
+        let task = tokio::spawn(run(rec.clone(), ctl.clone(), Duration::ZERO));
+        let settle = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        // A quiet socket: one frame, written at once.
+        ctl.outbox.try_push(Frame::from_static("a")).unwrap();
+        settle().await;
+        assert_eq!(*rec.0.lock(), [text("a"), Ev::Flush]);
+        // A batch queued quietly and woken once: one write, in order.
+        for f in ["b", "c", "d"] {
+            ctl.outbox.try_queue(Frame::from_static(f)).unwrap();
+        }
+        ctl.outbox.wake_writer();
+        settle().await;
+        assert_eq!(
+            rec.0.lock()[2..],
+            [text("b"), text("c"), text("d"), Ev::Flush]
+        );
+        // A busy socket (it just wrote) still writes without any time passing.
+        ctl.outbox.try_push(Frame::from_static("e")).unwrap();
+        settle().await;
+        assert_eq!(rec.0.lock()[6..], [text("e"), Ev::Flush]);
+        ctl.close(CloseReason::Restart);
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn queued_frames_go_out_before_the_close_frame() {
-        let (ctl, rx, task) = start(Duration::from_millis(50)).await;
-        ctl.outbox.try_push(Frame::from_static("a")).unwrap();
-        ctl.outbox.try_push(Frame::from_static("b")).unwrap();
-        ctl.close(CloseReason::RoomDeleted);
-        task.await.unwrap();
-        let got: Vec<Message> = rx.collect().await;
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(matches!(&got[0], Message::Text(t) if *t == "a"));
-        assert!(matches!(&got[1], Message::Text(t) if *t == "b"));
-        assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 4404));
+        // By readiness (the default) and with the opt-in pacer.
+        for flush in [Duration::ZERO, Duration::from_millis(50)] {
+            let (ctl, rx, task) = start(flush).await;
+            ctl.outbox.try_push(Frame::from_static("a")).unwrap();
+            ctl.outbox.try_push(Frame::from_static("b")).unwrap();
+            ctl.close(CloseReason::RoomDeleted);
+            task.await.unwrap();
+            let got: Vec<Message> = rx.collect().await;
+            assert_eq!(got.len(), 3, "{got:?}");
+            assert!(matches!(&got[0], Message::Text(t) if *t == "a"));
+            assert!(matches!(&got[1], Message::Text(t) if *t == "b"));
+            assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 4404));
+        }
     }
 }
