@@ -354,6 +354,10 @@ impl Presence for RedisPresence {
     }
 
     async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>> {
+        // Redis refuses an empty pipeline.
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();

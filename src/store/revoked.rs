@@ -34,6 +34,10 @@ pub(crate) async fn insert(
     keys: &[String],
     until: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // One row per key: PostgreSQL refuses an upsert that touches a row twice.
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
     if keys.is_empty() {
         return Ok(());
     }

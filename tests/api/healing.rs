@@ -194,3 +194,36 @@ async fn kicks_and_revocations_lost_with_redis_still_close_the_sockets() {
         "the revoked user's socket is closed"
     );
 }
+
+/// `logout` with `all` in cluster mode: the current session is among the user's live sessions,
+/// so its key comes twice; the durable deny-list must not refuse the repeat (found by
+/// schemathesis: 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn logout_everywhere_in_cluster_mode() {
+    let redis = RedisServer::start().await;
+    let db_url = cluster_db().await;
+    let app = replica(&db_url, &redis).await;
+    app.wait_ready().await;
+    let user = app.register("everywhere").await;
+    let (status, other) = app.login("everywhere", PASSWORD).await;
+    assert_eq!(status, 200, "{other}");
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/logout",
+            Some(&user.access),
+            serde_json::json!({"all": true, "refresh": ""}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    for token in [
+        user.access.as_str(),
+        other["access"].as_str().expect("access"),
+    ] {
+        let (status, _) = app.get("/api/v1/users/me", Some(token)).await;
+        assert_eq!(status, 401, "every session ended");
+    }
+}
