@@ -184,10 +184,11 @@ impl Hub {
     ///
     /// # Errors
     /// While replaying, so much arrived that the buffer overflowed: replay up to the returned
-    /// `seq` from the database, then call again.
-    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl) -> Result<(), i64> {
+    /// `seq` from the database, then call again. Also when the frames that arrived meanwhile
+    /// do not fit in the socket's queue yet, unless `force` (see `RoomChannel::resume`).
+    pub(crate) fn resume(&self, room_id: i64, ctl: &SocketCtl, force: bool) -> Result<(), i64> {
         let channel = self.rooms.lock().get(&room_id).cloned();
-        channel.map_or(Ok(()), |channel| channel.resume(ctl.id))
+        channel.map_or(Ok(()), |channel| channel.resume(ctl.id, force))
     }
 
     /// Unsubscribe `ctl` from `room_id` (the subscriber may already be gone).

@@ -95,6 +95,11 @@ impl Outbox {
         }
     }
 
+    /// Frames that can still be queued before the queue is full.
+    pub(crate) fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.len())
+    }
+
     /// Frames waiting.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

@@ -181,15 +181,19 @@ impl RoomChannel {
     /// End a socket's replay phase: queue the frames that arrived meanwhile and go live.
     ///
     /// # Errors
-    /// If the paused buffer overflowed meanwhile: the `seq` to replay up to from the database
-    /// before calling again (the socket stays paused, with an empty buffer).
-    pub(super) fn resume(&self, socket: u64) -> Result<(), i64> {
+    /// If the paused buffer overflowed meanwhile, or (unless `force`) its frames do not fit in
+    /// the socket's queue (still full of the replay it has not written yet): the `seq` to
+    /// replay up to from the database before calling again (the socket stays paused, with an
+    /// empty buffer). A replay waits for room in the queue; live frames cannot, so going live
+    /// into a full queue would close a socket that is reading as fast as it can.
+    pub(super) fn resume(&self, socket: u64, force: bool) -> Result<(), i64> {
         let mut state = self.state.lock();
         let last = state.last;
         let Some(sub) = state.subs.iter_mut().find(|s| s.ctl.id == socket) else {
             return Ok(());
         };
-        if sub.overflowed {
+        let buffered = sub.paused.as_ref().map_or(0, Vec::len);
+        if sub.overflowed || (!force && buffered > sub.ctl.outbox.free()) {
             sub.overflowed = false;
             if let Some(buf) = &mut sub.paused {
                 buf.clear();

@@ -44,6 +44,9 @@ const FLOOD_LIMIT: u32 = 20;
 const MAX_IN_FLIGHT: usize = 32;
 /// Messages per history page when replaying.
 const REPLAY_PAGE: u64 = 200;
+/// Replay rounds a joining socket may take to catch up with a busy room before it goes live
+/// anyway (and, if it still cannot keep up, is closed as a slow consumer).
+const CATCH_UP_ROUNDS: u32 = 16;
 
 /// What the reader reads from: the socket's receiving half (or a channel in tests).
 pub(crate) trait WsStream:
@@ -524,11 +527,18 @@ impl Session {
         if let Some(since) = since {
             self.replay(room_id, since, last_seq).await?;
         }
-        // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer,
-        // so read on from the database until the replay has caught up with the room.
-        while let Err(upto) = chat.hub.resume(room_id, &self.ctl) {
+        // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer
+        // (or does not fit in the queue the replay filled), so read on from the database until
+        // the replay has caught up with the room. A client that reads slower than the room
+        // writes never catches up: after `CATCH_UP_ROUNDS` it goes live, as a slow consumer.
+        let mut round = 0;
+        while let Err(upto) = chat
+            .hub
+            .resume(room_id, &self.ctl, round >= CATCH_UP_ROUNDS)
+        {
             self.replay(room_id, replayed, upto).await?;
             replayed = upto;
+            round += 1;
         }
         tracing::debug!(room = %wire.name, last_seq, "joined");
         Ok(())

@@ -324,7 +324,7 @@ dual_test!(
 
         // A sender keeps the room busy (over REST) while the listener replays from 0.
         let (url, token) = (app.url("/api/v1/rooms/long/messages"), user.access.clone());
-        let busy = tokio::spawn(async move {
+        let mut busy = tokio::spawn(async move {
             let http = reqwest::Client::new();
             for k in 0..LIVE {
                 let res = http
@@ -334,16 +334,32 @@ dual_test!(
                     .send()
                     .await
                     .expect("post");
-                assert_eq!(res.status().as_u16(), 201);
+                let status = res.status().as_u16();
+                assert_eq!(
+                    status,
+                    201,
+                    "live {k}: {}",
+                    res.text().await.unwrap_or_default()
+                );
             }
         });
         let mut listener = ws_connect(&app.ws_url(""), "long", &user.access, Some(0)).await;
+        // The client reads nothing for a moment, so the replay fills its queue and the socket
+        // buffers: it must still go live without being taken for a slow consumer.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let total = STORED + 1 + LIVE;
         let mut next = 1;
         while next <= total {
-            let Some(frame) = next_json(&mut listener, 30).await else {
-                let code = close_code(&mut listener, 1).await;
-                panic!("stopped at seq {next} of {total}, close code {code:?}");
+            let frame = match next_json_or_close(&mut listener, 30).await {
+                Ok(frame) => frame,
+                Err(code) => {
+                    let sender = if busy.is_finished() {
+                        format!("{:?}", (&mut busy).await)
+                    } else {
+                        "still sending".to_owned()
+                    };
+                    panic!("stopped at seq {next} of {total}, close code {code:?}, sender {sender}")
+                }
             };
             if frame["type"] == "message" {
                 assert_eq!(frame["seq"], next, "in order, no gap, no duplicate");

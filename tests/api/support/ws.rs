@@ -51,6 +51,22 @@ pub async fn next_json(ws: &mut Ws, secs: u64) -> Option<Value> {
     }
 }
 
+/// The next JSON frame, or why there is none: the close code (`Err(Some(code))`), or nothing
+/// within `secs` / the connection dropped (`Err(None)`).
+pub async fn next_json_or_close(ws: &mut Ws, secs: u64) -> Result<Value, Option<u16>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                return Ok(serde_json::from_str(&t).expect("server frames are JSON"));
+            }
+            Ok(Some(Ok(WsMessage::Close(frame)))) => return Err(frame.map(|f| f.code.into())),
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) | Err(_) => return Err(None),
+        }
+    }
+}
+
 /// The first frame, which must be `ready`.
 pub async fn expect_ready(ws: &mut Ws) -> Value {
     let first = next_json(ws, 10).await.expect("ready frame");
