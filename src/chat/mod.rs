@@ -142,18 +142,21 @@ impl Chat {
                 cluster.clone(),
             )
         };
+        // On the message path: cluster-wide cells are leased, not asked for one by one.
         let msg_limiter = limit(
             "msg",
             config.message_rate_per_sec,
             second,
             config.message_rate_burst,
-        );
+        )
+        .leased();
         let frame_limiter = limit(
             "frame",
             config.frame_rate_per_sec,
             second,
             config.frame_rate_burst,
-        );
+        )
+        .leased();
         let account_limiter = limit(
             "account",
             config.account_rate_per_min,
