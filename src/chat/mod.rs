@@ -7,6 +7,7 @@
 //! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
 //! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
 //! * [`presence`]: who is online where, cluster-wide.
+//! * [`replay`]: history replays on join, identical reads coalesced.
 //! * [`admin`]: the first admin.
 //!
 //! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
@@ -21,6 +22,7 @@ pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod password;
 pub(crate) mod presence;
+pub(crate) mod replay;
 pub(crate) mod revoke;
 pub(crate) mod send;
 
@@ -57,6 +59,8 @@ pub(crate) struct Services {
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) sender: Sender,
+    /// Replay pages, shared by the sockets that ask for the same one at once.
+    pub(crate) replays: replay::ReplayReads,
     /// Messages per user (burst and sustained).
     pub(crate) msg_limiter: RateLimit<i64>,
     /// Other client frames that fan out or cost a query, per user.
@@ -184,6 +188,7 @@ impl Chat {
         });
         Ok(Self(Arc::new(Services {
             sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
+            replays: replay::ReplayReads::default(),
             keys,
             hasher: PasswordHasher::new(hash_concurrency),
             deny,
