@@ -106,10 +106,13 @@ pub(crate) struct RateLimit<K: Hash + Eq + Clone> {
     leases: Mutex<HashMap<K, Lease>>,
 }
 
-/// Cells this replica took from the cluster-wide bucket and may spend until `until`.
+/// Cells this replica took from the cluster-wide bucket and may spend until `until`; or,
+/// after Redis refused, when the bucket has a cell again (`refused_until`): a client that
+/// keeps sending over its limit costs no Redis call until then.
 struct Lease {
     cells: u64,
     until: tokio::time::Instant,
+    refused_until: Option<tokio::time::Instant>,
 }
 
 /// GCRA in one atomic step, taking up to `want` cells: KEYS[1] holds the theoretical arrival
@@ -178,7 +181,7 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
         let Some(cluster) = self.cluster.as_ref().filter(|_| bus == BusState::Live) else {
             return Ok(());
         };
-        if self.lease > 1 && self.spend_leased(key) {
+        if self.lease > 1 && self.spend_leased(key)? {
             return Ok(());
         }
         let redis_key = format!("chat:rl:{}:{key}", self.name);
@@ -194,7 +197,12 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
             anyhow::Ok(taken)
         };
         match tokio::time::timeout(REDIS_BUDGET, call).await {
-            Ok(Ok((0, wait_us))) => Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1))),
+            Ok(Ok((0, wait_us))) => {
+                if self.lease > 1 {
+                    self.refused_for(key, Duration::from_micros(wait_us));
+                }
+                Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1)))
+            }
             Ok(Ok((cells, _))) => {
                 if cells > 1 {
                     self.keep_leased(key, cells - 1);
@@ -213,37 +221,63 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
         }
     }
 
-    /// Spend one cell of `key`'s lease, if it holds one that has not expired.
-    fn spend_leased(&self, key: &K) -> bool {
+    /// Spend one cell of `key`'s lease: `Ok(true)` if it held one that has not expired,
+    /// `Ok(false)` if Redis must be asked.
+    ///
+    /// # Errors
+    /// 429 while Redis's last answer for `key` (a refusal) holds.
+    fn spend_leased(&self, key: &K) -> Result<bool, ApiError> {
+        let now = tokio::time::Instant::now();
         let mut leases = self.leases.lock();
-        match leases.get_mut(key) {
-            Some(lease) if lease.cells > 0 && lease.until > tokio::time::Instant::now() => {
-                lease.cells -= 1;
-                true
-            }
-            _ => false,
+        let Some(lease) = leases.get_mut(key) else {
+            return Ok(false);
+        };
+        if let Some(until) = lease.refused_until.filter(|until| *until > now) {
+            return Err(ApiError::RateLimited((until - now).as_secs().max(1)));
         }
+        if lease.cells > 0 && lease.until > now {
+            lease.cells -= 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn lease_of<'a>(leases: &'a mut HashMap<K, Lease>, key: &K) -> &'a mut Lease {
+        leases.entry(key.clone()).or_insert(Lease {
+            cells: 0,
+            until: tokio::time::Instant::now(),
+            refused_until: None,
+        })
     }
 
     /// Keep `cells` more cells leased for `key` (several checks may have asked Redis at once).
     fn keep_leased(&self, key: &K, cells: u64) {
-        let until = tokio::time::Instant::now() + LEASE_TTL;
+        let now = tokio::time::Instant::now();
         let mut leases = self.leases.lock();
-        let lease = leases
-            .entry(key.clone())
-            .or_insert(Lease { cells: 0, until });
-        if lease.until <= tokio::time::Instant::now() {
+        let lease = Self::lease_of(&mut leases, key);
+        if lease.until <= now {
             lease.cells = 0;
         }
         lease.cells = (lease.cells + cells).min(self.lease);
-        lease.until = until;
+        lease.until = now + LEASE_TTL;
+        lease.refused_until = None;
+    }
+
+    /// Redis refused `key` a cell for `wait`: refuse locally until then.
+    fn refused_for(&self, key: &K, wait: Duration) {
+        let mut leases = self.leases.lock();
+        let lease = Self::lease_of(&mut leases, key);
+        lease.cells = 0;
+        lease.refused_until = Some(tokio::time::Instant::now() + wait);
     }
 
     /// Forget keys that are back to a full bucket, and expired leases (memory).
     pub(crate) fn retain_recent(&self) {
         self.local.retain_recent();
         let now = tokio::time::Instant::now();
-        self.leases.lock().retain(|_, lease| lease.until > now);
+        self.leases
+            .lock()
+            .retain(|_, lease| lease.until > now || lease.refused_until.is_some_and(|u| u > now));
     }
 }
 

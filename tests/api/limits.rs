@@ -161,21 +161,13 @@ dual_test!(rooms_created_per_hour_are_limited, |b| async move {
 )]
 async fn limits_hold_across_the_cluster_not_per_replica() {
     let redis = RedisServer::start().await;
-    let db = cluster_db().await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let mut config = chat::Config::for_tests(&db);
-        config.redis_url = Some(redis.url().into());
-        config.jwt_secret = Some(SECRET.to_owned().into());
-        config.message_rate_per_sec = 1;
-        config.message_rate_burst = 4;
-        config.rooms_per_hour = 2;
-        config.ws_max_sockets_per_user = 2;
-        apps.push(spawn_with(config).await);
-    }
-    for app in &apps {
-        app.wait_ready().await;
-    }
+    let apps = cluster_with(2, &redis, |c| {
+        c.message_rate_per_sec = 1;
+        c.message_rate_burst = 4;
+        c.rooms_per_hour = 2;
+        c.ws_max_sockets_per_user = 2;
+    })
+    .await;
     let user = apps[0].register("cl_limits").await;
 
     // Rooms: one on each replica, then neither accepts a third.
@@ -269,19 +261,11 @@ async fn script_calls(redis: &RedisServer) -> u64 {
 async fn message_limits_lease_cells_instead_of_asking_redis_per_message() {
     const BURST: usize = 40;
     let redis = RedisServer::start().await;
-    let db = cluster_db().await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let mut config = chat::Config::for_tests(&db);
-        config.redis_url = Some(redis.url().into());
-        config.jwt_secret = Some(SECRET.to_owned().into());
-        config.message_rate_per_sec = 1;
-        config.message_rate_burst = u32::try_from(BURST).expect("small");
-        apps.push(spawn_with(config).await);
-    }
-    for app in &apps {
-        app.wait_ready().await;
-    }
+    let apps = cluster_with(2, &redis, |c| {
+        c.message_rate_per_sec = 1;
+        c.message_rate_burst = u32::try_from(BURST).expect("small");
+    })
+    .await;
     let user = apps[0].register("leaser").await;
     apps[0].create_room(&user, "leased", "public").await;
     let before = script_calls(&redis).await;
@@ -492,18 +476,10 @@ async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
 )]
 async fn socket_counts_come_back_after_a_redis_restart() {
     let mut redis = RedisServer::start().await;
-    let db = cluster_db().await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let mut config = chat::Config::for_tests(&db);
-        config.redis_url = Some(redis.url().into());
-        config.jwt_secret = Some(SECRET.to_owned().into());
-        config.ws_max_sockets_per_user = 1;
-        apps.push(spawn_with(config).await);
-    }
-    for app in &apps {
-        app.wait_ready().await;
-    }
+    let apps = cluster_with(2, &redis, |c| {
+        c.ws_max_sockets_per_user = 1;
+    })
+    .await;
     let user = apps[0].register("cl_heartbeat").await;
     let url = |app: &TestApp| format!("{}/ws?token={}", app.ws_url(""), user.access);
     let (mut held, _) = tokio_tungstenite::connect_async(url(&apps[0]))
