@@ -26,6 +26,9 @@ pub(crate) struct NewMessage<'a> {
     pub(crate) author: &'a UserRef,
     pub(crate) content: &'a str,
     pub(crate) client_id: Option<&'a str>,
+    /// The root of the thread it replies to, checked by the caller (a message of the same
+    /// room); the root's `reply_count` and `last_reply_at` move in the same commit.
+    pub(crate) reply_to: Option<i64>,
 }
 
 /// What committing one draft produced.
@@ -234,7 +237,8 @@ async fn find_originals(
 /// lateral probe from being flattened into a join, which a generic plan for unknown arrays
 /// would turn into a scan of `messages`), numbers the others per room, locks their rooms in id
 /// order (so replicas never deadlock; the update touches only rows already locked), advances
-/// the counters and inserts the rows from each room's old counter. Arrays as parameters keep
+/// the counters and inserts the rows from each room's old counter; replies advance their
+/// roots' `reply_count` (a `threads` set that is empty without replies). Arrays as parameters keep
 /// the statement text constant, so each connection prepares it once. A room that is gone gets
 /// no rows.
 ///
@@ -244,8 +248,8 @@ async fn insert_postgres(
     new: &[&NewMessage<'_>],
 ) -> Result<(Vec<message::Model>, HashMap<usize, message::Model>), DbErr> {
     const SQL: &str = "WITH input AS ( \
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
-                WITH ORDINALITY AS m(room_id, author_id, content, client_id, ord) \
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::bigint[]) \
+                WITH ORDINALITY AS m(room_id, author_id, content, client_id, reply_to, ord) \
         ), existing AS ( \
             SELECT i.ord, e.id FROM input i CROSS JOIN LATERAL ( \
                 SELECT id FROM messages WHERE room_id = i.room_id AND author_id = i.author_id \
@@ -266,10 +270,19 @@ async fn insert_postgres(
             WHERE rooms.id = c.id \
             RETURNING rooms.id, rooms.last_seq - c.n AS base \
         ), inserted AS ( \
-            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
-            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5 \
+            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at, reply_to) \
+            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5, \
+                NULLIF(f.reply_to, 0) \
             FROM fresh f JOIN bumped b ON b.id = f.room_id \
             RETURNING * \
+        ), threads AS ( \
+            SELECT f.reply_to AS id, f.room_id, count(*) AS n \
+            FROM fresh f JOIN bumped b ON b.id = f.room_id WHERE f.reply_to <> 0 \
+            GROUP BY f.reply_to, f.room_id \
+        ), roots AS ( \
+            UPDATE messages SET reply_count = messages.reply_count + t.n, last_reply_at = $5 \
+            FROM threads t WHERE messages.id = t.id AND messages.room_id = t.room_id \
+            RETURNING messages.id \
         ) \
         SELECT 0::bigint AS existing_ord, inserted.* FROM inserted \
         UNION ALL \
@@ -288,6 +301,11 @@ async fn insert_postgres(
             .collect::<Vec<String>>()
             .into(),
         Utc::now().into(),
+        // 0 stands for no reply (ids start at 1), as '' does for no client_id.
+        new.iter()
+            .map(|p| p.reply_to.unwrap_or(0))
+            .collect::<Vec<i64>>()
+            .into(),
     ];
     let mut inserted = Vec::new();
     let mut existing = HashMap::new();
@@ -351,10 +369,15 @@ async fn insert_sqlite(
     }
     let now = Utc::now();
     let mut models = Vec::with_capacity(new.len());
+    // (root, room) → replies stored to it.
+    let mut threads: BTreeMap<(i64, i64), i64> = BTreeMap::new();
     for p in &new {
         let Some(seq) = next_seq.get_mut(&p.room_id) else {
             continue;
         };
+        if let Some(root) = p.reply_to {
+            *threads.entry((root, p.room_id)).or_default() += 1;
+        }
         models.push(message::ActiveModel {
             room_id: Set(p.room_id),
             seq: Set(*seq),
@@ -364,6 +387,9 @@ async fn insert_sqlite(
             created_at: Set(now),
             edited_at: Set(None),
             deleted_at: Set(None),
+            reply_to: Set(p.reply_to),
+            reply_count: Set(0),
+            last_reply_at: Set(None),
             ..Default::default()
         });
         *seq += 1;
@@ -375,6 +401,16 @@ async fn insert_sqlite(
             .exec_with_returning(&txn)
             .await?
     };
+    // Replies only: nothing to do (and no statement) without them.
+    for ((root, room_id), n) in threads {
+        txn.execute_raw(super::raw(
+            &txn,
+            "UPDATE messages SET reply_count = reply_count + $1, last_reply_at = $2 \
+             WHERE id = $3 AND room_id = $4",
+            vec![n.into(), now.into(), root.into(), room_id.into()],
+        ))
+        .await?;
+    }
     txn.commit().await?;
     Ok(rows)
 }
@@ -495,6 +531,7 @@ mod tests {
             author,
             content,
             client_id: None,
+            reply_to: None,
         };
         let batch = [draft(&m, "one"), draft(&o, "intruder"), draft(&m, "two")];
         let out = commit(&db, &batch).await.expect("commit");
