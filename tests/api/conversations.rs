@@ -636,3 +636,109 @@ dual_test!(search_messages, |b| async move {
     let (status, _) = app.get("/api/v1/search/messages?q=fox", None).await;
     assert_eq!(status, 401);
 });
+
+dual_test!(the_migration_runs_forward_over_v1_data, |b| async move {
+    use migration::MigratorTrait;
+    let url = fresh_database(b).await;
+    // Data written before this migration: roll the schema back to v1 around it.
+    let db = sea_orm::Database::connect(&url).await.expect("connect");
+    migration::Migrator::up(&db, None).await.expect("migrate");
+    let newer = u32::try_from(migration::Migrator::migrations().len() - 1).unwrap();
+    migration::Migrator::down(&db, Some(newer))
+        .await
+        .expect("down to v1");
+    let mut config = chat::Config::for_tests(&url);
+    config.auto_migrate = false;
+    {
+        let v1 = spawn_with(config.clone()).await;
+        assert!(!v1.state.schema_current(), "v1 schema");
+    }
+    seed_v1(&db).await;
+    migration::Migrator::up(&db, None)
+        .await
+        .expect("forward over v1 data");
+    db.close().await.ok();
+
+    let app = spawn_with(config).await;
+    assert!(app.state.schema_current());
+    let (status, login) = app.login("elder", PASSWORD).await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access"].as_str().unwrap().to_owned();
+    let (status, page) = app
+        .get("/api/v1/search/messages?q=elephants", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        contents(&page),
+        ["an archived elephant"],
+        "old messages are indexed"
+    );
+    assert!(
+        contents(
+            &app.get("/api/v1/search/messages?q=gone", Some(&token))
+                .await
+                .1
+        )
+        .is_empty()
+    );
+    let (_, history) = app.get("/api/v1/rooms/legacy/messages", Some(&token)).await;
+    let old = &history["items"][0];
+    assert_eq!(old["reply_count"], 0, "{old}");
+    assert_eq!(old["reply_to"], Value::Null);
+    assert_eq!(old["reactions"], json!([]));
+    let (status, reply) = app
+        .post(
+            "/api/v1/rooms/legacy/messages",
+            Some(&token),
+            json!({"content": "still here", "reply_to": old["id"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["seq"], 3, "the room's counter carries on");
+});
+
+/// A v1 database's rows, written as the v1 binary wrote them: a user (password
+/// [`PASSWORD`]), a public room, a live message and a deleted one.
+async fn seed_v1(db: &sea_orm::DatabaseConnection) {
+    use sea_orm::ConnectionTrait;
+    let hash = {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(PASSWORD.as_bytes())
+            .unwrap()
+            .to_string()
+    };
+    let now = "2026-11-30 12:00:00+00:00";
+    for sql in [
+        format!(
+            "INSERT INTO users (id, username, username_lower, email, email_lower, password_hash, roles, created_at, updated_at) \
+             VALUES (1, 'elder', 'elder', 'elder@example.com', 'elder@example.com', '{hash}', 'user', '{now}', '{now}')"
+        ),
+        format!(
+            "INSERT INTO rooms (id, name, visibility, owner_id, last_seq, created_at, updated_at) \
+             VALUES (1, 'legacy', 'public', 1, 2, '{now}', '{now}')"
+        ),
+        format!(
+            "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES (1, 1, 'owner', '{now}')"
+        ),
+        format!(
+            "INSERT INTO messages (id, room_id, seq, author_id, content, created_at) \
+             VALUES (1, 1, 1, 1, 'an archived elephant', '{now}')"
+        ),
+        format!(
+            "INSERT INTO messages (id, room_id, seq, author_id, content, created_at, deleted_at) \
+             VALUES (2, 1, 2, 1, '', '{now}', '{now}')"
+        ),
+    ] {
+        db.execute_unprepared(&sql).await.expect(&sql);
+    }
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        for t in ["users", "rooms", "messages"] {
+            db.execute_unprepared(&format!(
+                "SELECT setval(pg_get_serial_sequence('{t}', 'id'), 10)"
+            ))
+            .await
+            .expect("sequence");
+        }
+    }
+}
