@@ -74,6 +74,7 @@ pub(crate) struct SendRequest {
     pub client_id: Option<String>,
     /// Reply to this message of the same room (not deleted): the reply joins its thread (a
     /// reply to a reply joins the same thread: `reply_to` of the stored message is the root).
+    #[serde(default, deserialize_with = "super::extract::integer")]
     pub reply_to: Option<i64>,
 }
 
