@@ -495,6 +495,101 @@ mod tests {
         refused_alone(postgres().await).await;
     }
 
+    #[tokio::test]
+    async fn replies_move_their_roots_in_the_commit_on_sqlite() {
+        replies_in_a_batch(sqlite().await).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL suite"
+    )]
+    async fn replies_move_their_roots_in_the_commit_on_postgres() {
+        replies_in_a_batch(postgres().await).await;
+    }
+
+    /// One batch: two replies to one root, one to another, plain messages and a refused
+    /// draft between them. Each root counts its replies; the refused draft fails alone.
+    async fn replies_in_a_batch(db: DatabaseConnection) {
+        let new_user = |name: &str| super::super::users::NewUser {
+            username: name.into(),
+            email: format!("{name}@example.com"),
+            password_hash: "x".into(),
+            first_name: None,
+            last_name: None,
+            roles: vec!["user".into()],
+        };
+        let member = super::super::users::create(&db, new_user("member"))
+            .await
+            .expect("member");
+        let outsider = super::super::users::create(&db, new_user("outsider"))
+            .await
+            .expect("outsider");
+        let room = super::super::rooms::create(&db, "t", None, "public", member.id)
+            .await
+            .expect("room");
+        let m = UserRef {
+            id: member.id,
+            username: member.username,
+        };
+        let o = UserRef {
+            id: outsider.id,
+            username: outsider.username,
+        };
+        let draft = |author, content, reply_to| NewMessage {
+            room_id: room.id,
+            room: "t",
+            author,
+            content,
+            client_id: None,
+            reply_to,
+        };
+        let out = commit(&db, &[draft(&m, "root a", None), draft(&m, "root b", None)])
+            .await
+            .expect("commit");
+        let (a, b) = (
+            out[0].as_ref().unwrap().message().id,
+            out[1].as_ref().unwrap().message().id,
+        );
+        let batch = [
+            draft(&m, "to a", Some(a)),
+            draft(&o, "intruder", Some(a)),
+            draft(&m, "plain", None),
+            draft(&m, "to b", Some(b)),
+            draft(&m, "to a again", Some(a)),
+        ];
+        let out = commit(&db, &batch).await.expect("commit");
+        let replies: Vec<Option<Option<i64>>> = out
+            .iter()
+            .map(|o| o.as_ref().ok().map(|s| s.message().reply_to))
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                Some(Some(a)),
+                None,
+                Some(None),
+                Some(Some(b)),
+                Some(Some(a))
+            ]
+        );
+        let seqs: Vec<i64> = out
+            .iter()
+            .filter_map(|o| o.as_ref().ok().map(|s| s.message().seq))
+            .collect();
+        assert_eq!(seqs, [3, 4, 5, 6], "gap-free");
+        for (root, n) in [(a, 2), (b, 1)] {
+            let row = message::Entity::find_by_id(root)
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("root");
+            assert_eq!(row.reply_count, n, "root {root}");
+            assert!(row.last_reply_at.is_some());
+        }
+    }
+
     /// A draft whose author is not a member fails alone; the rest of the batch commits
     /// gap-free; a draft for a room that is gone is told so.
     async fn refused_alone(db: DatabaseConnection) {
