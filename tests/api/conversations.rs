@@ -742,3 +742,83 @@ async fn seed_v1(db: &sea_orm::DatabaseConnection) {
         }
     }
 }
+
+dual_test!(
+    reactions_are_rate_limited_like_other_fan_out_frames,
+    |b| async move {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let db = fresh_database(b).await;
+        let mut config = chat::Config::for_tests(&db);
+        config.frame_rate_per_sec = 10;
+        config.frame_rate_burst = 20;
+        let app = spawn_with(config).await;
+        let flooder = app.register("react_flooder").await;
+        let watcher = app.register("react_watcher").await;
+        app.create_room(&flooder, "rflood", "public").await;
+        app.join_room(&watcher, "rflood").await;
+        let msg = app.post_message(&watcher, "rflood", "target").await;
+        let mut watching = ws_connect(&app.ws_url(""), "rflood", &watcher.access, None).await;
+        expect_ready(&mut watching).await;
+        let mut flooding = ws_connect(&app.ws_url(""), "rflood", &flooder.access, None).await;
+        expect_ready(&mut flooding).await;
+        for i in 0..300 {
+            let frame = json!({"type": "react", "id": msg["id"], "emoji": "👍", "on": i % 2 == 0});
+            if flooding
+                .feed(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = flooding.flush().await;
+        let (mut refused, mut code) = (0, None);
+        while let Ok(Some(frame)) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), flooding.next()).await
+        {
+            match frame {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    if v["type"] == "error" && v["code"] == "rate_limited" {
+                        refused += 1;
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(code, Some(1008), "the flood closes the socket");
+        assert!(refused > 0, "refusals are answered before the close");
+        app.post_message(&watcher, "rflood", "marker").await;
+        let reactions = frames_before(&mut watching, "marker")
+            .await
+            .into_iter()
+            .filter(|f| f["type"] == "reaction")
+            .count();
+        assert!(
+            (1..=30).contains(&reactions),
+            "{reactions} reaction events reached the room"
+        );
+        // REST reactions are under the same per-user limit: a burst of them is refused in part.
+        let mut statuses = Vec::new();
+        for i in 0..100 {
+            let method = if i % 2 == 0 {
+                Method::PUT
+            } else {
+                Method::DELETE
+            };
+            let path = reaction_path("rflood", &msg["id"], "🎉");
+            statuses.push(app.send(method, &path, Some(&watcher.access), None).await.0);
+        }
+        assert!(statuses.contains(&429), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 204 || *s == 429),
+            "{statuses:?}"
+        );
+    }
+);
