@@ -161,7 +161,15 @@ pub(crate) async fn create_message(
             metrics::accepted("rest");
             Ok((StatusCode::CREATED, Json(msg)))
         }
-        Sent::Duplicate(msg) => Ok((StatusCode::OK, Json(msg))),
+        Sent::Duplicate(mut msg) => {
+            // The original may have gathered reactions since (a retry is rare: one query).
+            msg.reactions = store::reactions::of_messages(&chat.db, &[msg.id], Some(me.id))
+                .await
+                .map_err(store::StoreError::from)?
+                .remove(&msg.id)
+                .unwrap_or_default();
+            Ok((StatusCode::OK, Json(msg)))
+        }
     }
 }
 

@@ -215,6 +215,35 @@ dual_test!(reactions_over_rest_and_frames, |b| async move {
     let all = reactions_of(&app, &kai, "fun", &id).await;
     assert_eq!(all.as_array().unwrap().len(), 20);
     assert_eq!(all[19], json!({"emoji": ":e20:", "count": 2, "me": true}));
+
+    // A retried send (same client_id) answers the original with its reactions.
+    let body = json!({"content": "once", "client_id": "retry-1"});
+    let (status, first) = app
+        .post(
+            "/api/v1/rooms/fun/messages",
+            Some(&kai.access),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = app
+        .send(
+            Method::PUT,
+            &reaction_path("fun", &first["id"], "👀"),
+            Some(&jan.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, again) = app
+        .post("/api/v1/rooms/fun/messages", Some(&kai.access), body)
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        again["reactions"],
+        json!([{"emoji": "👀", "count": 1, "me": false}])
+    );
 });
 
 dual_test!(
