@@ -14,6 +14,12 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub edited_at: Option<DateTimeUtc>,
     pub deleted_at: Option<DateTimeUtc>,
+    /// The root of the thread this message replies to.
+    pub reply_to: Option<i64>,
+    /// On a thread's root: its live replies.
+    pub reply_count: i64,
+    /// On a thread's root: when the latest reply was stored.
+    pub last_reply_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -35,6 +35,21 @@ pub(crate) enum Entry {
     Joins,
 }
 
+/// Who may read a room (its history, its messages in search results): anyone if it is
+/// public, its members, admins. Lists that span rooms apply the same rule in SQL:
+/// [`store::search::messages`] takes [`Reader`] and writes this condition.
+pub(crate) fn may_read(visibility: &str, member: bool, admin: bool) -> bool {
+    Visibility::of(visibility) == Visibility::Public || member || admin
+}
+
+/// The reader a cross-room query applies [`may_read`] for.
+pub(crate) fn reader(me: &CurrentUser) -> store::search::Reader {
+    store::search::Reader {
+        user_id: me.id,
+        admin: me.is_admin(),
+    }
+}
+
 /// The owner or an admin may change, delete, invite to and remove from a room.
 pub(crate) fn may_manage(room: &RoomRow, me: &CurrentUser) -> bool {
     me.is_admin() || room.owner_id == Some(me.id)
@@ -52,13 +67,21 @@ impl Chat {
     ) -> Result<(RoomRow, Option<String>), ApiError> {
         let room = self.room_named(name).await?;
         let role = store::rooms::role_of(&self.db, room.id, me.id).await?;
-        if Visibility::of(&room.visibility) != Visibility::Public
-            && role.is_none()
-            && !me.is_admin()
-        {
+        if !may_read(&room.visibility, role.is_some(), me.is_admin()) {
             return Err(ApiError::NotFound("room"));
         }
         Ok((room, role))
+    }
+
+    /// Whether `user_id` may write to (post, react in) room `room_id`: its members may.
+    ///
+    /// # Errors
+    /// 403 for a non-member; 503 if the database is down.
+    pub(crate) async fn ensure_writer(&self, room_id: i64, user_id: i64) -> Result<(), ApiError> {
+        match store::rooms::role_of(&self.db, room_id, user_id).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::Forbidden("join the room to post in it")),
+        }
     }
 
     /// The room a member may write to.

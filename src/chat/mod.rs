@@ -17,6 +17,7 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod conversation;
 pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;

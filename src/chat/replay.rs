@@ -6,6 +6,9 @@
 //! room (paused): then anything committed after the read's snapshot — a new message, an edit,
 //! a deletion — reaches the socket as a live event it buffers, so a shared page is never
 //! staler than the socket's own read would have been.
+//!
+//! A shared page is read for no one in particular; a reaction's `me` is then set for the
+//! reader with one more query, only for a page that has reactions at all.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -43,13 +46,24 @@ pub(crate) struct ReplayReads {
 }
 
 impl ReplayReads {
-    /// Up to `limit` messages of `room_id` after `after` (deleted ones as `None`), read by a
-    /// socket registered in the room at `joined`: one query shared by every socket asking for
-    /// the same page meanwhile.
+    /// Up to `limit` messages of `room_id` after `after` (deleted ones as `None`) for
+    /// `reader`, whose socket was registered in the room at `joined`: one query shared by
+    /// every socket asking for the same page meanwhile.
     ///
     /// # Errors
     /// The database's.
     pub(crate) async fn page(
+        &self,
+        db: &DatabaseConnection,
+        (room_id, after, limit): (i64, i64, u64),
+        joined: Instant,
+        reader: i64,
+    ) -> anyhow::Result<Page> {
+        let page = self.shared(db, room_id, after, limit, joined).await?;
+        Ok(mark_mine(db, page, reader).await?)
+    }
+
+    async fn shared(
         &self,
         db: &DatabaseConnection,
         room_id: i64,
@@ -73,7 +87,7 @@ impl ReplayReads {
                     }
                     let db = db.clone();
                     let read = async move {
-                        store::messages::after_seq(&db, room_id, after, limit)
+                        store::messages::after_seq(&db, room_id, after, limit, None)
                             .await
                             .map(Arc::new)
                             .map_err(Arc::new)
@@ -102,6 +116,31 @@ impl ReplayReads {
     }
 }
 
+/// `page` with each reaction's `me` set for `reader` (the page itself when it has none).
+async fn mark_mine(
+    db: &DatabaseConnection,
+    page: Page,
+    reader: i64,
+) -> Result<Page, sea_orm::DbErr> {
+    let reacted: Vec<i64> = page
+        .iter()
+        .filter_map(|row| row.message.as_ref())
+        .filter(|msg| !msg.reactions.is_empty())
+        .map(|msg| msg.id)
+        .collect();
+    if reacted.is_empty() {
+        return Ok(page);
+    }
+    let mine = store::reactions::mine(db, &reacted, reader).await?;
+    let mut rows = Vec::clone(&page);
+    for msg in rows.iter_mut().filter_map(|row| row.message.as_mut()) {
+        for reaction in &mut msg.reactions {
+            reaction.me = mine.contains(&(msg.id, reaction.emoji.clone()));
+        }
+    }
+    Ok(Arc::new(rows))
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectOptions, Database};
@@ -128,13 +167,13 @@ mod tests {
         let reads = ReplayReads::default();
         let joined = Instant::now();
         let pages =
-            futures::future::join_all((0..8).map(|_| reads.page(&db, 1, 0, 200, joined))).await;
+            futures::future::join_all((0..8).map(|_| reads.shared(&db, 1, 0, 200, joined))).await;
         let first = page(&pages[0]);
         assert!(pages.iter().all(|p| Arc::ptr_eq(page(p), first)));
         // Another page, or another room, is another read.
         let (a, b) = tokio::join!(
-            reads.page(&db, 1, 0, 200, joined),
-            reads.page(&db, 1, 5, 200, joined)
+            reads.shared(&db, 1, 0, 200, joined),
+            reads.shared(&db, 1, 5, 200, joined)
         );
         assert!(!Arc::ptr_eq(page(&a), page(&b)));
         assert!(
@@ -148,12 +187,12 @@ mod tests {
         let db = sqlite().await;
         let reads = ReplayReads::default();
         let early = Instant::now();
-        let (a, b) = tokio::join!(reads.page(&db, 1, 0, 200, early), async {
+        let (a, b) = tokio::join!(reads.shared(&db, 1, 0, 200, early), async {
             // The first read has started (polled once): this socket joined the room later,
             // so what that read saw may predate events this socket never buffered.
             tokio::task::yield_now().await;
             let later = Instant::now() + Duration::from_millis(1);
-            reads.page(&db, 1, 0, 200, later).await
+            reads.shared(&db, 1, 0, 200, later).await
         });
         assert!(!Arc::ptr_eq(page(&a), page(&b)));
     }

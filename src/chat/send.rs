@@ -42,6 +42,8 @@ pub(crate) struct Draft {
     pub(crate) author: UserRef,
     pub(crate) content: String,
     pub(crate) client_id: Option<String>,
+    /// The thread's root, from [`super::Chat::thread_root`].
+    pub(crate) reply_to: Option<i64>,
 }
 
 struct Pending {
@@ -60,6 +62,7 @@ impl Pending {
             author: &self.draft.author,
             content: &self.draft.content,
             client_id: self.draft.client_id.as_deref(),
+            reply_to: self.draft.reply_to,
         }
     }
 }

@@ -44,6 +44,15 @@ pub(crate) enum Event<'a> {
         event: PresenceChange,
         user: &'a UserRef,
     },
+    /// A user added (`on`) or removed a reaction to message `id`.
+    Reaction {
+        room: &'a str,
+        id: i64,
+        seq: i64,
+        emoji: &'a str,
+        user: &'a UserRef,
+        on: bool,
+    },
     RoomUpdated {
         room: &'a Room,
     },

@@ -102,6 +102,28 @@ pub(crate) struct Message {
     #[serde(serialize_with = "ts_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub(crate) edited_at: Option<DateTime<Utc>>,
+    /// The id of the thread's root this message replies to; `null` outside threads.
+    pub(crate) reply_to: Option<i64>,
+    /// On a thread's root: how many live replies it has (0 elsewhere).
+    pub(crate) reply_count: i64,
+    /// On a thread's root: when its latest reply was sent (`null` elsewhere).
+    #[serde(serialize_with = "ts_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub(crate) last_reply_at: Option<DateTime<Utc>>,
+    /// Each emoji used on the message, in the order first used. `me` is relative to the
+    /// reader where a frame has one reader (REST, replay); in frames shared by every socket
+    /// of the room (`message_edited`, gap fills) it is `false`.
+    pub(crate) reactions: Vec<Reaction>,
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub(crate) struct Reaction {
+    /// One emoji grapheme, or a `:short_name:`.
+    pub(crate) emoji: String,
+    pub(crate) count: i64,
+    /// Whether the reader is among them.
+    pub(crate) me: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -114,6 +136,14 @@ pub(crate) struct Member {
     pub(crate) joined_at: DateTime<Utc>,
     /// Online anywhere in the cluster.
     pub(crate) online: bool,
+}
+
+/// One search result: the message (as history shows it) and a snippet of its content as
+/// HTML, the text escaped and each match in `<mark>…</mark>`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct SearchHit {
+    pub(crate) message: Message,
+    pub(crate) highlight: String,
 }
 
 /// A page of results with an opaque cursor for the next one.

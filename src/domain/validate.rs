@@ -51,6 +51,93 @@ pub(crate) fn content(content: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most distinct emoji on one message (SPEC §11).
+pub(crate) const MAX_REACTIONS_PER_MESSAGE: i64 = 20;
+
+static SHORT_NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^:[a-z0-9_+\-]{1,32}:$").expect("literal regex"));
+
+/// A reaction: a `:short_name:` of 1–32 `[a-z0-9_+-]`, or exactly one emoji grapheme (see
+/// [`emoji_grapheme`]).
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn reaction(emoji: &str) -> Result<(), String> {
+    if SHORT_NAME_RE.is_match(emoji) || emoji_grapheme(emoji) {
+        Ok(())
+    } else {
+        Err("must be one emoji or a :short_name: of 1-32 characters [a-z0-9_+-]".into())
+    }
+}
+
+/// Emoji that stand alone (the pictographic blocks and the older symbols the Unicode emoji
+/// list takes in), without a dependency on the Unicode tables: a close over-approximation of
+/// `Extended_Pictographic`.
+fn pictographic(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x2194..=0x21AA
+        | 0x231A..=0x23FF | 0x24C2 | 0x25AA..=0x25FE | 0x2600..=0x27BF | 0x2934 | 0x2935
+        | 0x2B05..=0x2B55 | 0x3030 | 0x303D | 0x3297 | 0x3299
+        | 0x1F000..=0x1F0FF | 0x1F10D..=0x1F1AD | 0x1F201..=0x1F64F | 0x1F680..=0x1F6FF
+        | 0x1F700..=0x1FAFF | 0x1FC00..=0x1FFFD)
+}
+
+fn regional_indicator(c: char) -> bool {
+    matches!(u32::from(c), 0x1F1E6..=0x1F1FF)
+}
+
+fn skin_tone(c: char) -> bool {
+    matches!(u32::from(c), 0x1F3FB..=0x1F3FF)
+}
+
+const VS16: char = '\u{FE0F}';
+const ZWJ: char = '\u{200D}';
+const KEYCAP: char = '\u{20E3}';
+
+/// Exactly one emoji grapheme cluster, in the shapes of Unicode's emoji sequences: a flag
+/// (two regional indicators), a keycap (`#`, `*` or a digit, optional VS16, U+20E3), or
+/// pictographs joined by ZWJ, each with an optional VS16 and skin tone, the last optionally
+/// followed by a tag sequence (subdivision flags). At most 16 code points.
+pub(crate) fn emoji_grapheme(s: &str) -> bool {
+    let cs: Vec<char> = s.chars().collect();
+    if cs.is_empty() || cs.len() > 16 {
+        return false;
+    }
+    if cs.iter().all(|c| regional_indicator(*c)) {
+        return cs.len() == 2;
+    }
+    if matches!(cs[0], '0'..='9' | '#' | '*') {
+        return matches!(cs[1..], [KEYCAP] | [VS16, KEYCAP]);
+    }
+    let mut i = 0;
+    loop {
+        // One pictograph with its modifiers.
+        if !cs.get(i).is_some_and(|c| pictographic(*c)) {
+            return false;
+        }
+        i += 1;
+        if cs.get(i) == Some(&VS16) {
+            i += 1;
+        }
+        if cs.get(i).is_some_and(|c| skin_tone(*c)) {
+            i += 1;
+        }
+        match cs.get(i) {
+            None => return true,
+            Some(&ZWJ) => i += 1,
+            // Tags (U+E0020–E007E) closed by CANCEL TAG (U+E007F), at the very end.
+            Some(_) => {
+                let tags = &cs[i..];
+                return tags.len() >= 2
+                    && tags.last() == Some(&'\u{E007F}')
+                    && tags[..tags.len() - 1]
+                        .iter()
+                        .all(|c| matches!(u32::from(*c), 0xE0020..=0xE007E));
+            }
+        }
+    }
+}
+
 /// An idempotency key: 1–64 characters, [`plain_text`].
 ///
 /// # Errors
@@ -181,5 +268,51 @@ mod tests {
         room_settings(&mut fields, Some(&"t".repeat(513)), Some("secret"));
         assert_eq!(fields.len(), 2);
         assert_eq!(Visibility::of("weird"), Visibility::Private);
+    }
+
+    #[test]
+    fn reactions_are_one_emoji_or_a_short_name() {
+        for ok in [
+            "👍",
+            "❤️",
+            "❤",
+            "👍🏽",
+            "👩‍💻",
+            "👨‍👩‍👧‍👦",
+            "🏳️‍🌈",
+            "🇫🇷",
+            "1️⃣",
+            "#⃣",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            ":thumbsup:",
+            ":+1:",
+            ":a-b_c:",
+            &format!(":{}:", "a".repeat(32)),
+        ] {
+            assert!(reaction(ok).is_ok(), "{ok:?} is a reaction");
+        }
+        for bad in [
+            "",
+            "a",
+            "1",
+            "👍👍",
+            "🇫",
+            "🇫🇷🇩🇪",
+            "👍 ",
+            " 👍",
+            "::",
+            ":Thumbs:",
+            ":a b:",
+            &format!(":{}:", "a".repeat(33)),
+            "👩‍",
+            "\u{200D}👍",
+            "❤️❤️",
+            "x\u{20E3}",
+            ":x:\u{0}",
+            "<b>",
+            "\u{FE0F}",
+        ] {
+            assert!(reaction(bad).is_err(), "{bad:?} is not a reaction");
+        }
     }
 }

@@ -376,7 +376,8 @@ impl RoomChannel {
         metrics::gap_fill();
         loop {
             let after = self.state.lock().last;
-            let rows = store::messages::after_seq(&self.db, self.id, after, FILL_PAGE).await?;
+            let rows =
+                store::messages::after_seq(&self.db, self.id, after, FILL_PAGE, None).await?;
             let full_page = rows.len() as u64 == FILL_PAGE;
             let mut state = self.state.lock();
             for row in rows {

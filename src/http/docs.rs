@@ -20,7 +20,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{auth, health, messages, rooms, users};
+use super::{auth, health, messages, rooms, search, users};
 use crate::{
     chat::Chat,
     domain::model,
@@ -38,11 +38,13 @@ use crate::{
         rooms::update_room, rooms::delete_room, rooms::join_room, rooms::leave_room,
         rooms::list_members, rooms::invite_member, rooms::remove_member,
         messages::list_messages, messages::create_message, messages::edit_message, messages::delete_message,
+        messages::add_reaction, messages::remove_reaction, search::search_messages,
         health::healthz, health::readyz,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         model::User, model::PublicUser, model::UserRef, model::Room, model::Message, model::Member,
+        model::Reaction, model::SearchHit,
         auth::Tokens, auth::RegisterResponse, auth::LoginResponse,
     )),
     modifiers(&BearerAuth, &CommonErrors),
@@ -50,7 +52,7 @@ use crate::{
         (name = "auth", description = "Registration, login, token refresh and logout"),
         (name = "users", description = "Profiles and administration"),
         (name = "rooms", description = "Rooms and membership"),
-        (name = "messages", description = "History, sending, editing and deleting"),
+        (name = "messages", description = "History and threads, sending and replying, editing, deleting, reactions, search"),
         (name = "operations", description = "Probes"),
     )
 )]

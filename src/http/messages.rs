@@ -1,11 +1,12 @@
-//! `/api/v1/rooms/{name}/messages*` (SPEC §7): history, send, edit, delete.
+//! `/api/v1/rooms/{name}/messages*` (SPEC §7, §11): history and threads, send (and reply),
+//! edit, delete, reactions.
 
 use axum::{
     Router,
     extract::State,
     http::StatusCode,
     response::IntoResponse,
-    routing::{get, patch},
+    routing::{get, patch, put},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -38,6 +39,10 @@ pub(crate) fn routes() -> Router<Chat> {
             "/rooms/{name}/messages/{id}",
             patch(edit_message).delete(delete_message),
         )
+        .route(
+            "/rooms/{name}/messages/{id}/reactions/{emoji}",
+            put(add_reaction).delete(remove_reaction),
+        )
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -48,6 +53,8 @@ pub(crate) struct HistoryQuery {
     pub after_seq: Option<i64>,
     /// 1–200, default 50.
     pub limit: Option<u64>,
+    /// Only this thread: the root with this id and its replies (paged like history).
+    pub thread: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,6 +72,10 @@ pub(crate) struct SendRequest {
     /// Idempotency key (1–64 characters), unique per room and author.
     #[schema(min_length = 1, max_length = 64)]
     pub client_id: Option<String>,
+    /// Reply to this message of the same room (not deleted): the reply joins its thread (a
+    /// reply to a reply joins the same thread: `reply_to` of the stored message is the root).
+    #[serde(default, deserialize_with = "super::extract::integer")]
+    pub reply_to: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -86,9 +97,9 @@ fn check(fields: crate::error::FieldErrors) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=`
+/// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=&thread=`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), params(HistoryQuery),
-    responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody)))]
+    responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in, or no such `thread` root in the room (`not_found`)", body = ErrorBody)))]
 pub(crate) async fn list_messages(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -97,15 +108,19 @@ pub(crate) async fn list_messages(
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let (room, _) = chat.visible_room(&name, &me).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let (items, has_more) = store::messages::history(
-        &chat.db,
-        room.id,
-        &room.name,
-        q.before_seq,
-        q.after_seq,
+    if let Some(root) = q.thread
+        && !store::messages::exists(&chat.db, room.id, root).await?
+    {
+        return Err(ApiError::NotFound("message"));
+    }
+    let filter = store::messages::HistoryFilter {
+        before_seq: q.before_seq,
+        after_seq: q.after_seq,
+        thread: q.thread,
         limit,
-    )
-    .await?;
+    };
+    let (items, has_more) =
+        store::messages::history(&chat.db, room.id, &room.name, filter, me.id).await?;
     Ok(Json(HistoryResponse { items, has_more }))
 }
 
@@ -116,7 +131,7 @@ pub(crate) async fn list_messages(
         (status = 200, description = "The same `client_id` again: the original message, nothing new stored", body = Message),
         (status = 403, description = "The caller is not a member (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
-        (status = 422, description = "Invalid `content` or `client_id` (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 422, description = "Invalid `content` or `client_id`, or `reply_to` not a live message of the room (`validation_failed`, with `fields`)", body = ErrorBody),
         (status = 429, description = "Sending too fast (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn create_message(
@@ -130,6 +145,7 @@ pub(crate) async fn create_message(
         body.content.as_deref(),
         body.client_id.as_deref(),
     ))?;
+    let reply_to = chat.thread_root(room.id, body.reply_to).await?;
     chat.admit(me.id).await?;
     let draft = Draft {
         author: UserRef {
@@ -138,13 +154,22 @@ pub(crate) async fn create_message(
         },
         content: body.content.unwrap_or_default(),
         client_id: body.client_id,
+        reply_to,
     };
     match chat.sender.submit(room.id, &room.name, draft).await? {
         Sent::Created(msg) => {
             metrics::accepted("rest");
             Ok((StatusCode::CREATED, Json(msg)))
         }
-        Sent::Duplicate(msg) => Ok((StatusCode::OK, Json(msg))),
+        Sent::Duplicate(mut msg) => {
+            // The original may have gathered reactions since (a retry is rare: one query).
+            msg.reactions = store::reactions::of_messages(&chat.db, &[msg.id], Some(me.id))
+                .await
+                .map_err(store::StoreError::from)?
+                .remove(&msg.id)
+                .unwrap_or_default();
+            Ok((StatusCode::OK, Json(msg)))
+        }
     }
 }
 
@@ -171,11 +196,16 @@ pub(crate) async fn edit_message(
     }
     check(validate::draft(body.content.as_deref(), None))?;
     let row = store::messages::edit(&chat.db, row, body.content.unwrap_or_default()).await?;
-    let msg = store::messages::to_wire(&chat.db, &room.name, vec![row])
+    let msg = store::messages::to_wire(&chat.db, &room.name, vec![row], Some(me.id))
         .await?
         .pop()
         .ok_or(ApiError::NotFound("message"))?;
-    chat.publish(route::to_room(room.id, &Event::MessageEdited(&msg)))
+    // One frame for every socket of the room: reactions without a reader's `me`.
+    let mut shared = msg.clone();
+    for r in &mut shared.reactions {
+        r.me = false;
+    }
+    chat.publish(route::to_room(room.id, &Event::MessageEdited(&shared)))
         .await;
     Ok(Json(msg))
 }
@@ -209,5 +239,63 @@ pub(crate) async fn delete_message(
         seq,
     };
     chat.publish(route::to_room(room.id, &deleted)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/v1/rooms/{name}/messages/{id}/reactions/{emoji}` (members): idempotent.
+#[utoipa::path(put, path = "/api/v1/rooms/{name}/messages/{id}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The room's name"), ("id" = i64, Path, description = "The message's id"),
+        ("emoji" = String, Path, description = "One emoji grapheme, or `:short_name:` of 1–32 `[a-z0-9_+-]` (URL-encoded)")),
+    responses(
+        (status = 204, description = "The caller reacts with `emoji` (already did: nothing changes); a change broadcasts `reaction`"),
+        (status = 403, description = "The caller is not a member (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The message already has 20 distinct emoji (`conflict`, on `emoji`)", body = ErrorBody),
+        (status = 422, description = "`emoji` is neither one emoji nor a `:short_name:` (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many frames and reactions (`rate_limited`)", body = ErrorBody),
+    ))]
+pub(crate) async fn add_reaction(
+    State(chat): State<Chat>,
+    me: CurrentUser,
+    Path((name, id, emoji)): Path<(String, i64, String)>,
+) -> Result<StatusCode, ApiError> {
+    react(&chat, &me, &name, id, &emoji, true).await
+}
+
+/// `DELETE /api/v1/rooms/{name}/messages/{id}/reactions/{emoji}` (members): idempotent.
+#[utoipa::path(delete, path = "/api/v1/rooms/{name}/messages/{id}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The room's name"), ("id" = i64, Path, description = "The message's id"),
+        ("emoji" = String, Path, description = "One emoji grapheme, or `:short_name:` (URL-encoded)")),
+    responses(
+        (status = 204, description = "The caller no longer reacts with `emoji` (did not: nothing changes); a change broadcasts `reaction`"),
+        (status = 403, description = "The caller is not a member (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`emoji` is neither one emoji nor a `:short_name:` (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Too many frames and reactions (`rate_limited`)", body = ErrorBody),
+    ))]
+pub(crate) async fn remove_reaction(
+    State(chat): State<Chat>,
+    me: CurrentUser,
+    Path((name, id, emoji)): Path<(String, i64, String)>,
+) -> Result<StatusCode, ApiError> {
+    react(&chat, &me, &name, id, &emoji, false).await
+}
+
+async fn react(
+    chat: &Chat,
+    me: &CurrentUser,
+    name: &str,
+    id: i64,
+    emoji: &str,
+    on: bool,
+) -> Result<StatusCode, ApiError> {
+    let room = chat.writable_room(name, me).await?;
+    chat.admit_frame(me.id).await?;
+    let user = UserRef {
+        id: me.id,
+        username: me.username.clone(),
+    };
+    chat.react(room.id, &room.name, &user, id, emoji, on)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,7 @@ pub(crate) mod extract;
 pub(crate) mod health;
 pub(crate) mod messages;
 pub(crate) mod rooms;
+pub(crate) mod search;
 pub(crate) mod users;
 
 use axum::{
@@ -33,6 +34,7 @@ pub(crate) fn api_routes() -> Router<Chat> {
         .merge(users::routes())
         .merge(rooms::routes())
         .merge(messages::routes())
+        .merge(search::routes())
 }
 
 /// Probes, metrics and API docs.

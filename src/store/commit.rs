@@ -26,6 +26,9 @@ pub(crate) struct NewMessage<'a> {
     pub(crate) author: &'a UserRef,
     pub(crate) content: &'a str,
     pub(crate) client_id: Option<&'a str>,
+    /// The root of the thread it replies to, checked by the caller (a message of the same
+    /// room); the root's `reply_count` and `last_reply_at` move in the same commit.
+    pub(crate) reply_to: Option<i64>,
 }
 
 /// What committing one draft produced.
@@ -234,7 +237,8 @@ async fn find_originals(
 /// lateral probe from being flattened into a join, which a generic plan for unknown arrays
 /// would turn into a scan of `messages`), numbers the others per room, locks their rooms in id
 /// order (so replicas never deadlock; the update touches only rows already locked), advances
-/// the counters and inserts the rows from each room's old counter. Arrays as parameters keep
+/// the counters and inserts the rows from each room's old counter; replies advance their
+/// roots' `reply_count` (a `threads` set that is empty without replies). Arrays as parameters keep
 /// the statement text constant, so each connection prepares it once. A room that is gone gets
 /// no rows.
 ///
@@ -244,8 +248,8 @@ async fn insert_postgres(
     new: &[&NewMessage<'_>],
 ) -> Result<(Vec<message::Model>, HashMap<usize, message::Model>), DbErr> {
     const SQL: &str = "WITH input AS ( \
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) \
-                WITH ORDINALITY AS m(room_id, author_id, content, client_id, ord) \
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::bigint[]) \
+                WITH ORDINALITY AS m(room_id, author_id, content, client_id, reply_to, ord) \
         ), existing AS ( \
             SELECT i.ord, e.id FROM input i CROSS JOIN LATERAL ( \
                 SELECT id FROM messages WHERE room_id = i.room_id AND author_id = i.author_id \
@@ -266,10 +270,19 @@ async fn insert_postgres(
             WHERE rooms.id = c.id \
             RETURNING rooms.id, rooms.last_seq - c.n AS base \
         ), inserted AS ( \
-            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at) \
-            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5 \
+            INSERT INTO messages (room_id, seq, author_id, content, client_id, created_at, reply_to) \
+            SELECT f.room_id, b.base + f.k, f.author_id, f.content, NULLIF(f.client_id, ''), $5, \
+                NULLIF(f.reply_to, 0) \
             FROM fresh f JOIN bumped b ON b.id = f.room_id \
             RETURNING * \
+        ), threads AS ( \
+            SELECT f.reply_to AS id, f.room_id, count(*) AS n \
+            FROM fresh f JOIN bumped b ON b.id = f.room_id WHERE f.reply_to <> 0 \
+            GROUP BY f.reply_to, f.room_id \
+        ), roots AS ( \
+            UPDATE messages SET reply_count = messages.reply_count + t.n, last_reply_at = $5 \
+            FROM threads t WHERE messages.id = t.id AND messages.room_id = t.room_id \
+            RETURNING messages.id \
         ) \
         SELECT 0::bigint AS existing_ord, inserted.* FROM inserted \
         UNION ALL \
@@ -288,6 +301,11 @@ async fn insert_postgres(
             .collect::<Vec<String>>()
             .into(),
         Utc::now().into(),
+        // 0 stands for no reply (ids start at 1), as '' does for no client_id.
+        new.iter()
+            .map(|p| p.reply_to.unwrap_or(0))
+            .collect::<Vec<i64>>()
+            .into(),
     ];
     let mut inserted = Vec::new();
     let mut existing = HashMap::new();
@@ -351,10 +369,15 @@ async fn insert_sqlite(
     }
     let now = Utc::now();
     let mut models = Vec::with_capacity(new.len());
+    // (root, room) → replies stored to it.
+    let mut threads: BTreeMap<(i64, i64), i64> = BTreeMap::new();
     for p in &new {
         let Some(seq) = next_seq.get_mut(&p.room_id) else {
             continue;
         };
+        if let Some(root) = p.reply_to {
+            *threads.entry((root, p.room_id)).or_default() += 1;
+        }
         models.push(message::ActiveModel {
             room_id: Set(p.room_id),
             seq: Set(*seq),
@@ -364,6 +387,9 @@ async fn insert_sqlite(
             created_at: Set(now),
             edited_at: Set(None),
             deleted_at: Set(None),
+            reply_to: Set(p.reply_to),
+            reply_count: Set(0),
+            last_reply_at: Set(None),
             ..Default::default()
         });
         *seq += 1;
@@ -375,6 +401,16 @@ async fn insert_sqlite(
             .exec_with_returning(&txn)
             .await?
     };
+    // Replies only: nothing to do (and no statement) without them.
+    for ((root, room_id), n) in threads {
+        txn.execute_raw(super::raw(
+            &txn,
+            "UPDATE messages SET reply_count = reply_count + $1, last_reply_at = $2 \
+             WHERE id = $3 AND room_id = $4",
+            vec![n.into(), now.into(), root.into(), room_id.into()],
+        ))
+        .await?;
+    }
     txn.commit().await?;
     Ok(rows)
 }
@@ -459,6 +495,101 @@ mod tests {
         refused_alone(postgres().await).await;
     }
 
+    #[tokio::test]
+    async fn replies_move_their_roots_in_the_commit_on_sqlite() {
+        replies_in_a_batch(sqlite().await).await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(pg_tests),
+        ignore = "set TEST_DATABASE_URL to run the PostgreSQL suite"
+    )]
+    async fn replies_move_their_roots_in_the_commit_on_postgres() {
+        replies_in_a_batch(postgres().await).await;
+    }
+
+    /// One batch: two replies to one root, one to another, plain messages and a refused
+    /// draft between them. Each root counts its replies; the refused draft fails alone.
+    async fn replies_in_a_batch(db: DatabaseConnection) {
+        let new_user = |name: &str| super::super::users::NewUser {
+            username: name.into(),
+            email: format!("{name}@example.com"),
+            password_hash: "x".into(),
+            first_name: None,
+            last_name: None,
+            roles: vec!["user".into()],
+        };
+        let member = super::super::users::create(&db, new_user("member"))
+            .await
+            .expect("member");
+        let outsider = super::super::users::create(&db, new_user("outsider"))
+            .await
+            .expect("outsider");
+        let room = super::super::rooms::create(&db, "t", None, "public", member.id)
+            .await
+            .expect("room");
+        let m = UserRef {
+            id: member.id,
+            username: member.username,
+        };
+        let o = UserRef {
+            id: outsider.id,
+            username: outsider.username,
+        };
+        let draft = |author, content, reply_to| NewMessage {
+            room_id: room.id,
+            room: "t",
+            author,
+            content,
+            client_id: None,
+            reply_to,
+        };
+        let out = commit(&db, &[draft(&m, "root a", None), draft(&m, "root b", None)])
+            .await
+            .expect("commit");
+        let (a, b) = (
+            out[0].as_ref().unwrap().message().id,
+            out[1].as_ref().unwrap().message().id,
+        );
+        let batch = [
+            draft(&m, "to a", Some(a)),
+            draft(&o, "intruder", Some(a)),
+            draft(&m, "plain", None),
+            draft(&m, "to b", Some(b)),
+            draft(&m, "to a again", Some(a)),
+        ];
+        let out = commit(&db, &batch).await.expect("commit");
+        let replies: Vec<Option<Option<i64>>> = out
+            .iter()
+            .map(|o| o.as_ref().ok().map(|s| s.message().reply_to))
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                Some(Some(a)),
+                None,
+                Some(None),
+                Some(Some(b)),
+                Some(Some(a))
+            ]
+        );
+        let seqs: Vec<i64> = out
+            .iter()
+            .filter_map(|o| o.as_ref().ok().map(|s| s.message().seq))
+            .collect();
+        assert_eq!(seqs, [3, 4, 5, 6], "gap-free");
+        for (root, n) in [(a, 2), (b, 1)] {
+            let row = message::Entity::find_by_id(root)
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("root");
+            assert_eq!(row.reply_count, n, "root {root}");
+            assert!(row.last_reply_at.is_some());
+        }
+    }
+
     /// A draft whose author is not a member fails alone; the rest of the batch commits
     /// gap-free; a draft for a room that is gone is told so.
     async fn refused_alone(db: DatabaseConnection) {
@@ -495,6 +626,7 @@ mod tests {
             author,
             content,
             client_id: None,
+            reply_to: None,
         };
         let batch = [draft(&m, "one"), draft(&o, "intruder"), draft(&m, "two")];
         let out = commit(&db, &batch).await.expect("commit");

@@ -8,9 +8,11 @@
 
 pub(crate) mod commit;
 pub(crate) mod messages;
+pub(crate) mod reactions;
 pub(crate) mod revoked;
 pub(crate) mod rooms;
 pub(crate) mod schema;
+pub(crate) mod search;
 pub(crate) mod sessions;
 pub(crate) mod users;
 

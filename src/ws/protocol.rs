@@ -41,6 +41,14 @@ pub(crate) enum ClientFrame {
         room: Option<String>,
         content: String,
         client_id: Option<String>,
+        reply_to: Option<i64>,
+    },
+    /// Add (`on`) or remove a reaction to message `id`.
+    React {
+        room: Option<String>,
+        id: i64,
+        emoji: String,
+        on: bool,
     },
     Typing {
         room: Option<String>,
@@ -83,6 +91,18 @@ fn opt_string(
     }
 }
 
+/// An optional message id: a positive integer.
+fn opt_id(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<i64>, FrameError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| bad("invalid_frame", format!("`{key}` must be a message id"))),
+    }
+}
+
 fn req_string(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, FrameError> {
     opt_string(obj, key)?.ok_or_else(|| bad("invalid_frame", format!("`{key}` is required")))
 }
@@ -110,6 +130,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                         room: opt_string(&obj, "room")?,
                         content,
                         client_id: None,
+                        reply_to: opt_id(&obj, "reply_to")?,
                     });
                 }
             }
@@ -128,8 +149,19 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 room: opt_string(&obj, "room")?,
                 content,
                 client_id,
+                reply_to: opt_id(&obj, "reply_to")?,
             })
         }
+        "react" => Ok(ClientFrame::React {
+            room: opt_string(&obj, "room")?,
+            id: opt_id(&obj, "id")?.ok_or_else(|| bad("invalid_frame", "`id` is required"))?,
+            emoji: req_string(&obj, "emoji")?,
+            on: match obj.get("on") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(on)) => *on,
+                Some(_) => return Err(bad("invalid_frame", "`on` must be true or false")),
+            },
+        }),
         "typing" => Ok(ClientFrame::Typing {
             room: opt_string(&obj, "room")?,
         }),
@@ -216,7 +248,8 @@ mod tests {
             Ok(ClientFrame::Message {
                 room: None,
                 content: "hi".into(),
-                client_id: Some("a1".into())
+                client_id: Some("a1".into()),
+                reply_to: None,
             })
         );
         assert_eq!(
@@ -224,7 +257,8 @@ mod tests {
             Ok(ClientFrame::Message {
                 room: None,
                 content: "hi".into(),
-                client_id: None
+                client_id: None,
+                reply_to: None,
             })
         );
         assert_eq!(
@@ -232,7 +266,8 @@ mod tests {
             Ok(ClientFrame::Message {
                 room: None,
                 content: "hi".into(),
-                client_id: None
+                client_id: None,
+                reply_to: None,
             })
         );
         assert_eq!(
@@ -240,6 +275,42 @@ mod tests {
             Ok(ClientFrame::Typing { room: None })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            parse(r#"{"type":"message","content":"re","reply_to":7}"#),
+            Ok(ClientFrame::Message {
+                room: None,
+                content: "re".into(),
+                client_id: None,
+                reply_to: Some(7),
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"react","room":"r","id":3,"emoji":"👍","on":false}"#),
+            Ok(ClientFrame::React {
+                room: Some("r".into()),
+                id: 3,
+                emoji: "👍".into(),
+                on: false,
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"react","id":"3","emoji":"x"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"react","id":3,"emoji":"x","on":1}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","content":"re","reply_to":-1}"#)
+                .unwrap_err()
+                .code,
+            "invalid_frame"
+        );
         assert_eq!(
             parse(r#"{"type":"auth","token":"t"}"#),
             Ok(ClientFrame::Auth { token: "t".into() })

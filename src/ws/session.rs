@@ -317,7 +317,8 @@ impl Session {
                 room,
                 content,
                 client_id,
-            } => self.send(room, content, client_id).await,
+                reply_to,
+            } => self.send(room, content, client_id, reply_to).await,
             // The other frames that fan out or cost a query have their own limit.
             ClientFrame::Typing { room } if !self.frame_admitted(room.as_deref()).await? => Ok(()),
             ClientFrame::Subscribe { room, .. } | ClientFrame::Unsubscribe { room }
@@ -326,6 +327,15 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Auth { .. } if !self.frame_admitted(None).await? => Ok(()),
+            ClientFrame::React { room, .. } if !self.frame_admitted(room.as_deref()).await? => {
+                Ok(())
+            }
+            ClientFrame::React {
+                room,
+                id,
+                emoji,
+                on,
+            } => self.react(room.as_deref(), id, &emoji, on).await,
             ClientFrame::Typing { room } => self.typing(room.as_deref()).await,
             ClientFrame::Auth { token } => self.auth(&token).await,
             ClientFrame::Subscribe { room, since_seq } => self.subscribe(room, since_seq).await,
@@ -382,6 +392,29 @@ impl Session {
         let env = route::to_room_but(room_id, &event, self.user.id);
         if let Err(e) = self.chat.bus.publish(env).await {
             tracing::debug!(error = %e, "typing not published");
+        }
+        Ok(())
+    }
+
+    /// `react`: add or remove a reaction; the `reaction` event that follows a change is the
+    /// answer (a refusal gets an `error` frame).
+    async fn react(
+        &mut self,
+        room: Option<&str>,
+        id: i64,
+        emoji: &str,
+        on: bool,
+    ) -> anyhow::Result<()> {
+        let Some((room_id, room)) = self.target(room).await? else {
+            return Ok(());
+        };
+        if let Err(e) = self
+            .chat
+            .react(room_id, &room, &self.user, id, emoji, on)
+            .await
+        {
+            self.reply(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                .await?;
         }
         Ok(())
     }
@@ -472,9 +505,19 @@ impl Session {
         room: Option<String>,
         content: String,
         client_id: Option<String>,
+        reply_to: Option<i64>,
     ) -> anyhow::Result<()> {
         let Some((room_id, room)) = self.target(room.as_deref()).await? else {
             return Ok(());
+        };
+        let reply_to = match self.chat.thread_root(room_id, reply_to).await {
+            Ok(root) => root,
+            Err(e) => {
+                let message = e.to_string();
+                return self
+                    .reply(protocol::error(e.code(), &message, Some(&room)))
+                    .await;
+            }
         };
         let verdict = self.chat.admit(self.user.id).await;
         if !self
@@ -487,6 +530,7 @@ impl Session {
             author: self.user.clone(),
             content,
             client_id,
+            reply_to,
         };
         // Queued now (submission order is commit order); answered when it has committed.
         let outcome = self.chat.sender.submit(room_id, &room, draft);
@@ -559,7 +603,12 @@ impl Session {
             let rows = self
                 .chat
                 .replays
-                .page(&self.chat.db, room_id, after, REPLAY_PAGE, joined)
+                .page(
+                    &self.chat.db,
+                    (room_id, after, REPLAY_PAGE),
+                    joined,
+                    self.user.id,
+                )
                 .await?;
             let Some(end) = rows.last().map(|r| r.seq) else {
                 break;

@@ -439,3 +439,44 @@ async fn password_change_and_account_deletion_work_in_cluster_mode() {
     );
     drop(admin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn a_reaction_on_one_replica_reaches_a_socket_on_another() {
+    let redis = RedisServer::start().await;
+    let apps = cluster(2, &redis).await;
+    let ann = apps[0].register("reactor").await;
+    let bob = apps[1].register("watcher").await;
+    apps[0].create_room(&ann, "reacts", "public").await;
+    apps[1].join_room(&bob, "reacts").await;
+    let msg = apps[0].post_message(&ann, "reacts", "like me").await;
+    let mut ws = ws_connect(&apps[1].ws_url(""), "reacts", &bob.access, None).await;
+    expect_ready(&mut ws).await;
+    let (status, body) = apps[0]
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/v1/rooms/reacts/messages/{}/reactions/🚀", msg["id"]),
+            Some(&ann.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let event = next_of(&mut ws, "reaction", 10)
+        .await
+        .expect("the reaction crossed replicas");
+    assert_eq!(event["emoji"], "🚀");
+    assert_eq!(event["id"], msg["id"]);
+    assert_eq!(event["user"]["username"], "reactor");
+    assert_eq!(event["on"], true);
+    // Replica 2 reads it back from the shared database, relative to its reader.
+    let mut replay = ws_connect(&apps[1].ws_url(""), "reacts", &ann.access, Some(0)).await;
+    expect_ready(&mut replay).await;
+    let replayed = next_of(&mut replay, "message", 10).await.expect("replay");
+    assert_eq!(
+        replayed["reactions"],
+        json!([{"emoji": "🚀", "count": 1, "me": true}])
+    );
+}

@@ -44,6 +44,7 @@ from selenium.common.exceptions import NoAlertPresentException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROME = os.environ.get("CHROME_BIN", "/usr/bin/chromium")
@@ -135,7 +136,8 @@ class Browser:
         return self.js("""
             return Array.from(document.querySelectorAll('#messages .message[data-seq]')).map(function (e) {
               var a = e.querySelector('.message-author'), c = e.querySelector('.message-content');
-              return {seq: Number(e.getAttribute('data-seq')), author: a ? a.textContent : null,
+              return {seq: Number(e.getAttribute('data-seq')), id: Number(e.getAttribute('data-id')),
+                      author: a ? a.textContent : null,
                       content: c ? c.textContent : null};
             });""")
 
@@ -314,6 +316,40 @@ def test_chat_two_replicas(base_a, base_b, shots):
         seqs_a, seqs_b = check_seqs(a), check_seqs(b)
         assert seqs_a == seqs_b, f"A and B show different seqs: {seqs_a} vs {seqs_b}"
 
+        mr = a.wait_message(reply, author=ub)
+        on_reply = f'#messages .message[data-seq="{mr["seq"]}"]'
+        chip = on_reply + ' .reaction[data-emoji="🎉"]'
+        log("A reacts to B's reply with the picker; both see it (replica 1 -> replica 2)")
+        a.click(on_reply + " .react-add")
+        a.click(on_reply + ' .reaction-choice[data-emoji="🎉"]')
+        a.wait(lambda d: a.text_of(chip) == "🎉 1", "A's reaction chip 🎉 1")
+        b.wait(lambda d: b.text_of(chip) == "🎉 1", "B sees A's reaction 🎉 1")
+        assert "me" in a.el(chip).get_attribute("class").split(), "A's own reaction is marked as hers"
+        assert "me" not in b.el(chip).get_attribute("class").split(), "B has not reacted yet"
+        log("B adds the same reaction by clicking the chip; A sees the count go up")
+        b.click(chip)
+        a.wait(lambda d: a.text_of(chip) == "🎉 2", "A sees 🎉 2")
+        b.wait(lambda d: "me" in b.el(chip).get_attribute("class").split(), "B's chip marked as his")
+
+        log("B replies to A's first message; A sees the reply link")
+        b.click(f'#messages .message[data-seq="{m1["seq"]}"] .reply-button')
+        b.wait(lambda d: b.js("return !document.getElementById('reply-bar').hidden"), "B's reply bar")
+        threaded = f"in the thread {sfx}"
+        send(b, threaded)
+        mt = a.wait_message(threaded, author=ub)
+        link = a.text_of(f'#messages .message[data-seq="{mt["seq"]}"] .reply-link') or ""
+        assert link.endswith(f"#{m1['id']}"), f"reply link {link!r} names the root {m1['id']}"
+        a.wait(lambda d: a.text_of(f'#messages .message[data-seq="{m1["seq"]}"] .reply-count') == "1 reply",
+               "the root counts its reply")
+
+        log("A searches for B's reply text; the match is highlighted")
+        a.fill("#message-search", "alice " + sfx)
+        a.d.find_element(By.CSS_SELECTOR, "#message-search").send_keys(Keys.ENTER)
+        a.wait(lambda d: a.js("return document.querySelectorAll('#search-results .search-hit mark').length") > 0,
+               "a highlighted search hit")
+        seqs_a, seqs_b = check_seqs(a), check_seqs(b)
+        assert seqs_a == seqs_b, f"A and B show different seqs: {seqs_a} vs {seqs_b}"
+
         log("B reloads the page: session and room are restored, nothing duplicated")
         b.d.refresh()
         wait_signed_in(b, ub)
@@ -321,6 +357,8 @@ def test_chat_two_replicas(base_a, base_b, shots):
         for text, who in ((hello, ua), (markup, ua), (reply, ub)):
             b.wait_message(text, author=who)
         assert check_seqs(b) == seqs_b, f"after reload B shows {check_seqs(b)}, expected {seqs_b}"
+        b.wait(lambda d: b.text_of(chip) == "🎉 2" and "me" in b.el(chip).get_attribute("class").split(),
+               "reactions come back with history, relative to B")
         b.wait(lambda d: ua in b.online_usernames(), f"{ua} online after reload")
         b.assert_no_alert()
         log(f"final seqs {seqs_b}")
