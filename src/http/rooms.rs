@@ -18,7 +18,7 @@ use super::{
 use crate::{
     chat::{
         Chat,
-        access::{Refusal, may_manage},
+        access::{Refusal, may_invite, may_manage},
         auth::CurrentUser,
     },
     domain::{
@@ -447,9 +447,7 @@ pub(crate) async fn invite_member(
     Json(body): Json<InviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (room, _) = chat.visible_room(&name, &me).await?;
-    if !may_manage(&room, &me) {
-        return Err(ApiError::Forbidden("only the owner or an admin may invite"));
-    }
+    may_invite(&room, &me)?;
     let Some(user_id) = body.user_id else {
         return Err(ApiError::invalid_field("user_id", "is required"));
     };
