@@ -57,7 +57,8 @@ enum MessageMentions {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        let add = |table: DynIden, col: ColumnDef| Table::alter().table(table).add_column(col).to_owned();
+        let add =
+            |table: DynIden, col: ColumnDef| Table::alter().table(table).add_column(col).to_owned();
         for stmt in [
             add(
                 Rooms::Table.into_iden(),
@@ -69,7 +70,10 @@ impl MigrationTrait for Migration {
             ),
             add(
                 Rooms::Table.into_iden(),
-                ColumnDef::new(Rooms::DmKey).string_len(200).null().to_owned(),
+                ColumnDef::new(Rooms::DmKey)
+                    .string_len(200)
+                    .null()
+                    .to_owned(),
             ),
             add(
                 Rooms::Table.into_iden(),
@@ -123,9 +127,21 @@ impl MigrationTrait for Migration {
                         .big_integer()
                         .not_null(),
                 )
-                .col(ColumnDef::new(MessageMentions::UserId).big_integer().not_null())
-                .col(ColumnDef::new(MessageMentions::RoomId).big_integer().not_null())
-                .col(ColumnDef::new(MessageMentions::Seq).big_integer().not_null())
+                .col(
+                    ColumnDef::new(MessageMentions::UserId)
+                        .big_integer()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(MessageMentions::RoomId)
+                        .big_integer()
+                        .not_null(),
+                )
+                .col(
+                    ColumnDef::new(MessageMentions::Seq)
+                        .big_integer()
+                        .not_null(),
+                )
                 .primary_key(
                     Index::create()
                         .col(MessageMentions::MessageId)
@@ -190,12 +206,16 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        let drop = |table: DynIden, col: DynIden| Table::alter().table(table).drop_column(col).to_owned();
+        let drop =
+            |table: DynIden, col: DynIden| Table::alter().table(table).drop_column(col).to_owned();
         for stmt in [
             drop(Rooms::Table.into_iden(), Rooms::Kind.into_iden()),
             drop(Rooms::Table.into_iden(), Rooms::DmKey.into_iden()),
             drop(Rooms::Table.into_iden(), Rooms::ActiveAt.into_iden()),
-            drop(RoomMembers::Table.into_iden(), RoomMembers::LastReadSeq.into_iden()),
+            drop(
+                RoomMembers::Table.into_iden(),
+                RoomMembers::LastReadSeq.into_iden(),
+            ),
             drop(Users::Table.into_iden(), Users::AcceptDms.into_iden()),
             drop(Users::Table.into_iden(), Users::SendReceipts.into_iden()),
         ] {

@@ -70,7 +70,9 @@ pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), ApiErro
 ///
 /// # Errors
 /// 403 if one of them refuses direct messages.
-pub(crate) fn may_open_dm(accepting: &std::collections::HashMap<i64, bool>) -> Result<(), ApiError> {
+pub(crate) fn may_open_dm(
+    accepting: &std::collections::HashMap<i64, bool>,
+) -> Result<(), ApiError> {
     if accepting.values().any(|accepts| !accepts) {
         return Err(ApiError::Forbidden(
             "one of these users does not accept direct messages",

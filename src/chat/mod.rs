@@ -1,7 +1,8 @@
 //! The rules of the service, each in one place, and the services every transport calls:
 //!
 //! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
-//! * [`access`]: who may see, enter, write to and manage a room.
+//! * [`access`]: who may see, enter, write to and manage a room (and open a DM).
+//! * [`conversations`]: direct messages, read state and throttled receipts.
 //! * [`send`]: the send pipeline (rate limit, group commit, publish).
 //! * [`heal`]: what repairs a lost bus event (reconciliation, socket audit).
 //! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
@@ -16,6 +17,7 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod conversations;
 pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;
@@ -57,6 +59,8 @@ pub(crate) struct Services {
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) sender: Sender,
+    /// The `receipt` throttle.
+    pub(crate) receipts: conversations::Receipts,
     /// Messages per user (burst and sustained).
     pub(crate) msg_limiter: RateLimit<i64>,
     /// Other client frames that fan out or cost a query, per user.
@@ -181,6 +185,7 @@ impl Chat {
         });
         Ok(Self(Arc::new(Services {
             sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
+            receipts: conversations::Receipts::new(bus.clone(), tasks.clone()),
             keys,
             hasher: PasswordHasher::new(hash_concurrency),
             deny,

@@ -101,7 +101,12 @@ pub(crate) async fn commit(
             Plan::Existing(row) if row.content.contains('@') => Some(row.id),
             _ => None,
         })
-        .chain(existing.values().filter(|r| r.content.contains('@')).map(|r| r.id))
+        .chain(
+            existing
+                .values()
+                .filter(|r| r.content.contains('@'))
+                .map(|r| r.id),
+        )
         .collect();
     if !originals.is_empty() {
         mentions.extend(super::messages::mentions_of(db, &originals).await?);
@@ -212,7 +217,9 @@ fn answer(
             },
             Plan::Existing(row) => {
                 let mentioned = mentions.get(&row.id).cloned().unwrap_or_default();
-                Ok(Stored::Duplicate(to_message(p.room, row, author, mentioned)))
+                Ok(Stored::Duplicate(to_message(
+                    p.room, row, author, mentioned,
+                )))
             }
             Plan::SameAs(j) => match &out[j] {
                 Ok(stored) => Ok(Stored::Duplicate(stored.message().clone())),
@@ -274,7 +281,10 @@ async fn find_originals(
 /// no rows.
 ///
 /// Returns the inserted rows and the originals, by position in `new`.
-async fn insert_postgres(db: &DatabaseConnection, new: &[&NewMessage<'_>]) -> Result<Inserted, DbErr> {
+async fn insert_postgres(
+    db: &DatabaseConnection,
+    new: &[&NewMessage<'_>],
+) -> Result<Inserted, DbErr> {
     const SQL: &str = "WITH input AS ( \
             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::text[]) \
                 WITH ORDINALITY AS m(room_id, author_id, content, client_id, names, ord) \
@@ -376,7 +386,10 @@ fn parse_mentioned(list: &str) -> Vec<UserRef> {
 
 /// SQLite (one writer at a time): in one transaction, keep the drafts whose author is a
 /// member of the room, advance the counters, insert the rows.
-async fn insert_sqlite(db: &DatabaseConnection, new: &[&NewMessage<'_>]) -> Result<Inserted, DbErr> {
+async fn insert_sqlite(
+    db: &DatabaseConnection,
+    new: &[&NewMessage<'_>],
+) -> Result<Inserted, DbErr> {
     let txn = db.begin().await?;
     let members = members_of(&txn, new).await?;
     let new: Vec<&NewMessage<'_>> = new

@@ -657,13 +657,11 @@ pub(crate) async fn list_dms(
         .limit(limit + 1);
     if let Some((at, id)) = cursor {
         query = query.filter(
-            Condition::any()
-                .add(room::Column::ActiveAt.lt(at))
-                .add(
-                    Condition::all()
-                        .add(room::Column::ActiveAt.eq(at))
-                        .add(room::Column::Id.lt(id)),
-                ),
+            Condition::any().add(room::Column::ActiveAt.lt(at)).add(
+                Condition::all()
+                    .add(room::Column::ActiveAt.eq(at))
+                    .add(room::Column::Id.lt(id)),
+            ),
         );
     }
     let mut rows = query.all(db).await?;

@@ -326,6 +326,10 @@ impl Session {
                 Ok(())
             }
             ClientFrame::Auth { .. } if !self.frame_admitted(None).await? => Ok(()),
+            ClientFrame::Read { room, .. } if !self.frame_admitted(room.as_deref()).await? => {
+                Ok(())
+            }
+            ClientFrame::Read { room, seq } => self.read(room.as_deref(), seq).await,
             ClientFrame::Typing { room } => self.typing(room.as_deref()).await,
             ClientFrame::Auth { token } => self.auth(&token).await,
             ClientFrame::Subscribe { room, since_seq } => self.subscribe(room, since_seq).await,
@@ -384,6 +388,24 @@ impl Session {
             tracing::debug!(error = %e, "typing not published");
         }
         Ok(())
+    }
+
+    /// `read`: the user read up to `seq` in the room (not answered unless it fails).
+    async fn read(&mut self, room: Option<&str>, seq: i64) -> anyhow::Result<()> {
+        let Some((room_id, room)) = self.target(room).await? else {
+            return Ok(());
+        };
+        match self
+            .chat
+            .mark_read_in(room_id, &room, &self.user, seq)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.reply(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                    .await
+            }
+        }
     }
 
     /// `auth`: a fresh token of the same user replaces the socket's (and its expiry).
@@ -516,11 +538,14 @@ impl Session {
         let online = chat.online_users(room.id).await;
         let room_id = room.id;
         let count = i64::try_from(online.len()).unwrap_or(0);
+        let last_read = store::rooms::last_read_seq(&chat.db, room_id, self.user.id)
+            .await?
+            .unwrap_or(0);
         let wire = store::rooms::to_wire(&chat.db, room, count).await?;
         let first = if self.mux {
-            protocol::subscribed(&wire, &online, last_seq)
+            protocol::subscribed(&wire, &online, last_seq, last_read)
         } else {
-            protocol::ready(&wire, &self.user, &online, last_seq)
+            protocol::ready(&wire, &self.user, &online, last_seq, last_read)
         };
         self.push(first).await?;
         let mut replayed = last_seq;
