@@ -686,19 +686,20 @@ pub(crate) async fn read_states(
 ) -> Result<HashMap<i64, ReadState>, sea_orm::DbErr> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        // Each placeholder once (SQLite binds `?` by position): the user id three times.
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
             "SELECT rm.room_id, rm.last_read_seq, COUNT(m.id) AS unread, COUNT(mm.user_id) AS mentions \
              FROM room_members rm \
              LEFT JOIN messages m ON m.room_id = rm.room_id AND m.seq > rm.last_read_seq \
                  AND m.deleted_at IS NULL AND (m.author_id IS NULL OR m.author_id <> $1) \
-             LEFT JOIN message_mentions mm ON mm.message_id = m.id AND mm.user_id = $1 \
-             WHERE rm.user_id = $1 AND rm.room_id IN ({}) \
+             LEFT JOIN message_mentions mm ON mm.message_id = m.id AND mm.user_id = $2 \
+             WHERE rm.user_id = $3 AND rm.room_id IN ({}) \
              GROUP BY rm.room_id, rm.last_read_seq",
             list.join(",")
         );
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() + 1);
-        values.push(user.into());
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() + 3);
+        values.extend([user.into(), user.into(), user.into()]);
         values.extend(chunk.iter().map(|id| sea_orm::Value::from(*id)));
         for row in db.query_all_raw(super::raw(db, &sql, values)).await? {
             out.insert(

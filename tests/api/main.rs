@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cluster;
 mod config_options;
+mod conversations;
 mod failover;
 mod hardening;
 mod healing;
