@@ -56,7 +56,10 @@ pub(crate) trait WsStream:
 impl<T: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send> WsStream for T {}
 
 pub(crate) enum Mode {
-    Room { room: RoomRow, since: Option<i64> },
+    Room {
+        room: Box<RoomRow>,
+        since: Option<i64>,
+    },
     Mux,
 }
 
@@ -143,7 +146,7 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
         // Set-up and tear-down are boxed: their futures are large and exist only briefly,
         // while the socket may live for days on the read loop alone.
         let started = match upgrade::unbox(mode) {
-            Mode::Room { room, since } => Box::pin(session.join(room, since)).await,
+            Mode::Room { room, since } => Box::pin(session.join(*room, since)).await,
             Mode::Mux => session.push(protocol::ready_mux(&session.user)).await,
         };
         if let Err(e) = started {
