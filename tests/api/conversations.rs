@@ -534,3 +534,55 @@ async fn receipts_and_mentions_cross_replicas() {
         (Some("xroom"), Some("@xbea see this"))
     );
 }
+
+dual_test!(
+    the_migration_runs_forward_over_existing_data,
+    |b| async move {
+        use migration::MigratorTrait;
+        let url = fresh_database(b).await;
+        // Data written by a server, then the schema taken back to the version before this
+        // migration (its `down`), so the migration runs again over rows it did not create.
+        let app = spawn_with(chat::Config::for_tests(&url)).await;
+        let old = app.register("oldtimer").await;
+        let other = app.register("other_old").await;
+        app.create_room(&old, "legacy", "public").await;
+        app.join_room(&other, "legacy").await;
+        app.post_message(&other, "legacy", "from before @oldtimer")
+            .await;
+        drop(app);
+        let db = sea_orm::Database::connect(&url).await.expect("connect");
+        migration::Migrator::down(&db, Some(1))
+            .await
+            .expect("down to the initial schema");
+        migration::Migrator::up(&db, None)
+            .await
+            .expect("forward over existing data");
+        db.close().await.ok();
+        let app = spawn_with(chat::Config::for_tests(&url)).await;
+        let (status, login) = app.login("oldtimer", PASSWORD).await;
+        assert_eq!(status, 200, "{login}");
+        let token = login["access"].as_str().unwrap().to_owned();
+        let (_, me) = app.get("/api/v1/users/me", Some(&token)).await;
+        assert_eq!(
+            (me["accept_dms"].as_bool(), me["send_receipts"].as_bool()),
+            (Some(true), Some(true))
+        );
+        let (_, page) = app.get("/api/v1/rooms?joined=true", Some(&token)).await;
+        let room = &page["items"][0];
+        assert_eq!(
+            (
+                room["kind"].as_str(),
+                room["unread"].as_i64(),
+                room["last_read_seq"].as_i64()
+            ),
+            (Some("room"), Some(1), Some(0)),
+            "{page}"
+        );
+        let (_, history) = app.get("/api/v1/rooms/legacy/messages", Some(&token)).await;
+        assert_eq!(history["items"][0]["content"], "from before @oldtimer");
+        let (status, dm) = app
+            .post("/api/v1/dms", Some(&token), json!({"user_ids": [other.id]}))
+            .await;
+        assert_eq!(status, 201, "{dm}");
+    }
+);
