@@ -19,6 +19,7 @@ pub(crate) fn routes() -> Router<Chat> {
 pub(crate) struct OpenDmRequest {
     /// The other people: 1–8 user ids, not the caller (repeats count once).
     #[schema(value_type = Vec<i64>, required = true, min_items = 1, max_items = 8)]
+    #[serde(default, deserialize_with = "super::extract::integers")]
     pub user_ids: Option<Vec<i64>>,
 }
 

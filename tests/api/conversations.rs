@@ -73,6 +73,11 @@ dual_test!(a_dm_is_the_one_room_of_its_people, |b| async move {
         (status, &again["id"], &again["name"]),
         (200, &dm["id"], &dm["name"])
     );
+    // JSON has one number type: an integral `2.0` is the id 2.
+    #[allow(clippy::cast_precision_loss)]
+    let as_float = json!({"user_ids": [ben.id as f64]});
+    let (status, again) = app.post("/api/v1/dms", Some(&ann.access), as_float).await;
+    assert_eq!((status, &again["id"]), (200, &dm["id"]), "{again}");
     // A group DM is another room, whatever the order.
     let (status, group) = app
         .post(
