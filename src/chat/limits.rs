@@ -12,6 +12,14 @@
 //! per-replica limits still hold, and the cluster-wide part is skipped rather than refusing
 //! everyone: a limit is not worth an outage.
 //!
+//! The per-message and per-frame rates are on the hot path, so a replica does not ask Redis
+//! for every cell: it takes a *lease* of up to a quarter of the burst at once (one script call
+//! takes as many cells as the bucket holds, up to that many) and spends it locally for up to
+//! a second. Redis never grants more than the cluster-wide rate; a lease spent later than it
+//! was taken lets a user exceed the burst by at most one lease per replica, and a lease left
+//! unspent makes the limit stricter, never looser. Credential checks and room creation, which
+//! are rare and where precision matters, take one cell per call.
+//!
 //! Client addresses are keyed by IPv4 address, or by IPv6 /64 (one host usually holds a whole
 //! /64, so a per-address key would cost an attacker nothing).
 //!
@@ -79,6 +87,11 @@ pub(crate) struct Cluster {
     pub(crate) replica: u64,
 }
 
+/// How long a replica may spend cells it leased from the cluster-wide bucket.
+const LEASE_TTL: Duration = Duration::from_secs(1);
+/// The largest lease (cells per script call).
+const MAX_LEASE: u64 = 64;
+
 /// A keyed rate (GCRA): `burst` at once, then one per `interval`.
 pub(crate) struct RateLimit<K: Hash + Eq + Clone> {
     /// Names the Redis keys: `chat:rl:{name}:{key}`.
@@ -87,21 +100,38 @@ pub(crate) struct RateLimit<K: Hash + Eq + Clone> {
     interval_us: u64,
     burst: u64,
     cluster: Option<Cluster>,
+    /// Cells taken from Redis per call (1: every check asks Redis).
+    lease: u64,
+    /// Cells leased from Redis and not spent yet, per key (only when `lease` > 1).
+    leases: Mutex<HashMap<K, Lease>>,
 }
 
-/// GCRA in one atomic step: KEYS[1] holds the theoretical arrival time (µs, Redis clock).
-/// ARGV: interval µs, burst. Returns 0 (admitted) or the µs to wait.
+/// Cells this replica took from the cluster-wide bucket and may spend until `until`; or,
+/// after Redis refused, when the bucket has a cell again (`refused_until`): a client that
+/// keeps sending over its limit costs no Redis call until then.
+struct Lease {
+    cells: u64,
+    until: tokio::time::Instant,
+    refused_until: Option<tokio::time::Instant>,
+}
+
+/// GCRA in one atomic step, taking up to `want` cells: KEYS[1] holds the theoretical arrival
+/// time (µs, Redis clock). ARGV: interval µs, burst, want. Returns {cells taken, µs to wait}:
+/// {n ≥ 1, 0} when admitted, {0, wait} when not.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tau = interval * (tonumber(ARGV[2]) - 1)
+local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-if tat - now > tau then return tat - tau - now end
-local new_tat = tat + interval
+local room = tau - (tat - now)
+if room < 0 then return {0, tat - tau - now} end
+local n = math.min(want, math.floor(room / interval) + 1)
+local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
-return 0
+return {n, 0}
 ";
 
 fn gcra_script() -> &'static Script {
@@ -118,7 +148,16 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
             interval_us: interval_us.max(1),
             burst: u64::from(quota.burst_size().get()),
             cluster,
+            lease: 1,
+            leases: Mutex::default(),
         }
+    }
+
+    /// Take cells from the cluster-wide bucket a quarter of the burst at a time (see the
+    /// module doc): for the limits on the message path.
+    pub(crate) fn leased(mut self) -> Self {
+        self.lease = (self.burst / 4).clamp(1, MAX_LEASE);
+        self
     }
 
     /// `per` per `period` with a burst of `burst`.
@@ -142,20 +181,34 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
         let Some(cluster) = self.cluster.as_ref().filter(|_| bus == BusState::Live) else {
             return Ok(());
         };
-        let key = format!("chat:rl:{}:{key}", self.name);
+        if self.lease > 1 && self.spend_leased(key)? {
+            return Ok(());
+        }
+        let redis_key = format!("chat:rl:{}:{key}", self.name);
         let call = async {
             let mut conn = cluster.pool.get().await?;
-            let wait_us: u64 = gcra_script()
-                .key(&key)
+            let taken: (u64, u64) = gcra_script()
+                .key(&redis_key)
                 .arg(self.interval_us)
                 .arg(self.burst)
+                .arg(self.lease)
                 .invoke_async(&mut *conn)
                 .await?;
-            anyhow::Ok(wait_us)
+            anyhow::Ok(taken)
         };
         match tokio::time::timeout(REDIS_BUDGET, call).await {
-            Ok(Ok(0)) => Ok(()),
-            Ok(Ok(wait_us)) => Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1))),
+            Ok(Ok((0, wait_us))) => {
+                if self.lease > 1 {
+                    self.refused_for(key, Duration::from_micros(wait_us));
+                }
+                Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1)))
+            }
+            Ok(Ok((cells, _))) => {
+                if cells > 1 {
+                    self.keep_leased(key, cells - 1);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => {
                 metrics::counter!("chat_rate_limit_redis_errors_total").increment(1);
                 tracing::debug!(error = %e, limit = self.name, "cluster-wide rate limit skipped");
@@ -168,9 +221,63 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
         }
     }
 
-    /// Forget keys that are back to a full bucket (memory).
+    /// Spend one cell of `key`'s lease: `Ok(true)` if it held one that has not expired,
+    /// `Ok(false)` if Redis must be asked.
+    ///
+    /// # Errors
+    /// 429 while Redis's last answer for `key` (a refusal) holds.
+    fn spend_leased(&self, key: &K) -> Result<bool, ApiError> {
+        let now = tokio::time::Instant::now();
+        let mut leases = self.leases.lock();
+        let Some(lease) = leases.get_mut(key) else {
+            return Ok(false);
+        };
+        if let Some(until) = lease.refused_until.filter(|until| *until > now) {
+            return Err(ApiError::RateLimited((until - now).as_secs().max(1)));
+        }
+        if lease.cells > 0 && lease.until > now {
+            lease.cells -= 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn lease_of<'a>(leases: &'a mut HashMap<K, Lease>, key: &K) -> &'a mut Lease {
+        leases.entry(key.clone()).or_insert(Lease {
+            cells: 0,
+            until: tokio::time::Instant::now(),
+            refused_until: None,
+        })
+    }
+
+    /// Keep `cells` more cells leased for `key` (several checks may have asked Redis at once).
+    fn keep_leased(&self, key: &K, cells: u64) {
+        let now = tokio::time::Instant::now();
+        let mut leases = self.leases.lock();
+        let lease = Self::lease_of(&mut leases, key);
+        if lease.until <= now {
+            lease.cells = 0;
+        }
+        lease.cells = (lease.cells + cells).min(self.lease);
+        lease.until = now + LEASE_TTL;
+        lease.refused_until = None;
+    }
+
+    /// Redis refused `key` a cell for `wait`: refuse locally until then.
+    fn refused_for(&self, key: &K, wait: Duration) {
+        let mut leases = self.leases.lock();
+        let lease = Self::lease_of(&mut leases, key);
+        lease.cells = 0;
+        lease.refused_until = Some(tokio::time::Instant::now() + wait);
+    }
+
+    /// Forget keys that are back to a full bucket, and expired leases (memory).
     pub(crate) fn retain_recent(&self) {
         self.local.retain_recent();
+        let now = tokio::time::Instant::now();
+        self.leases
+            .lock()
+            .retain(|_, lease| lease.until > now || lease.refused_until.is_some_and(|u| u > now));
     }
 }
 

@@ -8,6 +8,7 @@
 //! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
 //! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
 //! * [`presence`]: who is online where, cluster-wide.
+//! * [`replay`]: history replays on join, identical reads coalesced.
 //! * [`admin`]: the first admin.
 //!
 //! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
@@ -23,6 +24,7 @@ pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod password;
 pub(crate) mod presence;
+pub(crate) mod replay;
 pub(crate) mod revoke;
 pub(crate) mod send;
 
@@ -61,6 +63,8 @@ pub(crate) struct Services {
     pub(crate) sender: Sender,
     /// The `receipt` throttle.
     pub(crate) receipts: conversations::Receipts,
+    /// Replay pages, shared by the sockets that ask for the same one at once.
+    pub(crate) replays: replay::ReplayReads,
     /// Messages per user (burst and sustained).
     pub(crate) msg_limiter: RateLimit<i64>,
     /// Other client frames that fan out or cost a query, per user.
@@ -146,18 +150,21 @@ impl Chat {
                 cluster.clone(),
             )
         };
+        // On the message path: cluster-wide cells are leased, not asked for one by one.
         let msg_limiter = limit(
             "msg",
             config.message_rate_per_sec,
             second,
             config.message_rate_burst,
-        );
+        )
+        .leased();
         let frame_limiter = limit(
             "frame",
             config.frame_rate_per_sec,
             second,
             config.frame_rate_burst,
-        );
+        )
+        .leased();
         let account_limiter = limit(
             "account",
             config.account_rate_per_min,
@@ -186,6 +193,7 @@ impl Chat {
         Ok(Self(Arc::new(Services {
             sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
             receipts: conversations::Receipts::new(bus.clone(), tasks.clone()),
+            replays: replay::ReplayReads::default(),
             keys,
             hasher: PasswordHasher::new(hash_concurrency),
             deny,

@@ -533,6 +533,8 @@ impl Session {
     async fn join(&mut self, room: RoomRow, since: Option<i64>) -> anyhow::Result<()> {
         let chat = self.chat.clone();
         let last_seq = chat.hub.join(room.id, &self.ctl).await?;
+        // Registered (paused) from here on: replay reads started later may be shared.
+        let joined = tokio::time::Instant::now();
         self.rooms.push(Joined {
             id: room.id,
             name: room.name.clone(),
@@ -553,7 +555,7 @@ impl Session {
         self.push(first).await?;
         let mut replayed = last_seq;
         if let Some(since) = since {
-            self.replay(room_id, since, last_seq).await?;
+            self.replay(room_id, joined, since, last_seq).await?;
         }
         // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer
         // (or does not fit in the queue the replay filled), so read on from the database until
@@ -564,7 +566,7 @@ impl Session {
             .hub
             .resume(room_id, &self.ctl, round >= CATCH_UP_ROUNDS)
         {
-            self.replay(room_id, replayed, upto).await?;
+            self.replay(room_id, joined, replayed, upto).await?;
             replayed = upto;
             round += 1;
         }
@@ -572,20 +574,30 @@ impl Session {
         Ok(())
     }
 
-    /// Queue the room's messages in `(after, last]` from the database.
-    async fn replay(&self, room_id: i64, mut after: i64, last: i64) -> anyhow::Result<()> {
+    /// Queue the room's messages in `(after, last]` from the database (pages shared with the
+    /// other sockets replaying the same ones at once, see `chat::replay`).
+    async fn replay(
+        &self,
+        room_id: i64,
+        joined: tokio::time::Instant,
+        mut after: i64,
+        last: i64,
+    ) -> anyhow::Result<()> {
         while after < last {
-            let rows =
-                store::messages::after_seq(&self.chat.db, room_id, after, REPLAY_PAGE).await?;
+            let rows = self
+                .chat
+                .replays
+                .page(&self.chat.db, room_id, after, REPLAY_PAGE, joined)
+                .await?;
             let Some(end) = rows.last().map(|r| r.seq) else {
                 break;
             };
-            for row in rows {
+            for row in rows.iter() {
                 if row.seq > last {
                     break;
                 }
-                if let Some(msg) = row.message {
-                    self.push(route::message_frame(&msg)).await?;
+                if let Some(msg) = &row.message {
+                    self.push(route::message_frame(msg)).await?;
                 }
             }
             after = end;

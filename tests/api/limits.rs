@@ -161,21 +161,13 @@ dual_test!(rooms_created_per_hour_are_limited, |b| async move {
 )]
 async fn limits_hold_across_the_cluster_not_per_replica() {
     let redis = RedisServer::start().await;
-    let db = cluster_db().await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let mut config = chat::Config::for_tests(&db);
-        config.redis_url = Some(redis.url().into());
-        config.jwt_secret = Some(SECRET.to_owned().into());
-        config.message_rate_per_sec = 1;
-        config.message_rate_burst = 4;
-        config.rooms_per_hour = 2;
-        config.ws_max_sockets_per_user = 2;
-        apps.push(spawn_with(config).await);
-    }
-    for app in &apps {
-        app.wait_ready().await;
-    }
+    let apps = cluster_with(2, &redis, |c| {
+        c.message_rate_per_sec = 1;
+        c.message_rate_burst = 4;
+        c.rooms_per_hour = 2;
+        c.ws_max_sockets_per_user = 2;
+    })
+    .await;
     let user = apps[0].register("cl_limits").await;
 
     // Rooms: one on each replica, then neither accepts a third.
@@ -231,6 +223,75 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
     }
     assert_eq!(got, 101);
     drop(b);
+}
+
+/// Script calls Redis has run so far (`EVAL` and `EVALSHA`).
+async fn script_calls(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The message rate is cluster-wide without a Redis call per message: each replica leases a
+/// quarter of the burst at a time, and Redis never grants more than the burst (plus what
+/// refills meanwhile); a replica's unspent lease only makes the limit stricter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: replicas share one PostgreSQL database"
+)]
+async fn message_limits_lease_cells_instead_of_asking_redis_per_message() {
+    const BURST: usize = 40;
+    let redis = RedisServer::start().await;
+    let apps = cluster_with(2, &redis, |c| {
+        c.message_rate_per_sec = 1;
+        c.message_rate_burst = u32::try_from(BURST).expect("small");
+    })
+    .await;
+    let user = apps[0].register("leaser").await;
+    apps[0].create_room(&user, "leased", "public").await;
+    let before = script_calls(&redis).await;
+    let mut statuses = Vec::new();
+    for k in 0..60 {
+        let (status, _) = apps[k % 2]
+            .post(
+                "/api/v1/rooms/leased/messages",
+                Some(&user.access),
+                json!({"content": format!("m{k}")}),
+            )
+            .await;
+        statuses.push(status);
+    }
+    let calls = script_calls(&redis).await - before;
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    // Two replicas, leases of 10: at most 9 cells left unspent on each; a few refill.
+    assert!(
+        (BURST - 18..=BURST + 4).contains(&accepted),
+        "about the burst across both replicas: {accepted} accepted, {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        calls < 30,
+        "60 messages took {calls} script calls: cells are leased, not asked for one by one"
+    );
 }
 
 dual_test!(members_are_listed_in_pages, |b| async move {
@@ -415,18 +476,10 @@ async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
 )]
 async fn socket_counts_come_back_after_a_redis_restart() {
     let mut redis = RedisServer::start().await;
-    let db = cluster_db().await;
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let mut config = chat::Config::for_tests(&db);
-        config.redis_url = Some(redis.url().into());
-        config.jwt_secret = Some(SECRET.to_owned().into());
-        config.ws_max_sockets_per_user = 1;
-        apps.push(spawn_with(config).await);
-    }
-    for app in &apps {
-        app.wait_ready().await;
-    }
+    let apps = cluster_with(2, &redis, |c| {
+        c.ws_max_sockets_per_user = 1;
+    })
+    .await;
     let user = apps[0].register("cl_heartbeat").await;
     let url = |app: &TestApp| format!("{}/ws?token={}", app.ws_url(""), user.access);
     let (mut held, _) = tokio_tungstenite::connect_async(url(&apps[0]))

@@ -13,18 +13,37 @@ pub async fn cluster_db() -> String {
 }
 
 pub async fn replica(db: &str, redis: &RedisServer) -> TestApp {
+    replica_with(db, redis, |_| {}).await
+}
+
+/// A replica whose configuration `tune` changes.
+pub async fn replica_with(
+    db: &str,
+    redis: &RedisServer,
+    tune: impl FnOnce(&mut chat::Config),
+) -> TestApp {
     let mut config = chat::Config::for_tests(db);
     config.redis_url = Some(redis.url().into());
     config.jwt_secret = Some(SECRET.to_owned().into());
+    tune(&mut config);
     spawn_with(config).await
 }
 
 /// `n` replicas on a fresh database, each ready (its Redis bus live).
 pub async fn cluster(n: usize, redis: &RedisServer) -> Vec<TestApp> {
+    cluster_with(n, redis, |_| {}).await
+}
+
+/// `n` replicas on a fresh database, each configured by `tune` and ready.
+pub async fn cluster_with(
+    n: usize,
+    redis: &RedisServer,
+    tune: impl Fn(&mut chat::Config),
+) -> Vec<TestApp> {
     let db = cluster_db().await;
     let mut apps = Vec::new();
     for _ in 0..n {
-        apps.push(replica(&db, redis).await);
+        apps.push(replica_with(&db, redis, &tune).await);
     }
     for app in &apps {
         app.wait_ready().await;
