@@ -2,6 +2,7 @@
 //! produces; behaviour lives in the server's `store` module, not here.
 
 pub mod message;
+pub mod message_mention;
 pub mod message_reaction;
 pub mod prelude;
 pub mod revoked_token;

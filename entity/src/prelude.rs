@@ -1,4 +1,5 @@
 pub use super::message::Entity as Message;
+pub use super::message_mention::Entity as MessageMention;
 pub use super::message_reaction::Entity as MessageReaction;
 pub use super::revoked_token::Entity as RevokedToken;
 pub use super::room::Entity as Room;

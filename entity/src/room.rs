@@ -14,6 +14,12 @@ pub struct Model {
     pub last_seq: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// `room` or `dm`.
+    pub kind: String,
+    /// A DM's members: their ids, sorted, joined by `-` (unique).
+    pub dm_key: Option<String>,
+    /// When the last message was committed (set on DMs at creation).
+    pub active_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

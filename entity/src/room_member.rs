@@ -10,6 +10,8 @@ pub struct Model {
     /// `owner` or `member`.
     pub role: String,
     pub joined_at: DateTimeUtc,
+    /// The highest `seq` the member has read.
+    pub last_read_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

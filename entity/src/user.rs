@@ -16,6 +16,10 @@ pub struct Model {
     pub roles: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Others may open a DM with this user.
+    pub accept_dms: bool,
+    /// Others in a room see this user's read receipts.
+    pub send_receipts: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

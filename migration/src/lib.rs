@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial;
+mod m20261203_000001_dms_read_mentions;
 mod m20261203_000002_reactions_threads_search;
 
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261121_000001_initial::Migration),
+            Box::new(m20261203_000001_dms_read_mentions::Migration),
             Box::new(m20261203_000002_reactions_threads_search::Migration),
         ]
     }

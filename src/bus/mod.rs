@@ -36,6 +36,9 @@ pub(crate) enum Kind {
     Kick,
     /// Control topic: close `user`'s sockets authenticated by `sid`/`jti` (or all) with 4001.
     Revoke,
+    /// Control topic: deliver the frame to `user`'s multiplexed sockets, whatever rooms they
+    /// are subscribed to (a mention).
+    User,
 }
 
 /// The routing header of an envelope. Kept small: it crosses Redis for every message.
@@ -48,7 +51,7 @@ pub(crate) struct Header {
     pub(crate) kind: Kind,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) seq: i64,
-    /// Kick/Revoke: the user concerned. Event: a user whose sockets skip it (typing).
+    /// Kick/Revoke/User: the user concerned. Event: a user whose sockets skip it (typing).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) user: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

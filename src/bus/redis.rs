@@ -162,7 +162,7 @@ impl RedisBus {
 
 impl Shared {
     fn channel_of(env: &Envelope) -> String {
-        if env.header.kind == Kind::Revoke {
+        if matches!(env.header.kind, Kind::Revoke | Kind::User) {
             CONTROL.to_owned()
         } else {
             room_channel(env.header.room)

@@ -1,11 +1,16 @@
 //! Who may see, enter, write to and manage a room: the access rule, written once and called
-//! by REST, by both socket endpoints and by the send path.
+//! by REST, by both socket endpoints and by the send path. Direct messages (SPEC §11) are
+//! private rooms nobody can join, be invited into or manage; opening one with someone who
+//! refuses DMs is forbidden.
 
 use super::{Chat, auth::CurrentUser};
 use crate::{
     domain::validate::{self, Visibility},
     error::ApiError,
-    store::{self, rooms::RoomRow},
+    store::{
+        self,
+        rooms::{RoomRow, is_dm},
+    },
 };
 
 /// What a non-member is told when a private room refuses them. Both are deliberate: a
@@ -18,9 +23,12 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    fn error(self) -> ApiError {
+    fn error(self, room: &RoomRow) -> ApiError {
         match self {
             Self::NotFound => ApiError::NotFound("room"),
+            Self::NeedsInvitation if is_dm(room) => {
+                ApiError::Forbidden("nobody can join a direct message")
+            }
             Self::NeedsInvitation => ApiError::Forbidden("this private room needs an invitation"),
         }
     }
@@ -50,9 +58,42 @@ pub(crate) fn reader(me: &CurrentUser) -> store::search::Reader {
     }
 }
 
-/// The owner or an admin may change, delete, invite to and remove from a room.
+/// The owner or an admin may change, delete, invite to and remove from a room. A direct
+/// message has no owner and nobody manages it (an admin making it public would open it).
 pub(crate) fn may_manage(room: &RoomRow, me: &CurrentUser) -> bool {
-    me.is_admin() || room.owner_id == Some(me.id)
+    !is_dm(room) && (me.is_admin() || room.owner_id == Some(me.id))
+}
+
+/// May `me` invite someone into `room`?
+///
+/// # Errors
+/// 403: a direct message (nobody can be invited into one), or neither owner nor admin.
+pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), ApiError> {
+    if is_dm(room) {
+        return Err(ApiError::Forbidden(
+            "nobody can be invited into a direct message",
+        ));
+    }
+    if !may_manage(room, me) {
+        return Err(ApiError::Forbidden("only the owner or an admin may invite"));
+    }
+    Ok(())
+}
+
+/// May the caller open a DM with these people? `accepting` maps each existing user among
+/// them to their `accept_dms` choice.
+///
+/// # Errors
+/// 403 if one of them refuses direct messages.
+pub(crate) fn may_open_dm(
+    accepting: &std::collections::HashMap<i64, bool>,
+) -> Result<(), ApiError> {
+    if accepting.values().any(|accepts| !accepts) {
+        return Err(ApiError::Forbidden(
+            "one of these users does not accept direct messages",
+        ));
+    }
+    Ok(())
 }
 
 impl Chat {
@@ -133,8 +174,8 @@ impl Chat {
         {
             return Ok(Entry::Member);
         }
-        if Visibility::of(&room.visibility) != Visibility::Public {
-            return Err(refusal.error());
+        if is_dm(room) || Visibility::of(&room.visibility) != Visibility::Public {
+            return Err(refusal.error(room));
         }
         Ok(Entry::Joins)
     }

@@ -25,6 +25,14 @@ impl CurrentUser {
     pub(crate) fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }
+
+    /// `{id, username}`.
+    pub(crate) fn user_ref(&self) -> crate::domain::model::UserRef {
+        crate::domain::model::UserRef {
+            id: self.id,
+            username: self.username.clone(),
+        }
+    }
 }
 
 impl Chat {

@@ -1,7 +1,9 @@
 //! The rules of the service, each in one place, and the services every transport calls:
 //!
 //! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
-//! * [`access`]: who may see, enter, write to and manage a room.
+//! * [`access`]: who may see, enter, write to and manage a room (and open a DM).
+//! * [`dms`]: direct messages, read state and throttled receipts (SPEC §11).
+//! * [`messages`]: reactions, thread roots, search (SPEC §11).
 //! * [`send`]: the send pipeline (rate limit, group commit, publish).
 //! * [`heal`]: what repairs a lost bus event (reconciliation, socket audit).
 //! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
@@ -17,10 +19,11 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
-pub(crate) mod conversation;
+pub(crate) mod dms;
 pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;
+pub(crate) mod messages;
 pub(crate) mod password;
 pub(crate) mod presence;
 pub(crate) mod replay;
@@ -60,6 +63,8 @@ pub(crate) struct Services {
     pub(crate) presence: Arc<dyn Presence>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) sender: Sender,
+    /// The `receipt` throttle.
+    pub(crate) receipts: dms::Receipts,
     /// Replay pages, shared by the sockets that ask for the same one at once.
     pub(crate) replays: replay::ReplayReads,
     /// Messages per user (burst and sustained).
@@ -189,6 +194,7 @@ impl Chat {
         });
         Ok(Self(Arc::new(Services {
             sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
+            receipts: dms::Receipts::new(bus.clone(), tasks.clone()),
             replays: replay::ReplayReads::default(),
             keys,
             hasher: PasswordHasher::new(hash_concurrency),

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     bus::{Bus, Envelope},
-    domain::model::UserRef,
+    domain::{event::Event, model::UserRef},
     error::ApiError,
     fanout::route,
     store::{
@@ -239,17 +239,26 @@ async fn publish_and_answer(
     batch: Vec<Pending>,
     mut outcomes: Vec<Result<Sent, ApiError>>,
 ) {
-    let envelopes: Vec<Envelope> = batch
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(pending, outcome)| match outcome {
-            Ok(Sent::Created(msg)) => {
-                let _enter = pending.span.enter();
-                Some(route::message(pending.room_id, msg))
+    let mut envelopes: Vec<Envelope> = Vec::with_capacity(batch.len());
+    for (pending, outcome) in batch.iter().zip(&outcomes) {
+        if let Ok(Sent::Created(msg)) = outcome {
+            let _enter = pending.span.enter();
+            envelopes.push(route::message(pending.room_id, msg));
+            // Each mentioned user's multiplexed sockets, subscribed to the room or not (the
+            // author's own mention excepted).
+            for user in msg
+                .mentions
+                .iter()
+                .filter(|u| u.id != pending.draft.author.id)
+            {
+                let event = Event::Mention {
+                    room: &msg.room,
+                    message: msg,
+                };
+                envelopes.push(route::to_user(user.id, &event));
             }
-            _ => None,
-        })
-        .collect();
+        }
+    }
     // A failed publish is not the sender's problem: the message is committed, and every
     // replica fills the gap from the database once the bus is back (the Redis bus also
     // retries the publish).

@@ -64,6 +64,17 @@ pub(crate) enum Event<'a> {
     Removed {
         room: &'a str,
     },
+    /// A member read up to `seq` (to everyone in the room but the reader; throttled).
+    Receipt {
+        room: &'a str,
+        user: &'a UserRef,
+        seq: i64,
+    },
+    /// To the mentioned user's multiplexed sockets, subscribed to the room or not.
+    Mention {
+        room: &'a str,
+        message: &'a Message,
+    },
 }
 
 impl Event<'_> {

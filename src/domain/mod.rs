@@ -5,5 +5,6 @@
 //! May import: `config`, `error`, `telemetry` (nothing else of the crate).
 
 pub(crate) mod event;
+pub(crate) mod mention;
 pub(crate) mod model;
 pub(crate) mod validate;

@@ -50,6 +50,10 @@ pub(crate) struct User {
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
     pub(crate) created_at: DateTime<Utc>,
+    /// Others may open a direct message with this user (`PATCH /users/me`).
+    pub(crate) accept_dms: bool,
+    /// Others in a room get this user's `receipt` events (`PATCH /users/me`).
+    pub(crate) send_receipts: bool,
 }
 
 impl User {
@@ -75,8 +79,13 @@ pub(crate) struct Room {
     pub(crate) id: i64,
     pub(crate) name: String,
     pub(crate) topic: Option<String>,
-    /// `public` or `private`.
+    /// `public` or `private` (a DM is private).
     pub(crate) visibility: String,
+    /// `room`, or `dm` for a direct message.
+    pub(crate) kind: String,
+    /// A DM's people (absent on other rooms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) members: Option<Vec<UserRef>>,
     pub(crate) owner: Option<UserRef>,
     pub(crate) member_count: i64,
     pub(crate) online_count: i64,
@@ -84,6 +93,33 @@ pub(crate) struct Room {
     #[serde(serialize_with = "ts")]
     #[schema(value_type = String, format = DateTime)]
     pub(crate) created_at: DateTime<Utc>,
+    /// The highest `seq` the caller has read (`GET /rooms?joined=true` and `GET /dms` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_read_seq: Option<i64>,
+    /// Messages after `last_read_seq`, not written by the caller, not deleted (same lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unread: Option<i64>,
+    /// Of the unread messages, the ones that mention the caller (same lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mentions: Option<i64>,
+}
+
+impl Room {
+    /// Attach the caller's read state.
+    pub(crate) fn with_read(mut self, read: ReadState) -> Self {
+        self.last_read_seq = Some(read.last_read_seq);
+        self.unread = Some(read.unread);
+        self.mentions = Some(read.mentions);
+        self
+    }
+}
+
+/// A member's read state in a room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ReadState {
+    pub(crate) last_read_seq: i64,
+    pub(crate) unread: i64,
+    pub(crate) mentions: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -110,6 +146,8 @@ pub(crate) struct Message {
     #[serde(serialize_with = "ts_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub(crate) last_reply_at: Option<DateTime<Utc>>,
+    /// The room's members its `@username`s named when it was committed (or last edited).
+    pub(crate) mentions: Vec<UserRef>,
     /// Each emoji used on the message, in the order first used. `me` is relative to the
     /// reader where a frame has one reader (REST, replay); in frames shared by every socket
     /// of the room (`message_edited`, gap fills) it is `false`.

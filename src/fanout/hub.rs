@@ -280,6 +280,20 @@ impl Hub {
         }
     }
 
+    /// Queue a per-user frame on the user's multiplexed sockets here. A socket whose queue
+    /// is full is closed as a slow consumer, as for room events.
+    fn to_user(&self, env: Envelope) {
+        let Some(item) = Item::from_envelope(env) else {
+            return;
+        };
+        let users = self.users.lock();
+        for ctl in users.get(&item.header.user).into_iter().flatten() {
+            if ctl.mux && !ctl.is_closing() && ctl.outbox.try_push(item.frame.clone()).is_err() {
+                ctl.close(CloseReason::SlowConsumer);
+            }
+        }
+    }
+
     /// Close `user`'s sockets of session `sid` (or all of them): their token is revoked.
     fn revoke(&self, user: i64, sid: Option<&str>, all: bool) {
         let users = self.users.lock();
@@ -296,6 +310,10 @@ impl Inbound for Hub {
     fn receive(&self, env: Envelope) {
         if env.header.kind == Kind::Revoke {
             self.revoke(env.header.user, env.header.sid.as_deref(), env.header.all);
+            return;
+        }
+        if env.header.kind == Kind::User {
+            self.to_user(env);
             return;
         }
         let room = env.header.room;

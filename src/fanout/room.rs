@@ -291,7 +291,7 @@ impl RoomChannel {
             Kind::Event => self.deliver(state, &item),
             Kind::RoomDeleted => self.deliver_close(state, &item, CloseReason::RoomDeleted),
             Kind::Kick => self.deliver_close(state, &item, CloseReason::Removed),
-            Kind::Revoke => {}
+            Kind::Revoke | Kind::User => {}
         }
     }
 

@@ -58,3 +58,10 @@ pub(crate) fn revoke(user: i64, sid: Option<String>, all: bool) -> Envelope {
     env.header.all = all;
     env
 }
+
+/// An event for `user`'s multiplexed sockets on every replica (a mention).
+pub(crate) fn to_user(user: i64, event: &Event<'_>) -> Envelope {
+    let mut env = Envelope::new(0, Kind::User, event.frame());
+    env.header.user = user;
+    env
+}

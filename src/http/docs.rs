@@ -20,7 +20,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{auth, health, messages, rooms, search, users};
+use super::{auth, dms, health, messages, rooms, search, users};
 use crate::{
     chat::Chat,
     domain::model,
@@ -36,7 +36,8 @@ use crate::{
         users::list_users, users::get_user, users::update_user, users::delete_user,
         rooms::create_room, rooms::list_rooms, rooms::get_room, rooms::join_or_create_room,
         rooms::update_room, rooms::delete_room, rooms::join_room, rooms::leave_room,
-        rooms::list_members, rooms::invite_member, rooms::remove_member,
+        rooms::list_members, rooms::invite_member, rooms::remove_member, rooms::mark_read,
+        dms::open_dm, dms::list_dms,
         messages::list_messages, messages::create_message, messages::edit_message, messages::delete_message,
         messages::add_reaction, messages::remove_reaction, search::search_messages,
         health::healthz, health::readyz,
@@ -51,7 +52,8 @@ use crate::{
     tags(
         (name = "auth", description = "Registration, login, token refresh and logout"),
         (name = "users", description = "Profiles and administration"),
-        (name = "rooms", description = "Rooms and membership"),
+        (name = "rooms", description = "Rooms, membership and read state"),
+        (name = "dms", description = "Direct messages"),
         (name = "messages", description = "History and threads, sending and replying, editing, deleting, reactions, search"),
         (name = "operations", description = "Probes"),
     )

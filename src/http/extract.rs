@@ -117,6 +117,36 @@ where
     ))
 }
 
+/// [`integer`] for an `Option<Vec<i64>>` field: each element an integer, written with or
+/// without a fraction or an exponent.
+pub(crate) fn integers<'de, D>(de: D) -> Result<Option<Vec<i64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{Deserialize, Error, Unexpected};
+    let Some(numbers) = Option::<Vec<serde_json::Number>>::deserialize(de)? else {
+        return Ok(None);
+    };
+    numbers
+        .into_iter()
+        .map(|n| {
+            if let Some(i) = n.as_i64() {
+                return Ok(i);
+            }
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                return Ok(f as i64);
+            }
+            Err(D::Error::invalid_type(
+                Unexpected::Float(f),
+                &"an integer (i64)",
+            ))
+        })
+        .collect::<Result<Vec<i64>, D::Error>>()
+        .map(Some)
+}
+
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()

@@ -6,6 +6,7 @@
 //! — never `ws`.
 
 pub(crate) mod auth;
+pub(crate) mod dms;
 pub(crate) mod docs;
 pub(crate) mod extract;
 pub(crate) mod health;
@@ -33,6 +34,7 @@ pub(crate) fn api_routes() -> Router<Chat> {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(rooms::routes())
+        .merge(dms::routes())
         .merge(messages::routes())
         .merge(search::routes())
 }

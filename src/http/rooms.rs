@@ -18,7 +18,7 @@ use super::{
 use crate::{
     chat::{
         Chat,
-        access::{Refusal, may_manage},
+        access::{Refusal, may_invite, may_manage},
         auth::CurrentUser,
     },
     domain::{
@@ -43,6 +43,7 @@ pub(crate) fn routes() -> Router<Chat> {
         )
         .route("/rooms/{name}/join", post(join_room))
         .route("/rooms/{name}/leave", post(leave_room))
+        .route("/rooms/{name}/read", post(mark_read))
         .route(
             "/rooms/{name}/members",
             get(list_members).post(invite_member),
@@ -96,6 +97,15 @@ pub(crate) struct ListRoomsQuery {
     pub cursor: Option<String>,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ReadRequest {
+    /// The highest `seq` read. Beyond the room's last message it is clamped to it; a value
+    /// below the current `last_read_seq` changes nothing.
+    #[schema(value_type = i64, required = true, minimum = 0)]
+    #[serde(default, deserialize_with = "super::extract::integer")]
+    pub seq: Option<i64>,
+}
+
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub(crate) struct MembersResponse {
     pub items: Vec<Member>,
@@ -126,6 +136,12 @@ async fn create(
     let mut fields = FieldErrors::new();
     if let Err(m) = validate::room_name(name) {
         fields.insert("name".into(), vec![m]);
+    } else if name.starts_with("dm-") {
+        // Generated DM names start so; a room must not take one first.
+        fields.insert(
+            "name".into(),
+            vec!["must not start with `dm-` (reserved for direct messages)".into()],
+        );
     }
     validate::room_settings(
         &mut fields,
@@ -176,6 +192,8 @@ pub(crate) async fn create_room(
 }
 
 /// `GET /api/v1/rooms?q=&joined=&limit=&cursor=`: public rooms plus the caller's private ones.
+/// With `joined=true`, each room carries the caller's `last_read_seq`, `unread` and
+/// `mentions`.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("bearer" = [])), params(ListRoomsQuery),
     responses((status = 200, description = "A page of rooms", body = Page<Room>)))]
 pub(crate) async fn list_rooms(
@@ -195,9 +213,14 @@ pub(crate) async fn list_rooms(
         q.cursor.as_deref(),
     )
     .await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let online = chat.online_counts(&ids).await;
-    let items = store::rooms::to_wire_many(&chat.db, rows, &online).await?;
+    let items = if q.joined == Some(true) {
+        // The caller's rooms carry their read state (one grouped query for the page).
+        chat.rooms_with_read_state(&me, rows).await?
+    } else {
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let online = chat.online_counts(&ids).await;
+        store::rooms::to_wire_many(&chat.db, rows, &online).await?
+    };
     Ok(Json(Page {
         items,
         next_cursor: next,
@@ -447,9 +470,7 @@ pub(crate) async fn invite_member(
     Json(body): Json<InviteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (room, _) = chat.visible_room(&name, &me).await?;
-    if !may_manage(&room, &me) {
-        return Err(ApiError::Forbidden("only the owner or an admin may invite"));
-    }
+    may_invite(&room, &me)?;
     let Some(user_id) = body.user_id else {
         return Err(ApiError::invalid_field("user_id", "is required"));
     };
@@ -489,5 +510,28 @@ pub(crate) async fn remove_member(
     }
     chat.publish(route::removed(room.id, &room.name, user_id))
         .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/rooms/{name}/read` (member): the caller read up to `seq`. `last_read_seq`
+/// never moves backwards; a `seq` beyond the room's last message is clamped to it. Others in
+/// the room get a `receipt` (throttled) unless the caller set `send_receipts: false`.
+#[utoipa::path(post, path = "/api/v1/rooms/{name}/read", tag = "rooms", security(("bearer" = [])), request_body = ReadRequest,
+    responses(
+        (status = 204, description = "Recorded (or already further)"),
+        (status = 403, description = "The caller is not a member of this public room (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "`seq` missing or negative (`validation_failed`)", body = ErrorBody),
+    ))]
+pub(crate) async fn mark_read(
+    State(chat): State<Chat>,
+    me: CurrentUser,
+    Path(name): Path<String>,
+    Json(body): Json<ReadRequest>,
+) -> Result<StatusCode, ApiError> {
+    let Some(seq) = body.seq else {
+        return Err(ApiError::invalid_field("seq", "is required"));
+    };
+    chat.mark_read(&me, &name, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,7 +9,7 @@ use crate::{
     chat::{
         Chat,
         auth::CurrentUser,
-        conversation::{DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT},
+        messages::{DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT},
     },
     domain::model::{Page, SearchHit},
     error::{ApiError, ErrorBody},

@@ -52,6 +52,10 @@ pub(crate) struct UpdateMeRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, max_length = 100)]
     pub last_name: Option<Option<String>>,
+    /// `false`: others get 403 when they open a direct message with the caller.
+    pub accept_dms: Option<bool>,
+    /// `false`: others in a room get no `receipt` events for the caller's reads.
+    pub send_receipts: Option<bool>,
 }
 
 /// Distinguish an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -125,7 +129,7 @@ pub(crate) async fn get_me(
     ))
 }
 
-/// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`.
+/// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`, `accept_dms`, `send_receipts`.
 #[utoipa::path(patch, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])), request_body = UpdateMeRequest,
     responses(
         (status = 200, description = "The updated profile", body = User),
@@ -161,6 +165,8 @@ pub(crate) async fn update_me(
         email: body.email,
         first_name: body.first_name,
         last_name: body.last_name,
+        accept_dms: body.accept_dms,
+        send_receipts: body.send_receipts,
     };
     Ok(Json(
         store::users::update_profile(&chat.db, me.id, up).await?,

@@ -8,14 +8,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use chrono::Utc;
 use entity::message;
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
     TransactionTrait,
 };
 
-use super::{StoreError, messages::to_message};
+use super::{
+    StoreError,
+    messages::{ToResolve, to_message},
+};
 use crate::domain::model::{Message, UserRef};
 
 /// One draft of a batch.
@@ -83,16 +85,47 @@ pub(crate) async fn commit(
         .map(|(p, _)| p)
         .collect();
     // `existing`: stored originals found by the PostgreSQL statement, by position in `new`.
-    let (rows, existing) = if new.is_empty() {
-        (Vec::new(), HashMap::new())
+    let Inserted {
+        rows,
+        existing,
+        mut mentions,
+    } = if new.is_empty() {
+        Inserted::default()
     } else if postgres {
         insert_postgres(db, &new).await?
     } else {
-        (insert_sqlite(db, &new).await?, HashMap::new())
+        insert_sqlite(db, &new).await?
     };
-    let mut out = answer(batch, plan, rows, existing);
+    // The originals of retried drafts carry their stored mentions (a query only when one of
+    // them has an `@`).
+    let originals: Vec<i64> = plan
+        .iter()
+        .filter_map(|p| match p {
+            Plan::Existing(row) if row.content.contains('@') => Some(row.id),
+            _ => None,
+        })
+        .chain(
+            existing
+                .values()
+                .filter(|r| r.content.contains('@'))
+                .map(|r| r.id),
+        )
+        .collect();
+    if !originals.is_empty() {
+        mentions.extend(super::messages::mentions_of(db, &originals).await?);
+    }
+    let mut out = answer(batch, plan, rows, existing, &mut mentions);
     refine_refusals(db, batch, &mut out).await?;
     Ok(out)
+}
+
+/// What the insert stored: new rows, originals of retries (PostgreSQL, by position in the
+/// drafts inserted) and the mentions of the new rows.
+#[derive(Default)]
+struct Inserted {
+    rows: Vec<message::Model>,
+    existing: HashMap<usize, message::Model>,
+    mentions: HashMap<i64, Vec<UserRef>>,
 }
 
 /// Drafts that got no row were refused: their room is gone, or their author is not a member
@@ -154,6 +187,7 @@ fn answer(
     plan: Vec<Plan>,
     mut rows: Vec<message::Model>,
     mut existing: HashMap<usize, message::Model>,
+    mentions: &mut HashMap<i64, Vec<UserRef>>,
 ) -> Vec<Result<Stored, StoreError>> {
     let mut by_author: HashMap<(i64, Option<i64>), VecDeque<message::Model>> = HashMap::new();
     rows.sort_unstable_by_key(|r| (r.room_id, r.seq));
@@ -178,10 +212,18 @@ fn answer(
                 .get_mut(&(p.room_id, Some(p.author.id)))
                 .and_then(VecDeque::pop_front)
             {
-                Some(row) => Ok(Stored::Created(to_message(p.room, row, author))),
+                Some(row) => {
+                    let mentioned = mentions.remove(&row.id).unwrap_or_default();
+                    Ok(Stored::Created(to_message(p.room, row, author, mentioned)))
+                }
                 None => Err(StoreError::NotFound("room")),
             },
-            Plan::Existing(row) => Ok(Stored::Duplicate(to_message(p.room, row, author))),
+            Plan::Existing(row) => {
+                let mentioned = mentions.get(&row.id).cloned().unwrap_or_default();
+                Ok(Stored::Duplicate(to_message(
+                    p.room, row, author, mentioned,
+                )))
+            }
             Plan::SameAs(j) => match &out[j] {
                 Ok(stored) => Ok(Stored::Duplicate(stored.message().clone())),
                 Err(_) => Err(StoreError::NotFound("room")),
@@ -246,10 +288,11 @@ async fn find_originals(
 async fn insert_postgres(
     db: &DatabaseConnection,
     new: &[&NewMessage<'_>],
-) -> Result<(Vec<message::Model>, HashMap<usize, message::Model>), DbErr> {
+) -> Result<Inserted, DbErr> {
     const SQL: &str = "WITH input AS ( \
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::bigint[]) \
-                WITH ORDINALITY AS m(room_id, author_id, content, client_id, reply_to, ord) \
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $6::bigint[], \
+                $7::text[]) WITH ORDINALITY AS m(room_id, author_id, content, client_id, reply_to, \
+                names, ord) \
         ), existing AS ( \
             SELECT i.ord, e.id FROM input i CROSS JOIN LATERAL ( \
                 SELECT id FROM messages WHERE room_id = i.room_id AND author_id = i.author_id \
@@ -265,7 +308,7 @@ async fn insert_postgres(
         ), locked AS ( \
             SELECT id FROM rooms WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE \
         ), bumped AS ( \
-            UPDATE rooms SET last_seq = rooms.last_seq + c.n \
+            UPDATE rooms SET last_seq = rooms.last_seq + c.n, active_at = $5 \
             FROM counts c JOIN locked l ON l.id = c.id \
             WHERE rooms.id = c.id \
             RETURNING rooms.id, rooms.last_seq - c.n AS base \
@@ -283,10 +326,24 @@ async fn insert_postgres(
             UPDATE messages SET reply_count = messages.reply_count + t.n, last_reply_at = $5 \
             FROM threads t WHERE messages.id = t.id AND messages.room_id = t.room_id \
             RETURNING messages.id \
+        ), mentioned AS ( \
+            INSERT INTO message_mentions (message_id, user_id, room_id, seq) \
+            SELECT DISTINCT ins.id, u.id, ins.room_id, ins.seq \
+            FROM fresh f JOIN bumped b ON b.id = f.room_id \
+            JOIN inserted ins ON ins.room_id = f.room_id AND ins.seq = b.base + f.k \
+            CROSS JOIN LATERAL unnest(string_to_array(f.names, ' ')) AS n(name) \
+            JOIN users u ON u.username_lower = n.name \
+            JOIN room_members rm ON rm.room_id = f.room_id AND rm.user_id = u.id \
+            WHERE f.names <> '' \
+            RETURNING message_id, user_id \
         ) \
-        SELECT 0::bigint AS existing_ord, inserted.* FROM inserted \
+        SELECT 0::bigint AS existing_ord, inserted.*, \
+            (SELECT string_agg(u.id::text || ':' || u.username, ' ' ORDER BY u.id) \
+             FROM mentioned mm JOIN users u ON u.id = mm.user_id \
+             WHERE mm.message_id = inserted.id) AS mentioned \
+        FROM inserted \
         UNION ALL \
-        SELECT x.ord, m.* FROM existing x JOIN messages m ON m.id = x.id";
+        SELECT x.ord, m.*, NULL FROM existing x JOIN messages m ON m.id = x.id";
     let values: Vec<sea_orm::Value> = vec![
         new.iter().map(|p| p.room_id).collect::<Vec<i64>>().into(),
         new.iter().map(|p| p.author.id).collect::<Vec<i64>>().into(),
@@ -300,27 +357,50 @@ async fn insert_postgres(
             .map(|p| p.client_id.unwrap_or_default().to_owned())
             .collect::<Vec<String>>()
             .into(),
-        Utc::now().into(),
+        super::rooms::now_micros().into(),
         // 0 stands for no reply (ids start at 1), as '' does for no client_id.
         new.iter()
             .map(|p| p.reply_to.unwrap_or(0))
             .collect::<Vec<i64>>()
             .into(),
+        // The candidate names of each draft, space-separated ('' for none: most drafts).
+        new.iter()
+            .map(|p| crate::domain::mention::names(p.content).join(" "))
+            .collect::<Vec<String>>()
+            .into(),
     ];
-    let mut inserted = Vec::new();
-    let mut existing = HashMap::new();
+    let mut out = Inserted::default();
     for row in db.query_all_raw(super::raw(db, SQL, values)).await? {
         let ord: i64 = row.try_get("", "existing_ord")?;
         let model = message::Model::from_query_result(&row, "")?;
         // ORDINALITY counts from 1; 0 marks an inserted row.
         match usize::try_from(ord) {
             Ok(n) if n > 0 => {
-                existing.insert(n - 1, model);
+                out.existing.insert(n - 1, model);
             }
-            _ => inserted.push(model),
+            _ => {
+                let mentioned: Option<String> = row.try_get("", "mentioned")?;
+                if let Some(list) = mentioned {
+                    out.mentions.insert(model.id, parse_mentioned(&list));
+                }
+                out.rows.push(model);
+            }
         }
     }
-    Ok((inserted, existing))
+    Ok(out)
+}
+
+/// `id:username id:username …` as the PostgreSQL statement aggregates them.
+fn parse_mentioned(list: &str) -> Vec<UserRef> {
+    list.split(' ')
+        .filter_map(|pair| {
+            let (id, username) = pair.split_once(':')?;
+            Some(UserRef {
+                id: id.parse().ok()?,
+                username: username.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// SQLite (one writer at a time): in one transaction, keep the drafts whose author is a
@@ -328,7 +408,7 @@ async fn insert_postgres(
 async fn insert_sqlite(
     db: &DatabaseConnection,
     new: &[&NewMessage<'_>],
-) -> Result<Vec<message::Model>, DbErr> {
+) -> Result<Inserted, DbErr> {
     let txn = db.begin().await?;
     let members = members_of(&txn, new).await?;
     let new: Vec<&NewMessage<'_>> = new
@@ -341,7 +421,7 @@ async fn insert_sqlite(
         *per_room.entry(p.room_id).or_default() += 1;
     }
     if per_room.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Inserted::default());
     }
     // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
     // they are written into the SQL; nothing from a client is.
@@ -350,16 +430,14 @@ async fn insert_sqlite(
         .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
         .collect();
     let update = format!(
-        "UPDATE rooms SET last_seq = rooms.last_seq + d.n FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+        "UPDATE rooms SET last_seq = rooms.last_seq + d.n, active_at = $1 FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
         deltas.join(" UNION ALL ")
     );
+    let now = super::rooms::now_micros();
     // room id → next seq to hand out (rooms that are gone are missing).
     let mut next_seq: HashMap<i64, i64> = HashMap::new();
     for res in txn
-        .query_all_raw(sea_orm::Statement::from_string(
-            txn.get_database_backend(),
-            update,
-        ))
+        .query_all_raw(super::raw(&txn, &update, vec![now.into()]))
         .await?
     {
         let id: i64 = res.try_get("", "id")?;
@@ -367,7 +445,6 @@ async fn insert_sqlite(
         let n = per_room.get(&id).copied().unwrap_or(0);
         next_seq.insert(id, last - n + 1);
     }
-    let now = Utc::now();
     let mut models = Vec::with_capacity(new.len());
     // (root, room) → replies stored to it.
     let mut threads: BTreeMap<(i64, i64), i64> = BTreeMap::new();
@@ -411,8 +488,24 @@ async fn insert_sqlite(
         ))
         .await?;
     }
+    // Mentions in the same transaction (no query unless a row has an `@`).
+    let items: Vec<ToResolve<'_>> = rows
+        .iter()
+        .filter(|r| r.content.contains('@'))
+        .map(|r| ToResolve {
+            id: r.id,
+            room_id: r.room_id,
+            seq: r.seq,
+            content: &r.content,
+        })
+        .collect();
+    let mentions = super::messages::resolve_mentions(&txn, &items).await?;
     txn.commit().await?;
-    Ok(rows)
+    Ok(Inserted {
+        rows,
+        existing: HashMap::new(),
+        mentions,
+    })
 }
 
 /// SQLite: which (room, author) pairs of `new` are memberships.

@@ -4,18 +4,21 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use entity::message;
+use entity::{message, message_mention, room_member, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
     DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::StoreError;
-use crate::domain::model::{Message, UserRef};
+use crate::domain::{
+    mention,
+    model::{Message, UserRef},
+};
 
-/// Turn rows of one room into wire messages: one query for the authors and one for the
+/// Turn rows of one room into wire messages: one query for the authors, one for the
 /// reactions of the whole page (`me` relative to `reader`; `None`: a frame shared by every
-/// reader).
+/// reader), and one for the mentions of the rows whose content has an `@`, if any.
 pub(crate) async fn to_wire(
     db: &impl ConnectionTrait,
     room: &str,
@@ -42,12 +45,19 @@ pub(crate) async fn to_wire_many(
         .collect();
     let message_ids: Vec<i64> = rows.iter().map(|(_, r)| r.id).collect();
     let mut reactions = super::reactions::of_messages(db, &message_ids, reader).await?;
+    let with_at: Vec<i64> = rows
+        .iter()
+        .filter(|(_, r)| r.content.contains('@'))
+        .map(|(_, r)| r.id)
+        .collect();
+    let mut mentions = mentions_of(db, &with_at).await?;
     Ok(rows
         .into_iter()
         .map(|(room, r)| {
             let author = r.author_id.and_then(|a| authors.get(&a).cloned());
+            let mentioned = mentions.remove(&r.id).unwrap_or_default();
             let mine = reactions.remove(&r.id).unwrap_or_default();
-            let mut msg = to_message(room, r, author);
+            let mut msg = to_message(room, r, author, mentioned);
             msg.reactions = mine;
             msg
         })
@@ -56,7 +66,12 @@ pub(crate) async fn to_wire_many(
 
 /// A stored row as a wire message (the one place that maps them), without reactions (a new
 /// message has none; [`to_wire`] adds them).
-pub(crate) fn to_message(room: &str, row: message::Model, author: Option<UserRef>) -> Message {
+pub(crate) fn to_message(
+    room: &str,
+    row: message::Model,
+    author: Option<UserRef>,
+    mentions: Vec<UserRef>,
+) -> Message {
     Message {
         id: row.id,
         room: room.to_owned(),
@@ -70,7 +85,128 @@ pub(crate) fn to_message(room: &str, row: message::Model, author: Option<UserRef
         reply_count: row.reply_count,
         last_reply_at: row.last_reply_at,
         reactions: Vec::new(),
+        mentions,
     }
+}
+
+/// The stored mentions of each of the messages `ids`, in user-id order.
+pub(crate) async fn mentions_of(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<HashMap<i64, Vec<UserRef>>, sea_orm::DbErr> {
+    let mut out: HashMap<i64, Vec<UserRef>> = HashMap::new();
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        let rows = message_mention::Entity::find()
+            .select_only()
+            .column(message_mention::Column::MessageId)
+            .column(user::Column::Id)
+            .column(user::Column::Username)
+            .join_rev(
+                sea_orm::JoinType::InnerJoin,
+                user::Entity::belongs_to(message_mention::Entity)
+                    .from(user::Column::Id)
+                    .to(message_mention::Column::UserId)
+                    .into(),
+            )
+            .filter(message_mention::Column::MessageId.is_in(chunk.iter().copied()))
+            .order_by_asc(user::Column::Id)
+            .into_tuple::<(i64, i64, String)>()
+            .all(db)
+            .await?;
+        for (message, id, username) in rows {
+            out.entry(message)
+                .or_default()
+                .push(UserRef { id, username });
+        }
+    }
+    Ok(out)
+}
+
+/// A message to resolve mentions for: its id, room, `seq` and content.
+pub(crate) struct ToResolve<'a> {
+    pub(crate) id: i64,
+    pub(crate) room_id: i64,
+    pub(crate) seq: i64,
+    pub(crate) content: &'a str,
+}
+
+/// Resolve and store the `@username`s of `items` against their rooms' members, inside the
+/// caller's transaction: one query for the candidates, one insert. Items without an `@` cost
+/// nothing; with none, no query runs.
+pub(crate) async fn resolve_mentions(
+    txn: &impl ConnectionTrait,
+    items: &[ToResolve<'_>],
+) -> Result<HashMap<i64, Vec<UserRef>>, sea_orm::DbErr> {
+    let wanted: Vec<(&ToResolve<'_>, Vec<String>)> = items
+        .iter()
+        .map(|i| (i, mention::names(i.content)))
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
+    let mut out: HashMap<i64, Vec<UserRef>> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let mut names: Vec<&str> = wanted
+        .iter()
+        .flat_map(|(_, n)| n.iter().map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut rooms: Vec<i64> = wanted.iter().map(|(i, _)| i.room_id).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    // (room, lower-cased name) → the member.
+    let mut members: HashMap<(i64, String), UserRef> = HashMap::new();
+    for names in names.chunks(super::MAX_IDS_PER_QUERY / 2) {
+        for rooms in rooms.chunks(super::MAX_IDS_PER_QUERY / 2) {
+            let rows = room_member::Entity::find()
+                .select_only()
+                .column(room_member::Column::RoomId)
+                .column(user::Column::Id)
+                .column(user::Column::Username)
+                .join_rev(
+                    sea_orm::JoinType::InnerJoin,
+                    user::Entity::belongs_to(room_member::Entity)
+                        .from(user::Column::Id)
+                        .to(room_member::Column::UserId)
+                        .into(),
+                )
+                .filter(room_member::Column::RoomId.is_in(rooms.iter().copied()))
+                .filter(user::Column::UsernameLower.is_in(names.iter().map(|n| (*n).to_owned())))
+                .into_tuple::<(i64, i64, String)>()
+                .all(txn)
+                .await?;
+            for (room, id, username) in rows {
+                members.insert((room, username.to_lowercase()), UserRef { id, username });
+            }
+        }
+    }
+    let mut models = Vec::new();
+    for (item, names) in &wanted {
+        let mut found: Vec<UserRef> = names
+            .iter()
+            .filter_map(|n| members.get(&(item.room_id, n.clone())).cloned())
+            .collect();
+        found.sort_unstable_by_key(|u| u.id);
+        found.dedup_by_key(|u| u.id);
+        for u in &found {
+            models.push(message_mention::ActiveModel {
+                message_id: Set(item.id),
+                user_id: Set(u.id),
+                room_id: Set(item.room_id),
+                seq: Set(item.seq),
+            });
+        }
+        if !found.is_empty() {
+            out.insert(item.id, found);
+        }
+    }
+    if !models.is_empty() {
+        message_mention::Entity::insert_many(models)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(out)
 }
 
 /// Which messages a history page reads.
@@ -211,15 +347,33 @@ pub(crate) async fn exists(
         .is_some())
 }
 
+/// Replace the content; the mentions are resolved again in the same transaction.
 pub(crate) async fn edit(
     db: &DatabaseConnection,
     row: message::Model,
     content: String,
 ) -> Result<message::Model, StoreError> {
+    let txn = db.begin().await?;
+    let had_at = row.content.contains('@');
     let mut am: message::ActiveModel = row.into();
     am.content = Set(content);
     am.edited_at = Set(Some(Utc::now()));
-    Ok(am.update(db).await?)
+    let row = am.update(&txn).await?;
+    if had_at {
+        message_mention::Entity::delete_many()
+            .filter(message_mention::Column::MessageId.eq(row.id))
+            .exec(&txn)
+            .await?;
+    }
+    let item = ToResolve {
+        id: row.id,
+        room_id: row.room_id,
+        seq: row.seq,
+        content: &row.content,
+    };
+    resolve_mentions(&txn, std::slice::from_ref(&item)).await?;
+    txn.commit().await?;
+    Ok(row)
 }
 
 /// Soft delete: the row keeps its `seq` (so the sequence stays gap-free for readers) but its

@@ -14,9 +14,18 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use crate::domain::model::{Member, Room, UserRef};
+use crate::domain::model::{Member, ReadState, Room, UserRef};
 
 pub(crate) use entity::room::Model as RoomRow;
+
+/// `rooms.kind` of an ordinary room.
+pub(crate) const KIND_ROOM: &str = "room";
+/// `rooms.kind` of a direct message.
+pub(crate) const KIND_DM: &str = "dm";
+
+pub(crate) fn is_dm(row: &RoomRow) -> bool {
+    row.kind == KIND_DM
+}
 
 pub(crate) async fn find_by_name(
     db: &impl ConnectionTrait,
@@ -163,6 +172,7 @@ pub(crate) async fn create(
         last_seq: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
+        kind: Set(KIND_ROOM.into()),
         ..Default::default()
     }
     .insert(&txn)
@@ -173,6 +183,7 @@ pub(crate) async fn create(
         user_id: Set(owner),
         role: Set("owner".into()),
         joined_at: Set(now),
+        last_read_seq: Set(0),
     }
     .insert(&txn)
     .await?;
@@ -191,6 +202,7 @@ pub(crate) async fn add_member(
         user_id: Set(user_id),
         role: Set("member".into()),
         joined_at: Set(Utc::now()),
+        last_read_seq: Set(0),
     })
     .on_conflict_do_nothing()
     .exec_without_returning(db)
@@ -291,16 +303,31 @@ pub(crate) async fn to_wire(
         Some(id) => super::users::refs(db, &[id]).await?.into_iter().next(),
         None => None,
     };
+    let members = if is_dm(&row) {
+        Some(
+            dm_members(db, &[row.id])
+                .await?
+                .remove(&row.id)
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
     Ok(Room {
         id: row.id,
         name: row.name,
         topic: row.topic,
         visibility: row.visibility,
+        members,
+        kind: row.kind,
         owner,
         member_count,
         online_count,
         last_seq: row.last_seq,
         created_at: row.created_at,
+        last_read_seq: None,
+        unread: None,
+        mentions: None,
     })
 }
 
@@ -337,6 +364,8 @@ pub(crate) async fn to_wire_many(
         .into_iter()
         .map(|u| (u.id, u))
         .collect();
+    let dms: Vec<i64> = rows.iter().filter(|r| is_dm(r)).map(|r| r.id).collect();
+    let mut people = dm_members(db, &dms).await?;
     Ok(rows
         .into_iter()
         .map(|row| Room {
@@ -344,11 +373,16 @@ pub(crate) async fn to_wire_many(
             member_count: counts.get(&row.id).copied().unwrap_or(0),
             online_count: online.get(&row.id).copied().unwrap_or(0),
             owner: row.owner_id.and_then(|id| owners.get(&id).cloned()),
+            members: is_dm(&row).then(|| people.remove(&row.id).unwrap_or_default()),
+            kind: row.kind,
             name: row.name,
             topic: row.topic,
             visibility: row.visibility,
             last_seq: row.last_seq,
             created_at: row.created_at,
+            last_read_seq: None,
+            unread: None,
+            mentions: None,
         })
         .collect())
 }
@@ -463,4 +497,251 @@ pub(crate) async fn members(
         })
         .collect();
     Ok((items, next))
+}
+
+/// The people of each of the DMs `ids` (two queries per [`super::MAX_IDS_PER_QUERY`] rooms),
+/// in user-id order.
+async fn dm_members(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<HashMap<i64, Vec<UserRef>>, sea_orm::DbErr> {
+    let mut out: HashMap<i64, Vec<UserRef>> = HashMap::new();
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        let pairs = room_member::Entity::find()
+            .select_only()
+            .column(room_member::Column::RoomId)
+            .column(room_member::Column::UserId)
+            .filter(room_member::Column::RoomId.is_in(chunk.iter().copied()))
+            .order_by_asc(room_member::Column::UserId)
+            .into_tuple::<(i64, i64)>()
+            .all(db)
+            .await?;
+        let mut users: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+        users.sort_unstable();
+        users.dedup();
+        let refs: HashMap<i64, UserRef> = super::users::refs(db, &users)
+            .await?
+            .into_iter()
+            .map(|u| (u.id, u))
+            .collect();
+        for (room, user) in pairs {
+            if let Some(u) = refs.get(&user) {
+                out.entry(room).or_default().push(u.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The key of the DM of exactly these people (the caller included): their ids, sorted and
+/// distinct, joined by `-`.
+pub(crate) fn dm_key(people: &[i64]) -> String {
+    let mut ids = people.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join("-")
+}
+
+/// The stable generated name of the DM with `key`: `dm-` and 24 hex digits of its SHA-256.
+fn dm_name(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    format!("dm-{}", &digest[..24])
+}
+
+/// The DM with `key`, if it exists.
+pub(crate) async fn find_dm(
+    db: &impl ConnectionTrait,
+    key: &str,
+) -> Result<Option<RoomRow>, StoreError> {
+    Ok(room::Entity::find()
+        .filter(room::Column::DmKey.eq(key))
+        .one(db)
+        .await?)
+}
+
+/// Now, to the microsecond: what both databases store, so that cursors compare exactly.
+pub(crate) fn now_micros() -> chrono::DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The DM of exactly `people` (ids of existing users, the caller among them): created with
+/// all of them as members (`true`), or the existing one (`false`). Atomic under concurrency:
+/// the unique `dm_key` lets one transaction create it; a loser of that race (on any replica)
+/// finds the winner's room. The caller is a member of the room returned (re-added if they
+/// had left it).
+///
+/// # Errors
+/// When the database fails.
+pub(crate) async fn create_or_get_dm(
+    db: &DatabaseConnection,
+    people: &[i64],
+    caller: i64,
+) -> Result<(RoomRow, bool), StoreError> {
+    let key = dm_key(people);
+    if let Some(row) = find_dm(db, &key).await? {
+        add_member(db, row.id, caller).await?;
+        return Ok((row, false));
+    }
+    match insert_dm(db, &key, people).await {
+        Ok(row) => Ok((row, true)),
+        Err(e) if super::unique_violation(&e).is_some() => {
+            let row = find_dm(db, &key)
+                .await?
+                .ok_or(StoreError::NotFound("room"))?;
+            add_member(db, row.id, caller).await?;
+            Ok((row, false))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One transaction: the DM row and its members.
+async fn insert_dm(
+    db: &DatabaseConnection,
+    key: &str,
+    people: &[i64],
+) -> Result<RoomRow, sea_orm::DbErr> {
+    let txn = db.begin().await?;
+    let now = now_micros();
+    let row = room::ActiveModel {
+        name: Set(dm_name(key)),
+        topic: Set(None),
+        visibility: Set("private".into()),
+        owner_id: Set(None),
+        last_seq: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        kind: Set(KIND_DM.into()),
+        dm_key: Set(Some(key.to_owned())),
+        active_at: Set(Some(now)),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let mut ids = people.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    room_member::Entity::insert_many(ids.into_iter().map(|user_id| room_member::ActiveModel {
+        room_id: Set(row.id),
+        user_id: Set(user_id),
+        role: Set("member".into()),
+        joined_at: Set(now),
+        last_read_seq: Set(0),
+    }))
+    .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// One page of the caller's DMs, most recent activity first (ties by id, newest first). The
+/// cursor is the last room's activity (microseconds) and id.
+pub(crate) async fn list_dms(
+    db: &DatabaseConnection,
+    caller: i64,
+    limit: u64,
+    cursor: Option<(chrono::DateTime<Utc>, i64)>,
+) -> Result<(Vec<RoomRow>, Option<String>), StoreError> {
+    let mine = sea_orm::sea_query::Query::select()
+        .column(room_member::Column::RoomId)
+        .from(room_member::Entity)
+        .and_where(Expr::col(room_member::Column::UserId).eq(caller))
+        .to_owned();
+    let mut query = room::Entity::find()
+        .filter(room::Column::Kind.eq(KIND_DM))
+        .filter(room::Column::Id.in_subquery(mine))
+        .order_by_desc(room::Column::ActiveAt)
+        .order_by_desc(room::Column::Id)
+        .limit(limit + 1);
+    if let Some((at, id)) = cursor {
+        query = query.filter(
+            Condition::any().add(room::Column::ActiveAt.lt(at)).add(
+                Condition::all()
+                    .add(room::Column::ActiveAt.eq(at))
+                    .add(room::Column::Id.lt(id)),
+            ),
+        );
+    }
+    let mut rows = query.all(db).await?;
+    let next = if rows.len() as u64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|r| {
+            let at = r.active_at.unwrap_or(r.created_at).timestamp_micros();
+            format!("{at}_{}", r.id)
+        })
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// The caller's read state in each of `ids` they are a member of: ONE grouped query per
+/// [`super::MAX_IDS_PER_QUERY`] rooms, whatever the page's length.
+pub(crate) async fn read_states(
+    db: &DatabaseConnection,
+    user: i64,
+    ids: &[i64],
+) -> Result<HashMap<i64, ReadState>, sea_orm::DbErr> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        // Each placeholder once (SQLite binds `?` by position): the user id three times.
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "SELECT rm.room_id, rm.last_read_seq, COUNT(m.id) AS unread, COUNT(mm.user_id) AS mentions \
+             FROM room_members rm \
+             LEFT JOIN messages m ON m.room_id = rm.room_id AND m.seq > rm.last_read_seq \
+                 AND m.deleted_at IS NULL AND (m.author_id IS NULL OR m.author_id <> $1) \
+             LEFT JOIN message_mentions mm ON mm.message_id = m.id AND mm.user_id = $2 \
+             WHERE rm.user_id = $3 AND rm.room_id IN ({}) \
+             GROUP BY rm.room_id, rm.last_read_seq",
+            list.join(",")
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() + 3);
+        values.extend([user.into(), user.into(), user.into()]);
+        values.extend(chunk.iter().map(|id| sea_orm::Value::from(*id)));
+        for row in db.query_all_raw(super::raw(db, &sql, values)).await? {
+            out.insert(
+                row.try_get::<i64>("", "room_id")?,
+                ReadState {
+                    last_read_seq: row.try_get("", "last_read_seq")?,
+                    unread: row.try_get("", "unread")?,
+                    mentions: row.try_get("", "mentions")?,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Move the member's `last_read_seq` forward to `seq` (never backwards); `true` if it moved.
+pub(crate) async fn mark_read(
+    db: &DatabaseConnection,
+    room_id: i64,
+    user_id: i64,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let res = room_member::Entity::update_many()
+        .col_expr(room_member::Column::LastReadSeq, Expr::value(seq))
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .filter(room_member::Column::UserId.eq(user_id))
+        .filter(room_member::Column::LastReadSeq.lt(seq))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected > 0)
+}
+
+/// The member's `last_read_seq` (`None` if not a member).
+pub(crate) async fn last_read_seq(
+    db: &impl ConnectionTrait,
+    room_id: i64,
+    user_id: i64,
+) -> Result<Option<i64>, sea_orm::DbErr> {
+    room_member::Entity::find_by_id((room_id, user_id))
+        .select_only()
+        .column(room_member::Column::LastReadSeq)
+        .into_tuple::<i64>()
+        .one(db)
+        .await
 }

@@ -40,6 +40,8 @@ pub(crate) fn to_user(m: user::Model) -> User {
             .map(str::to_owned)
             .collect(),
         created_at: m.created_at,
+        accept_dms: m.accept_dms,
+        send_receipts: m.send_receipts,
     }
 }
 
@@ -159,6 +161,8 @@ pub(crate) struct ProfileUpdate {
     pub email: Option<String>,
     pub first_name: Option<Option<String>>,
     pub last_name: Option<Option<String>>,
+    pub accept_dms: Option<bool>,
+    pub send_receipts: Option<bool>,
 }
 
 /// # Errors
@@ -188,6 +192,12 @@ pub(crate) async fn update_profile(
     }
     if let Some(v) = up.last_name {
         am.last_name = Set(v);
+    }
+    if let Some(v) = up.accept_dms {
+        am.accept_dms = Set(v);
+    }
+    if let Some(v) = up.send_receipts {
+        am.send_receipts = Set(v);
     }
     am.updated_at = Set(Utc::now());
     Ok(to_user(am.update(db).await.map_err(unique_violation)?))
@@ -309,4 +319,39 @@ pub(crate) async fn refs(
         .into_iter()
         .map(|(id, username)| UserRef { id, username })
         .collect())
+}
+
+/// Each of `ids` that exists, with whether it accepts DMs.
+pub(crate) async fn accepting_dms(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, bool>, sea_orm::DbErr> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_IDS_PER_QUERY) {
+        out.extend(
+            user::Entity::find()
+                .select_only()
+                .column(user::Column::Id)
+                .column(user::Column::AcceptDms)
+                .filter(user::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple::<(i64, bool)>()
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Whether the user lets others see their read receipts (`false` if they are gone).
+pub(crate) async fn sends_receipts(
+    db: &impl ConnectionTrait,
+    id: i64,
+) -> Result<bool, sea_orm::DbErr> {
+    Ok(user::Entity::find_by_id(id)
+        .select_only()
+        .column(user::Column::SendReceipts)
+        .into_tuple::<bool>()
+        .one(db)
+        .await?
+        .unwrap_or(false))
 }

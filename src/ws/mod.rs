@@ -126,7 +126,10 @@ async fn room_socket(
             chat,
             socket.split(),
             user,
-            session::Mode::Room { room, since },
+            session::Mode::Room {
+                room: Box::new(room),
+                since,
+            },
         );
         holding(permit, session)
     }))

@@ -64,6 +64,11 @@ pub(crate) enum ClientFrame {
     Unsubscribe {
         room: String,
     },
+    /// Read up to `seq` (SPEC §11).
+    Read {
+        room: Option<String>,
+        seq: i64,
+    },
 }
 
 /// A frame the server could not accept: becomes an `error` frame.
@@ -182,6 +187,17 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             };
             Ok(ClientFrame::Subscribe { room, since_seq })
         }
+        "read" => {
+            let seq = obj
+                .get("seq")
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| bad("invalid_frame", "`seq` must be a non-negative integer"))?;
+            Ok(ClientFrame::Read {
+                room: opt_string(&obj, "room")?,
+                seq,
+            })
+        }
         "unsubscribe" => Ok(ClientFrame::Unsubscribe {
             room: req_string(&obj, "room")?,
         }),
@@ -194,9 +210,15 @@ fn text(value: &impl Serialize) -> Utf8Bytes {
     serde_json::to_string(value).unwrap_or_default().into()
 }
 
-pub(crate) fn ready(room: &Room, user: &UserRef, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
+pub(crate) fn ready(
+    room: &Room,
+    user: &UserRef,
+    online: &[UserRef],
+    last_seq: i64,
+    last_read_seq: i64,
+) -> Utf8Bytes {
     text(
-        &json!({"type": "ready", "room": room, "user": user, "online": online, "last_seq": last_seq}),
+        &json!({"type": "ready", "room": room, "user": user, "online": online, "last_seq": last_seq, "last_read_seq": last_read_seq}),
     )
 }
 
@@ -204,9 +226,14 @@ pub(crate) fn ready_mux(user: &UserRef) -> Utf8Bytes {
     text(&json!({"type": "ready", "user": user}))
 }
 
-pub(crate) fn subscribed(room: &Room, online: &[UserRef], last_seq: i64) -> Utf8Bytes {
+pub(crate) fn subscribed(
+    room: &Room,
+    online: &[UserRef],
+    last_seq: i64,
+    last_read_seq: i64,
+) -> Utf8Bytes {
     text(
-        &json!({"type": "subscribed", "room": room.name, "room_info": room, "online": online, "last_seq": last_seq}),
+        &json!({"type": "subscribed", "room": room.name, "room_info": room, "online": online, "last_seq": last_seq, "last_read_seq": last_read_seq}),
     )
 }
 
@@ -314,6 +341,17 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"auth","token":"t"}"#),
             Ok(ClientFrame::Auth { token: "t".into() })
+        );
+        assert_eq!(
+            parse(r#"{"type":"read","room":"r","seq":7}"#),
+            Ok(ClientFrame::Read {
+                room: Some("r".into()),
+                seq: 7
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"read","seq":-1}"#).unwrap_err().code,
+            "invalid_frame"
         );
         assert_eq!(
             parse(r#"{"type":"subscribe","room":"r","since_seq":3}"#),

@@ -56,7 +56,10 @@ pub(crate) trait WsStream:
 impl<T: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send> WsStream for T {}
 
 pub(crate) enum Mode {
-    Room { room: RoomRow, since: Option<i64> },
+    Room {
+        room: Box<RoomRow>,
+        since: Option<i64>,
+    },
     Mux,
 }
 
@@ -143,7 +146,7 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
         // Set-up and tear-down are boxed: their futures are large and exist only briefly,
         // while the socket may live for days on the read loop alone.
         let started = match upgrade::unbox(mode) {
-            Mode::Room { room, since } => Box::pin(session.join(room, since)).await,
+            Mode::Room { room, since } => Box::pin(session.join(*room, since)).await,
             Mode::Mux => session.push(protocol::ready_mux(&session.user)).await,
         };
         if let Err(e) = started {
@@ -336,6 +339,10 @@ impl Session {
                 emoji,
                 on,
             } => self.react(room.as_deref(), id, &emoji, on).await,
+            ClientFrame::Read { room, .. } if !self.frame_admitted(room.as_deref()).await? => {
+                Ok(())
+            }
+            ClientFrame::Read { room, seq } => self.read(room.as_deref(), seq).await,
             ClientFrame::Typing { room } => self.typing(room.as_deref()).await,
             ClientFrame::Auth { token } => self.auth(&token).await,
             ClientFrame::Subscribe { room, since_seq } => self.subscribe(room, since_seq).await,
@@ -417,6 +424,24 @@ impl Session {
                 .await?;
         }
         Ok(())
+    }
+
+    /// `read`: the user read up to `seq` in the room (not answered unless it fails).
+    async fn read(&mut self, room: Option<&str>, seq: i64) -> anyhow::Result<()> {
+        let Some((room_id, room)) = self.target(room).await? else {
+            return Ok(());
+        };
+        match self
+            .chat
+            .mark_read_in(room_id, &room, &self.user, seq)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.reply(protocol::error(e.code(), &e.to_string(), Some(&room)))
+                    .await
+            }
+        }
     }
 
     /// `auth`: a fresh token of the same user replaces the socket's (and its expiry).
@@ -562,11 +587,14 @@ impl Session {
         let online = chat.online_users(room.id).await;
         let room_id = room.id;
         let count = i64::try_from(online.len()).unwrap_or(0);
+        let last_read = store::rooms::last_read_seq(&chat.db, room_id, self.user.id)
+            .await?
+            .unwrap_or(0);
         let wire = store::rooms::to_wire(&chat.db, room, count).await?;
         let first = if self.mux {
-            protocol::subscribed(&wire, &online, last_seq)
+            protocol::subscribed(&wire, &online, last_seq, last_read)
         } else {
-            protocol::ready(&wire, &self.user, &online, last_seq)
+            protocol::ready(&wire, &self.user, &online, last_seq, last_read)
         };
         self.push(first).await?;
         let mut replayed = last_seq;

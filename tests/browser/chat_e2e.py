@@ -362,6 +362,50 @@ def test_chat_two_replicas(base_a, base_b, shots):
         b.wait(lambda d: ua in b.online_usernames(), f"{ua} online after reload")
         b.assert_no_alert()
         log(f"final seqs {seqs_b}")
+
+        log("A messages B directly (the online list's Message button): a DM")
+        a.wait(lambda d: ub in a.online_usernames(), f"{ub} online for A")
+        a.click(f'#online-users li[data-username="{ub}"] button.dm-open')
+        a.wait(lambda d: (a.js("return document.getElementById('current-room').getAttribute('data-room')") or "")
+               .startswith("dm-"), "A's DM open")
+        dm = a.js("return document.getElementById('current-room').getAttribute('data-room')")
+        wait_room_live(a, dm)
+        a.wait(lambda d: a.js(f"return !!document.querySelector('#dm-list li[data-room=\"{dm}\"]')"),
+               "the DM in A's #dm-list")
+        psst = f"psst @{ub} {sfx}"
+        send(a, psst)
+        a.wait_message(psst, author=ua)
+
+        log("B reloads: the DM is listed with an unread badge (a mention)")
+        b.d.refresh()
+        wait_signed_in(b, ub)
+        wait_room_live(b, room)
+        badge_sel = f'#dm-list li[data-room="{dm}"] .unread-badge'
+        b.wait(lambda d: b.js(f"var e = document.querySelector('{badge_sel}'); return e && e.getAttribute('data-count');") == "1",
+               "an unread badge of 1 on the DM")
+        assert b.js(f"return document.querySelector('{badge_sel}').getAttribute('data-mentions')") == "1"
+
+        log("B opens the DM: the mention is highlighted, the badge clears, the server agrees")
+        b.click("#sidebar-toggle")
+        b.click(f'#dm-list li[data-room="{dm}"] button.room-open')
+        wait_room_live(b, dm)
+        b.wait_message(psst, author=ua)
+        b.wait(lambda d: b.js("var m = document.querySelector('#messages .message.mentions-me mark.mention');"
+                              " return m && m.textContent;") == "@" + ub, "B's mention highlighted")
+        b.wait(lambda d: not b.js(f"return document.querySelector('{badge_sel}');"), "the DM's badge gone")
+        token_b = b.js("return JSON.parse(localStorage.getItem('chat.tokens')).access")
+
+        def dm_unread():
+            items = rest_ok(base_b, "GET", "/dms", token=token_b)["items"]
+            return [(i["unread"], i["mentions"]) for i in items if i["name"] == dm]
+        b.wait(lambda d: dm_unread() == [(0, 0)], "the DM read on the server (unread 0)")
+        b.d.refresh()
+        wait_signed_in(b, ub)
+        wait_room_live(b, dm)
+        b.wait(lambda d: b.js(f"return !!document.querySelector('#dm-list li[data-room=\"{dm}\"]')"),
+               "the DM listed after reload")
+        assert not b.js(f"return document.querySelector('{badge_sel}');"), "no badge after reload"
+        b.assert_no_alert()
     except BaseException:
         for s in (a, b):
             if s:

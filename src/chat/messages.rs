@@ -1,4 +1,4 @@
-//! Conversations (SPEC §11, part B): reactions, replies and threads, search. Every transport
+//! Messages beyond sending (SPEC §11): reactions, replies and threads, search. Every transport
 //! calls these: REST handlers and both socket endpoints.
 
 use super::{Chat, access, auth::CurrentUser};
