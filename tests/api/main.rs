@@ -13,6 +13,7 @@ mod limits;
 mod messages;
 mod openapi;
 mod ops;
+mod pg_restart;
 mod rooms;
 mod users;
 mod ws;
