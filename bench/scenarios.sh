@@ -5,6 +5,8 @@
 #   bench/scenarios.sh cluster    # 2 replicas + Redis (127.0.0.1:6379) + PostgreSQL (127.0.0.1:5432, db chat_bench)
 #   bench/scenarios.sh idle       # 10 000 idle sockets on one cluster replica (PostgreSQL + Redis): RSS per socket
 #   bench/scenarios.sh idle-embedded  # the same on the embedded server (SQLite)
+#   bench/scenarios.sh soak       # chaos soak, 30 min, 10 000 sockets: 3 replicas behind nginx, a PRIVATE
+#                                 # PostgreSQL and Redis it starts itself (see bench/README.md, `soak`)
 # Extra arguments go to chat-bench (e.g. --rate 1 --duration 20s instead of the ramp).
 # CHAT_SERVER_BIN=path runs that server binary instead of the one just built.
 # cluster: the report (every ramp step with p50/p90/p99/p99.9) is also kept in
@@ -57,5 +59,10 @@ case "$mode" in
     "$bench" run --url http://127.0.0.1:18081 --url http://127.0.0.1:18082 "${scenario[@]}" "${ramp[@]}" \
       --cpu-pids "$(IFS=,; echo "${pids[*]}")" --json target/bench-cluster.json | tee target/bench-cluster.txt
     ;;
-  *) echo "usage: $0 embedded|cluster|idle|idle-embedded [chat-bench args]" >&2; exit 2 ;;
+  soak)
+    # Everything (PostgreSQL, Redis, replicas, nginx) is private to the soak and stopped by it.
+    # Short version: bench/scenarios.sh soak --duration 3m --sockets 1500 --rate 40
+    "$bench" soak --server-bin "$server" --json target/bench-soak.json "$@" | tee target/bench-soak.txt
+    ;;
+  *) echo "usage: $0 embedded|cluster|idle|idle-embedded|soak [chat-bench args]" >&2; exit 2 ;;
 esac

@@ -186,19 +186,49 @@ impl IntoResponse for ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match e {
-            // The pool could not hand out a connection, or the server went away: a dependency
-            // is down, not a bug.
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(e.into()),
-            _ => Self::Internal(e.into()),
+        if db_unavailable(&e) {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Internal(e.into())
         }
+    }
+}
+
+/// Whether a database error means the database is down or restarting (a retryable 503), not a
+/// bug: the pool could not hand out a connection, the connection broke (I/O), or the server
+/// ended it (SQLSTATE class 57P: `terminating connection due to administrator command` when
+/// PostgreSQL shuts down, crash shutdown, `cannot connect now` while it starts; class 08:
+/// connection exceptions). The one place this rule lives: the store and the HTTP/WebSocket
+/// error mapping both ask it.
+pub(crate) fn db_unavailable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            match &**s {
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+                Sqlx::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        Self::Internal(e)
+        let down = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<sea_orm::DbErr>()
+                .is_some_and(db_unavailable)
+        });
+        if down {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod report;
 mod setup;
+mod soak;
 mod stats;
 mod sys;
 mod track;
@@ -49,6 +50,12 @@ enum Cmd {
     Run(RunArgs),
     /// Opens many idle sockets and measures the server's RSS per socket.
     Idle(IdleArgs),
+    /// Chaos soak: a private cluster (PostgreSQL, Redis, replicas, nginx) under traffic while
+    /// Redis, the replicas and PostgreSQL are restarted; checks that nothing acked is lost.
+    Soak(soak::SoakArgs),
+    /// One generator process of `soak` (started by it).
+    #[command(hide = true)]
+    SoakWorker(soak::WorkerArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +184,7 @@ fn main() -> Result<()> {
     let threads = match &cli.cmd {
         Cmd::Run(a) => a.common.threads,
         Cmd::Idle(a) => a.common.threads,
+        Cmd::Soak(_) | Cmd::SoakWorker(_) => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -186,6 +194,13 @@ fn main() -> Result<()> {
         match cli.cmd {
             Cmd::Run(a) => run(a).await,
             Cmd::Idle(a) => idle(a).await,
+            Cmd::Soak(a) => {
+                if !soak::soak(a).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Cmd::SoakWorker(a) => soak::worker::run(a.plan, a.worker, a.out).await,
         }
     })
 }

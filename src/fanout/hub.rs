@@ -138,11 +138,18 @@ impl Hub {
 
     /// Subscribe `ctl` to `room_id`, paused until [`Hub::resume`]: live frames are buffered
     /// while the socket replays history up to the returned `seq` (the last one this replica
-    /// delivered). Every successful join must be matched by one [`Hub::leave`].
+    /// delivered). Every successful join must be matched by one [`Hub::leave`]. `since`: the
+    /// client's `since_seq`; no message up to it is sent to the socket, even when this
+    /// replica's room is behind the replica the client came from.
     ///
     /// # Errors
     /// If the bus cannot subscribe or the database cannot be read.
-    pub(crate) async fn join(&self, room_id: i64, ctl: &Arc<SocketCtl>) -> anyhow::Result<i64> {
+    pub(crate) async fn join(
+        &self,
+        room_id: i64,
+        ctl: &Arc<SocketCtl>,
+        since: Option<i64>,
+    ) -> anyhow::Result<i64> {
         let channel = self.channel(room_id);
         let init = channel
             .init
@@ -161,7 +168,7 @@ impl Hub {
             return Err(e);
         }
         channel.init_or_gone.notify_waiters();
-        Ok(channel.add(ctl.clone()))
+        Ok(channel.add(ctl.clone(), since))
     }
 
     /// The room's channel, created (with its task) by its first subscriber; one reference

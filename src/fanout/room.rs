@@ -79,8 +79,12 @@ pub(super) enum RoomInput {
 
 struct Subscriber {
     ctl: Arc<SocketCtl>,
-    /// While the socket replays history, live frames wait here (bounded like the queue).
-    paused: Option<Vec<Frame>>,
+    /// The client already has every message up to this `seq` (its `since_seq`): a replica
+    /// whose room is behind the one the client came from must not send them again.
+    floor: i64,
+    /// While the socket replays history, live frames (with their message `seq`, 0 for other
+    /// events) wait here (bounded like the queue).
+    paused: Option<Vec<(i64, Frame)>>,
     /// The paused buffer overflowed (a long replay in a busy room): what it held was dropped,
     /// and the socket replays further from the database before it goes live.
     overflowed: bool,
@@ -89,10 +93,14 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Offer a frame; `false` means drop this subscriber.
-    fn offer(&mut self, frame: &Frame, capacity: usize) -> bool {
+    /// Offer a frame (`seq`: the message's, 0 for other events); `false` means drop this
+    /// subscriber.
+    fn offer(&mut self, seq: i64, frame: &Frame, capacity: usize) -> bool {
         if self.ctl.is_closing() {
             return false;
+        }
+        if seq != 0 && seq <= self.floor {
+            return true; // the client has it
         }
         if let Some(buf) = &mut self.paused {
             // A replaying socket is not a slow consumer: once the buffer is full, the
@@ -102,7 +110,7 @@ impl Subscriber {
                 self.overflowed = true;
             }
             if !self.overflowed {
-                buf.push(frame.clone());
+                buf.push((seq, frame.clone()));
             }
             return true;
         }
@@ -167,10 +175,12 @@ impl RoomChannel {
     }
 
     /// Add a socket, paused until [`RoomChannel::resume`]; the `seq` it replays up to.
-    pub(super) fn add(&self, ctl: Arc<SocketCtl>) -> i64 {
+    /// `since`: the client's `since_seq` (it is sent no message up to it).
+    pub(super) fn add(&self, ctl: Arc<SocketCtl>, since: Option<i64>) -> i64 {
         let mut state = self.state.lock();
         state.subs.push(Subscriber {
             ctl,
+            floor: since.unwrap_or(0),
             paused: Some(Vec::new()),
             overflowed: false,
             unwoken: false,
@@ -201,8 +211,8 @@ impl RoomChannel {
             return Err(last);
         }
         if let Some(buf) = sub.paused.take() {
-            for frame in buf {
-                if !sub.offer(&frame, self.capacity) {
+            for (seq, frame) in buf {
+                if !sub.offer(seq, &frame, self.capacity) {
                     break;
                 }
             }
@@ -315,12 +325,13 @@ impl RoomChannel {
         } else {
             0
         };
+        let seq = if message { item.header.seq } else { 0 };
         let mut delivered = 0u64;
         state.subs.retain_mut(|sub| {
             if exclude != 0 && sub.ctl.user_id == exclude {
                 return true;
             }
-            let keep = sub.offer(&item.frame, self.capacity);
+            let keep = sub.offer(seq, &item.frame, self.capacity);
             delivered += u64::from(keep);
             if !keep {
                 sub.wake();
@@ -342,7 +353,7 @@ impl RoomChannel {
                 return true;
             }
             if !item.frame.is_empty() {
-                sub.offer(&item.frame, self.capacity);
+                sub.offer(0, &item.frame, self.capacity);
             }
             // Leaving the list: what was queued for it must not wait for a later wake.
             sub.wake();

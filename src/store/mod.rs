@@ -57,11 +57,11 @@ impl StoreError {
 
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
-        match e {
-            // The pool could not hand out a connection, or the server went away: a dependency
-            // is down, not a bug.
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(e),
-            _ => Self::Db(e),
+        // The database is down or restarting: a dependency, not a bug (a retryable 503).
+        if crate::error::db_unavailable(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Db(e)
         }
     }
 }

@@ -576,7 +576,7 @@ impl Session {
     /// Join: register paused, announce, replay `(since, last]`, resume.
     async fn join(&mut self, room: RoomRow, since: Option<i64>) -> anyhow::Result<()> {
         let chat = self.chat.clone();
-        let last_seq = chat.hub.join(room.id, &self.ctl).await?;
+        let last_seq = chat.hub.join(room.id, &self.ctl, since).await?;
         // Registered (paused) from here on: replay reads started later may be shared.
         let joined = tokio::time::Instant::now();
         self.rooms.push(Joined {

@@ -227,3 +227,34 @@ async fn logout_everywhere_in_cluster_mode() {
         assert_eq!(status, 401, "every session ended");
     }
 }
+
+dual_test!(
+    a_client_ahead_of_the_replica_gets_nothing_twice,
+    |b| async move {
+        // A client resumes with a since_seq this replica has not delivered yet (it saw the
+        // message on another replica, or in history): when the replica catches up, it must
+        // not send that message again.
+        let db_url = fresh_database(b).await;
+        let app = spawn_with(chat::Config::for_tests(&db_url)).await;
+        let user = app.register("ahead").await;
+        let room = app.create_room(&user, "ahead", "public").await;
+        let room_id = room["id"].as_i64().expect("id");
+        let mut watcher = ws_connect(&app.ws_url(""), "ahead", &user.access, None).await;
+        expect_ready(&mut watcher).await;
+        app.post_message(&user, "ahead", "published").await;
+        assert_eq!(next_message(&mut watcher, 5).await.expect("live")["seq"], 1);
+
+        commit_without_publishing(&db_url, room_id, user.id, 2).await;
+        let mut ahead = ws_connect(&app.ws_url(""), "ahead", &user.access, Some(2)).await;
+        expect_ready(&mut ahead).await;
+        // The replica catches up (the reconciliation finds seq 2)…
+        let healed = next_message(&mut watcher, 15)
+            .await
+            .expect("the unpublished message");
+        assert_eq!(healed["seq"], 2);
+        // …and the resumed socket's next message is the next new one.
+        app.post_message(&user, "ahead", "next").await;
+        let next = next_message(&mut ahead, 5).await.expect("the next message");
+        assert_eq!(next["seq"], 3, "{next}");
+    }
+);

@@ -14,6 +14,7 @@ mod limits;
 mod messages;
 mod openapi;
 mod ops;
+mod pg_restart;
 mod reactions;
 mod rooms;
 mod users;

@@ -378,3 +378,160 @@ http {{
         panic!("nginx did not start on any of 10 ports");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// The `bin` directory of the newest PostgreSQL under `/usr/lib/postgresql` holding `initdb`.
+/// `build.rs` sets `cfg(private_pg)` only when there is one.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+        .collect();
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+}
+
+/// A private PostgreSQL cluster (`initdb` into a temporary directory, `pg_ctl` on a free port),
+/// which a test may stop and start again; never the shared server on 5432. PostgreSQL refuses
+/// to run as root: as root, `initdb` and `pg_ctl` run as the `postgres` user (`runuser`).
+/// Stopped (immediate mode) when dropped.
+pub struct PrivatePostgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    running: bool,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = postgres_bin_dir().expect("no initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the data directory to postgres");
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&bin, "initdb", dir.path())
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Self {
+            port: 0,
+            bin,
+            dir,
+            running: false,
+        };
+        for _ in 0..10 {
+            pg.port = free_port();
+            if pg.try_start() {
+                let admin = sea_orm::Database::connect(pg.url("postgres"))
+                    .await
+                    .expect("connect to the private postgres");
+                sea_orm::ConnectionTrait::execute_unprepared(&admin, "CREATE DATABASE chat")
+                    .await
+                    .expect("create database chat");
+                admin.close().await.ok();
+                return pg;
+            }
+        }
+        panic!("private postgres did not start on any of 10 ports");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn try_start(&mut self) -> bool {
+        let opts = format!(
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let status = pg_command(&self.bin, "pg_ctl", self.dir.path())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(["-o", &opts, "-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        self.running = status.success();
+        self.running
+    }
+
+    /// Start it again on the same port (the servers know it).
+    pub fn start_again(&mut self) {
+        assert!(!self.running, "stop it first");
+        for _ in 0..20 {
+            if self.try_start() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("private postgres did not restart on port {}", self.port);
+    }
+
+    /// `pg_ctl stop` in `mode` (`fast`: disconnect every client, `immediate`: no shutdown
+    /// checkpoint), waiting until it has stopped.
+    pub fn stop(&mut self, mode: &str) {
+        let status = pg_command(&self.bin, "pg_ctl", self.dir.path())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", mode, "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl stop");
+        assert!(status.success(), "pg_ctl stop");
+        self.running = false;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = pg_command(&self.bin, "pg_ctl", self.dir.path())
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `bin/<tool>` in `dir`, as the `postgres` user when this process is root.
+fn pg_command(bin: &Path, tool: &str, dir: &Path) -> Command {
+    let program = bin.join(tool);
+    if is_root() {
+        let mut cmd = command("runuser", dir);
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        command(program, dir)
+    }
+}
