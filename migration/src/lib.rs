@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_initial;
 mod m20261203_000001_dms_read_mentions;
 mod m20261203_000002_reactions_threads_search;
+mod m20261204_000001_search_off_the_send_path;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261203_000001_dms_read_mentions::Migration),
             Box::new(m20261203_000002_reactions_threads_search::Migration),
+            Box::new(m20261204_000001_search_off_the_send_path::Migration),
         ]
     }
 }

@@ -67,6 +67,7 @@ impl AppState {
         }
         let chat = state.chat.clone();
         state.chat.tasks.spawn(chat.housekeeping());
+        state.chat.tasks.spawn(state.chat.clone().search_indexer());
         if !current {
             state
                 .chat

@@ -96,3 +96,47 @@ impl Chat {
         )
     }
 }
+
+impl Chat {
+    /// The search indexer (PostgreSQL; SQLite indexes in its triggers): sweeps the rooms in
+    /// id order, a few rooms per short statement, indexing what was committed since the last
+    /// sweep, off the send path; a sweep starts every [`store::search::INDEX_EVERY`] while
+    /// there is work (at once when a room had more than one window), every
+    /// [`store::search::INDEX_IDLE_EVERY`] while there is none. Runs on
+    /// every replica; one statement at a time runs cluster-wide, so any replica left keeps
+    /// search current.
+    pub(crate) async fn search_indexer(self) {
+        use store::search::{INDEX_EVERY, INDEX_IDLE_EVERY, index_step};
+        if !store::search::indexed_in_background(&self.db) {
+            return;
+        }
+        let mut wait = INDEX_IDLE_EVERY;
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let (mut after, mut swept, mut more) = (0, 0, false);
+            wait = loop {
+                match index_step(&self.db, after).await {
+                    Ok(step) => {
+                        swept += step.indexed;
+                        more |= step.more;
+                        match step.last_room {
+                            Some(room) if !self.stop.is_cancelled() => after = room,
+                            // A room had more than a window: the next sweep at once.
+                            _ if more => break std::time::Duration::ZERO,
+                            _ if swept > 0 => break INDEX_EVERY,
+                            _ => break INDEX_IDLE_EVERY,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "search indexing failed");
+                        break INDEX_IDLE_EVERY;
+                    }
+                }
+            };
+            metrics::counter!("chat_search_indexed_total").increment(swept);
+        }
+    }
+}

@@ -11,7 +11,8 @@
 //!   request, so every replica agrees at once. Redis keeps nothing on disk: a marker key
 //!   tells whether it still holds the deny-list; when a restart emptied it, the check reads
 //!   the database and the unexpired entries are loaded back into Redis, so a revoked token
-//!   never works again.
+//!   never works again. While Redis is unreachable, checks read the database, so clients
+//!   keep authenticating (and reconnecting) through a Redis outage.
 //!
 //! A failed check is an error, never "not revoked": the caller answers 503 (fail closed).
 
@@ -242,6 +243,22 @@ impl RedisDenyList {
     }
 }
 
+impl RedisDenyList {
+    /// How many of `keys` Redis denies, and whether it still holds the deny-list at all (one
+    /// round trip).
+    async fn check_redis(&self, keys: &[String]) -> anyhow::Result<(i64, bool)> {
+        let mut conn = self.pool.get().await?;
+        let redis_keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
+        Ok(redis::pipe()
+            .cmd("EXISTS")
+            .arg(&redis_keys)
+            .cmd("EXISTS")
+            .arg(LOADED_MARKER)
+            .query_async(&mut *conn)
+            .await?)
+    }
+}
+
 fn redis_key(k: &str) -> String {
     format!("chat:deny:{k}")
 }
@@ -270,17 +287,16 @@ impl DenyList for RedisDenyList {
         if keys.is_empty() {
             return Ok(false);
         }
-        let mut conn = self.pool.get().await?;
-        let redis_keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
-        // One round trip: the keys, and whether Redis still holds the deny-list at all.
-        let (n, loaded): (i64, bool) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(&redis_keys)
-            .cmd("EXISTS")
-            .arg(LOADED_MARKER)
-            .query_async(&mut *conn)
-            .await?;
-        drop(conn);
+        let (n, loaded) = match self.check_redis(keys).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Redis is down: the database holds every entry (written first), so it answers
+                // until Redis is back; clients keep authenticating and reconnecting.
+                tracing::debug!(error = %e, "deny-list check falls back to the database");
+                metrics::counter!("chat_deny_checks_from_database_total").increment(1);
+                return Ok(store::revoked::any_unexpired(&self.db, keys).await?);
+            }
+        };
         if n > 0 {
             return Ok(true);
         }

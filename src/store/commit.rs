@@ -278,7 +278,9 @@ async fn find_originals(
 /// (room, author, client_id) is already stored (one index probe each: `LIMIT 1` keeps the
 /// lateral probe from being flattened into a join, which a generic plan for unknown arrays
 /// would turn into a scan of `messages`), numbers the others per room, locks their rooms in id
-/// order (so replicas never deadlock; the update touches only rows already locked), advances
+/// order (so replicas never deadlock; the update touches only rows already locked; `NO KEY`:
+/// the key does not change, so inserts that reference the room, such as a join or the search
+/// indexer's progress, do not wait for the lock), advances
 /// the counters and inserts the rows from each room's old counter; replies advance their
 /// roots' `reply_count` (a `threads` set that is empty without replies). Arrays as parameters keep
 /// the statement text constant, so each connection prepares it once. A room that is gone gets
@@ -306,7 +308,7 @@ async fn insert_postgres(
         ), counts AS ( \
             SELECT room_id AS id, count(*) AS n FROM fresh GROUP BY room_id \
         ), locked AS ( \
-            SELECT id FROM rooms WHERE id IN (SELECT id FROM counts) ORDER BY id FOR UPDATE \
+            SELECT id FROM rooms WHERE id IN (SELECT id FROM counts) ORDER BY id FOR NO KEY UPDATE \
         ), bumped AS ( \
             UPDATE rooms SET last_seq = rooms.last_seq + c.n, active_at = $5 \
             FROM counts c JOIN locked l ON l.id = c.id \

@@ -372,6 +372,7 @@ pub(crate) async fn edit(
         content: &row.content,
     };
     resolve_mentions(&txn, std::slice::from_ref(&item)).await?;
+    super::search::reindex(&txn, &row).await?;
     txn.commit().await?;
     Ok(row)
 }
@@ -400,6 +401,7 @@ pub(crate) async fn delete(db: &DatabaseConnection, row: message::Model) -> Resu
         vec![id.into()],
     ))
     .await?;
+    super::search::unindex(&txn, id).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -273,6 +273,7 @@ pub(crate) async fn update(
 
 pub(crate) async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), StoreError> {
     let txn = db.begin().await?;
+    super::search::forget_room(&txn, room_id).await?;
     entity::message::Entity::delete_many()
         .filter(entity::message::Column::RoomId.eq(room_id))
         .exec(&txn)

@@ -1,6 +1,17 @@
-//! Full-text search over messages (SPEC §11): PostgreSQL's `websearch_to_tsquery` against the
-//! GIN expression index of the migration, SQLite's FTS5 table (porter stemmer) kept by
-//! triggers. Newest first; only live messages of rooms the reader may read.
+//! Full-text search over messages (SPEC §11), newest first, only live messages of rooms the
+//! reader may read.
+//!
+//! * PostgreSQL: `websearch_to_tsquery` against `message_search` (a tsvector per message, GIN
+//!   index), which [`index_step`] fills in the background: the group commit computes and
+//!   indexes nothing, so search costs the send path nothing. A message becomes searchable
+//!   within [`INDEX_IDLE_EVERY`] (plus the time of one pass) of its commit; edits re-index and
+//!   deletions un-index in their own transaction ([`reindex`], [`unindex`]). A stale entry (an
+//!   indexer pass that read a message just before its deletion) is never shown: hits are
+//!   joined to live messages and highlighted from their current content.
+//! * SQLite: an FTS5 table (porter stemmer) kept by triggers, searchable at once (one writer,
+//!   nothing to contend with).
+
+use std::time::Duration;
 
 use entity::message;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Value};
@@ -49,10 +60,11 @@ pub(crate) async fn messages(
         let query = arg(q.to_owned().into());
         format!(
             "SELECT s.*, ts_headline('english', s.content, s.tsq, {opts}) AS highlight FROM ( \
-                SELECT m.*, r.name AS room_name, tsq FROM messages m \
+                SELECT m.*, r.name AS room_name, tsq FROM message_search ms \
+                JOIN messages m ON m.id = ms.message_id \
                 JOIN rooms r ON r.id = m.room_id \
                 CROSS JOIN websearch_to_tsquery('english', {query}) AS tsq \
-                WHERE m.deleted_at IS NULL AND to_tsvector('english', m.content) @@ tsq"
+                WHERE m.deleted_at IS NULL AND ms.tsv @@ tsq"
         )
     } else {
         let Some(fts) = fts5_query(q) else {
@@ -124,6 +136,153 @@ pub(crate) async fn messages(
             .collect(),
         next,
     ))
+}
+
+/// How often the PostgreSQL indexer sweeps the rooms while there is work.
+pub(crate) const INDEX_EVERY: Duration = Duration::from_millis(200);
+
+/// How often it sweeps while the last sweep found nothing (an idle cluster reads its rooms'
+/// counters once a second).
+pub(crate) const INDEX_IDLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Rooms per indexing statement, and messages per room: a statement indexes at most
+/// 16 × 64 messages and lasts a few milliseconds. Short statements matter: while any
+/// statement runs, PostgreSQL cannot prune the row versions that commits leave behind on the
+/// rooms' rows (thousands per second in a busy cluster), and every commit then walks them.
+const ROOMS_PER_STEP: i64 = 16;
+const WINDOW_PER_ROOM: i64 = 64;
+
+/// Key of the advisory lock that lets one replica at a time index.
+const INDEX_LOCK: i64 = 0x6368_6174_5f73_7263; // "chat_src"
+
+/// Whether this database indexes messages in the background ([`index_step`]): PostgreSQL.
+pub(crate) fn indexed_in_background(db: &DatabaseConnection) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
+
+/// What one indexing step did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IndexStep {
+    /// Messages indexed.
+    pub(crate) indexed: u64,
+    /// The highest room id looked at (the next step starts after it); `None` when no room
+    /// after the cursor was behind (the sweep is over) or another replica held the lock.
+    pub(crate) last_room: Option<i64>,
+    /// Whether a room had more than one window to index (the next sweep starts at once).
+    pub(crate) more: bool,
+}
+
+/// PostgreSQL: index the next messages of up to [`ROOMS_PER_STEP`] rooms with an id above
+/// `after` that are behind, in one short statement (its own transaction) under an advisory
+/// lock, so that one replica at a time indexes. Each room's progress is a `seq`: its messages
+/// commit in `seq` order (the room's row lock), so this statement's snapshot holds every
+/// message of a room up to that room's `last_seq`, and nothing is skipped.
+/// `ON CONFLICT DO NOTHING` keeps an edit's newer entry ([`reindex`]).
+///
+/// # Errors
+/// The database failed (the next sweep tries again; nothing is lost).
+pub(crate) async fn index_step(
+    db: &DatabaseConnection,
+    after: i64,
+) -> Result<IndexStep, StoreError> {
+    const SQL: &str = "WITH lock AS ( \
+            SELECT pg_try_advisory_xact_lock($1) AS held \
+        ), todo AS ( \
+            SELECT r.id AS room_id, COALESCE(p.seq, 0) AS from_seq, \
+                LEAST(r.last_seq, COALESCE(p.seq, 0) + $2) AS to_seq, \
+                r.last_seq > COALESCE(p.seq, 0) + $2 AS more \
+            FROM rooms r LEFT JOIN search_progress p ON p.room_id = r.id \
+            WHERE (SELECT held FROM lock) AND r.id > $3 AND r.last_seq > COALESCE(p.seq, 0) \
+            ORDER BY r.id LIMIT $4 \
+        ), indexed AS ( \
+            INSERT INTO message_search (message_id, tsv) \
+            SELECT m.id, to_tsvector('english', m.content) \
+            FROM todo t JOIN messages m ON m.room_id = t.room_id \
+                AND m.seq > t.from_seq AND m.seq <= t.to_seq \
+            WHERE m.deleted_at IS NULL \
+            ON CONFLICT (message_id) DO NOTHING \
+            RETURNING 1 \
+        ), advanced AS ( \
+            INSERT INTO search_progress (room_id, seq) SELECT room_id, to_seq FROM todo \
+            ON CONFLICT (room_id) DO UPDATE \
+                SET seq = GREATEST(search_progress.seq, excluded.seq) \
+            RETURNING room_id \
+        ) \
+        SELECT (SELECT count(*) FROM indexed) AS indexed, \
+            (SELECT max(room_id) FROM advanced) AS last_room, \
+            COALESCE((SELECT bool_or(more) FROM todo), false) AS more";
+    let row = db
+        .query_one_raw(super::raw(
+            db,
+            SQL,
+            vec![
+                INDEX_LOCK.into(),
+                WINDOW_PER_ROOM.into(),
+                after.into(),
+                ROOMS_PER_STEP.into(),
+            ],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => IndexStep {
+            indexed: u64::try_from(row.try_get::<i64>("", "indexed")?).unwrap_or(0),
+            last_room: row.try_get("", "last_room")?,
+            more: row.try_get("", "more")?,
+        },
+        None => IndexStep::default(),
+    })
+}
+
+/// PostgreSQL: index a message's new content now (an edit), in the edit's transaction.
+pub(crate) async fn reindex(
+    txn: &impl ConnectionTrait,
+    row: &message::Model,
+) -> Result<(), sea_orm::DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(()); // SQLite: the triggers
+    }
+    txn.execute_raw(super::raw(
+        txn,
+        "INSERT INTO message_search (message_id, tsv) VALUES ($1, to_tsvector('english', $2)) \
+         ON CONFLICT (message_id) DO UPDATE SET tsv = excluded.tsv",
+        vec![row.id.into(), row.content.clone().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL: a deleted message leaves the index, in the deletion's transaction.
+pub(crate) async fn unindex(txn: &impl ConnectionTrait, id: i64) -> Result<(), sea_orm::DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(()); // SQLite: the triggers
+    }
+    txn.execute_raw(super::raw(
+        txn,
+        "DELETE FROM message_search WHERE message_id = $1",
+        vec![id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL: a deleted room's entries and progress go, in the deletion's transaction,
+/// before its messages (the tables have no foreign keys: see the migration).
+pub(crate) async fn forget_room(
+    txn: &impl ConnectionTrait,
+    room_id: i64,
+) -> Result<(), sea_orm::DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(()); // SQLite: the triggers
+    }
+    for sql in [
+        "DELETE FROM message_search WHERE message_id IN \
+            (SELECT id FROM messages WHERE room_id = $1)",
+        "DELETE FROM search_progress WHERE room_id = $1",
+    ] {
+        txn.execute_raw(super::raw(txn, sql, vec![room_id.into()]))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The database's highlight as safe HTML: the text escaped, the matches in `<mark>`.

@@ -526,6 +526,24 @@ async fn search(app: &TestApp, user: &User, query: &str) -> (u16, Value) {
     .await
 }
 
+/// Search until `query` finds `n` messages: PostgreSQL indexes new messages in the
+/// background, about a second after their commit (SQLite at once). Panics after 20 s.
+async fn search_until(app: &TestApp, user: &User, query: &str, n: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, page) = search(app, user, query).await;
+        assert_eq!(status, 200, "{page}");
+        if contents(&page).len() == n {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{query:?} never found {n} messages: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 dual_test!(search_messages, |b| async move {
     let app = spawn_app(b).await;
     let quin = app.register("quin").await;
@@ -542,6 +560,9 @@ dual_test!(search_messages, |b| async move {
     let deleted = app.post_message(&quin, "open", "a doomed fox").await;
     app.post_message(&quin, "secret", "secret fox plans <b>bold</b>")
         .await;
+
+    // Searchable once indexed: the last message of each room is.
+    search_until(&app, &quin, "foxes", 4).await;
 
     // Stems, newest first, with highlights (HTML, escaped).
     let (status, page) = search(&app, &quin, "run").await;
@@ -664,6 +685,40 @@ dual_test!(search_messages, |b| async move {
     }
     let (status, _) = app.get("/api/v1/search/messages?q=fox", None).await;
     assert_eq!(status, 401);
+});
+
+// PostgreSQL indexes in the background, at most 1 000 messages of a room per pass: a backlog
+// longer than that (and a room with one message beside it) is indexed to its end, and a
+// deleted room leaves no hits.
+dual_test!(search_catches_up_on_a_backlog, |b| async move {
+    let app = spawn_app(b).await;
+    let ada = app.register("ada").await;
+    app.create_room(&ada, "busy", "public").await;
+    app.create_room(&ada, "quiet", "public").await;
+    app.post_message(&ada, "busy", "first aardvark").await;
+    for i in 1..1100 {
+        app.post_message(&ada, "busy", &format!("filler {i}")).await;
+    }
+    app.post_message(&ada, "busy", "last aardvark").await;
+    app.post_message(&ada, "quiet", "lone aardvark").await;
+    let page = search_until(&app, &ada, "aardvark", 3).await;
+    assert_eq!(
+        contents(&page),
+        ["lone aardvark", "last aardvark", "first aardvark"]
+    );
+    let (status, _) = app
+        .send(
+            Method::DELETE,
+            "/api/v1/rooms/quiet",
+            Some(&ada.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        contents(&search(&app, &ada, "aardvark").await.1),
+        ["last aardvark", "first aardvark"]
+    );
 });
 
 dual_test!(the_migration_runs_forward_over_v1_data, |b| async move {
