@@ -241,7 +241,9 @@ pub async fn soak(args: SoakArgs) -> Result<bool> {
 
 fn server_binary(args: &SoakArgs) -> Result<PathBuf> {
     if let Some(p) = &args.server_bin {
-        return Ok(p.clone());
+        // The replicas start in the soak's working directory: a relative path must not
+        // depend on it.
+        return std::fs::canonicalize(p).with_context(|| format!("--server-bin {}", p.display()));
     }
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name("chat-server");
