@@ -101,7 +101,7 @@ impl Chat {
     /// The search indexer (PostgreSQL; SQLite indexes in its triggers): sweeps the rooms in
     /// id order, a few rooms per short statement, indexing what was committed since the last
     /// sweep, off the send path; a sweep starts every [`store::search::INDEX_EVERY`] while
-    /// there is work (at once when a room had more than one window), every
+    /// there is work (at once when a room had more than its share of a statement), every
     /// [`store::search::INDEX_IDLE_EVERY`] while there is none. Runs on
     /// every replica; one statement at a time runs cluster-wide, so any replica left keeps
     /// search current.
@@ -124,7 +124,7 @@ impl Chat {
                         more |= step.more;
                         match step.last_room {
                             Some(room) if !self.stop.is_cancelled() => after = room,
-                            // A room had more than a window: the next sweep at once.
+                            // A room had more than its share: the next sweep at once.
                             _ if more => break std::time::Duration::ZERO,
                             _ if swept > 0 => break INDEX_EVERY,
                             _ => break INDEX_IDLE_EVERY,

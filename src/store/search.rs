@@ -145,12 +145,13 @@ pub(crate) const INDEX_EVERY: Duration = Duration::from_millis(200);
 /// counters once a second).
 pub(crate) const INDEX_IDLE_EVERY: Duration = Duration::from_secs(1);
 
-/// Rooms per indexing statement, and messages per room: a statement indexes at most
-/// 16 × 64 messages and lasts a few milliseconds. Short statements matter: while any
-/// statement runs, PostgreSQL cannot prune the row versions that commits leave behind on the
-/// rooms' rows (thousands per second in a busy cluster), and every commit then walks them.
+/// Rooms per indexing statement, and the messages it indexes at most, shared by those rooms
+/// (64 each for 16 rooms, all 1 024 for one busy room): a statement lasts a few milliseconds.
+/// Short statements matter: while any statement runs, PostgreSQL cannot prune the row
+/// versions that commits leave behind on the rooms' rows (thousands per second in a busy
+/// cluster), and every commit then walks them.
 const ROOMS_PER_STEP: i64 = 16;
-const WINDOW_PER_ROOM: i64 = 64;
+const MESSAGES_PER_STEP: i64 = 1024;
 
 /// Key of the advisory lock that lets one replica at a time index.
 const INDEX_LOCK: i64 = 0x6368_6174_5f73_7263; // "chat_src"
@@ -168,7 +169,8 @@ pub(crate) struct IndexStep {
     /// The highest room id looked at (the next step starts after it); `None` when no room
     /// after the cursor was behind (the sweep is over) or another replica held the lock.
     pub(crate) last_room: Option<i64>,
-    /// Whether a room had more than one window to index (the next sweep starts at once).
+    /// Whether a room had more than its share of the step to index (the next sweep starts
+    /// at once).
     pub(crate) more: bool,
 }
 
@@ -187,13 +189,16 @@ pub(crate) async fn index_step(
 ) -> Result<IndexStep, StoreError> {
     const SQL: &str = "WITH lock AS ( \
             SELECT pg_try_advisory_xact_lock($1) AS held \
-        ), todo AS ( \
-            SELECT r.id AS room_id, COALESCE(p.seq, 0) AS from_seq, \
-                LEAST(r.last_seq, COALESCE(p.seq, 0) + $2) AS to_seq, \
-                r.last_seq > COALESCE(p.seq, 0) + $2 AS more \
+        ), behind AS ( \
+            SELECT r.id AS room_id, COALESCE(p.seq, 0) AS from_seq, r.last_seq \
             FROM rooms r LEFT JOIN search_progress p ON p.room_id = r.id \
             WHERE (SELECT held FROM lock) AND r.id > $3 AND r.last_seq > COALESCE(p.seq, 0) \
             ORDER BY r.id LIMIT $4 \
+        ), todo AS ( \
+            SELECT room_id, from_seq, \
+                LEAST(last_seq, from_seq + $2 / count(*) OVER ()) AS to_seq, \
+                last_seq > from_seq + $2 / count(*) OVER () AS more \
+            FROM behind \
         ), indexed AS ( \
             INSERT INTO message_search (message_id, tsv) \
             SELECT m.id, to_tsvector('english', m.content) \
@@ -217,7 +222,7 @@ pub(crate) async fn index_step(
             SQL,
             vec![
                 INDEX_LOCK.into(),
-                WINDOW_PER_ROOM.into(),
+                MESSAGES_PER_STEP.into(),
                 after.into(),
                 ROOMS_PER_STEP.into(),
             ],
