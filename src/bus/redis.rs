@@ -483,8 +483,18 @@ async fn apply_commands(
 mod tests {
     use super::*;
 
+    /// The value of `name` (no labels) in the Prometheus text of this process.
+    fn metric(name: &str) -> f64 {
+        crate::telemetry::metrics::render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     #[test]
     fn the_retry_queue_is_bounded_by_bytes_and_keeps_control_events() {
+        crate::telemetry::metrics::install();
+        let dropped_before = metric("chat_bus_retry_dropped_total");
         let mut q = RetryQueue::default();
         let big = Bytes::from(vec![b'x'; RETRY_BYTES / 4]);
         q.push("chat:control".into(), Bytes::from_static(b"revoke"), true);
@@ -492,6 +502,16 @@ mod tests {
             q.push("chat:room:1".into(), big.clone(), false);
         }
         assert!(q.bytes <= RETRY_BYTES, "bounded by bytes: {}", q.bytes);
+        // Every drop is counted, and the gauge shows the bytes held (no other test of this
+        // binary touches either).
+        assert_eq!(
+            metric("chat_bus_retry_dropped_total") - dropped_before,
+            3.0,
+            "three room events dropped"
+        );
+        #[allow(clippy::cast_precision_loss)] // well below 2^52
+        let held = q.bytes as f64;
+        assert_eq!(metric("chat_bus_retry_bytes"), held);
         assert_eq!(
             q.items.front().map(|i| i.3),
             Some(true),
