@@ -24,7 +24,9 @@ trap cleanup EXIT
 common=(MESSAGE_RATE_PER_SEC=1000000 MESSAGE_RATE_BURST=1000000 AUTH_RATE_PER_MIN=1000000 ACCOUNT_RATE_PER_MIN=1000000 ROOMS_PER_HOUR=1000000 WS_MAX_SOCKETS_PER_USER=0 WS_MAX_SOCKETS_PER_ADDRESS=0 WS_UPGRADES_PER_SEC=0 RUST_LOG=${RUST_LOG:-warn})
 wait_ready() { for _ in $(seq 1 100); do curl -sf "$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 scenario=(--rooms 50 --clients 20 --senders 2 --users 1000)
-ramp=(--rate 20 --ramp --ramp-factor 1.5 --step-duration 10s --warmup 3s)
+# ×1.15 per 8 s step from 40 000 deliveries/s: fine enough to tell a 10 % difference in the
+# sustained rate (×1.5 steps could not), and a latency curve with a point every 15 %.
+ramp=(--rate 20 --ramp --ramp-factor 1.15 --max-steps 24 --step-duration 8s --warmup 3s)
 [ $# -gt 0 ] && ramp=("$@")
 case "$mode" in
   idle)
