@@ -126,19 +126,14 @@ impl Chat {
     /// others in the room get a throttled `receipt` unless the reader opted out.
     ///
     /// # Errors
-    /// 422 on a negative `seq`; 404/403 as [`Chat::writable_room`] (members only).
+    /// 404/403 as [`Chat::writable_room`] (members only), then 422 on a negative `seq`
+    /// ([`Chat::mark_read_in`], the one check for both transports).
     pub(crate) async fn mark_read(
         &self,
         me: &CurrentUser,
         room: &str,
         seq: i64,
     ) -> Result<(), ApiError> {
-        if seq < 0 {
-            return Err(ApiError::invalid_field(
-                "seq",
-                "must be a non-negative integer",
-            ));
-        }
         let row = self.writable_room(room, me).await?;
         self.mark_read_in(row.id, &row.name, &me.user_ref(), seq)
             .await
@@ -147,7 +142,7 @@ impl Chat {
     /// [`Chat::mark_read`] for a room the caller is known to be a member of (a socket's).
     ///
     /// # Errors
-    /// When the database fails.
+    /// 422 on a negative `seq`; when the database fails.
     pub(crate) async fn mark_read_in(
         &self,
         room_id: i64,

@@ -241,9 +241,7 @@ impl RedisDenyList {
         );
         Ok(())
     }
-}
 
-impl RedisDenyList {
     /// How many of `keys` Redis denies, and whether it still holds the deny-list at all (one
     /// round trip).
     async fn check_redis(&self, keys: &[String]) -> anyhow::Result<(i64, bool)> {

@@ -157,7 +157,9 @@ const MESSAGES_PER_STEP: i64 = 1024;
 const INDEX_LOCK: i64 = 0x6368_6174_5f73_7263; // "chat_src"
 
 /// Whether this database indexes messages in the background ([`index_step`]): PostgreSQL.
-pub(crate) fn indexed_in_background(db: &DatabaseConnection) -> bool {
+/// The one test of the backend for the indexer and for [`reindex`], [`unindex`] and
+/// [`forget_room`] (on SQLite the FTS5 triggers do their work).
+pub(crate) fn indexed_in_background(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
 
@@ -243,8 +245,8 @@ pub(crate) async fn reindex(
     txn: &impl ConnectionTrait,
     row: &message::Model,
 ) -> Result<(), sea_orm::DbErr> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(()); // SQLite: the triggers
+    if !indexed_in_background(txn) {
+        return Ok(());
     }
     txn.execute_raw(super::raw(
         txn,
@@ -258,8 +260,8 @@ pub(crate) async fn reindex(
 
 /// PostgreSQL: a deleted message leaves the index, in the deletion's transaction.
 pub(crate) async fn unindex(txn: &impl ConnectionTrait, id: i64) -> Result<(), sea_orm::DbErr> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(()); // SQLite: the triggers
+    if !indexed_in_background(txn) {
+        return Ok(());
     }
     txn.execute_raw(super::raw(
         txn,
@@ -276,8 +278,8 @@ pub(crate) async fn forget_room(
     txn: &impl ConnectionTrait,
     room_id: i64,
 ) -> Result<(), sea_orm::DbErr> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(()); // SQLite: the triggers
+    if !indexed_in_background(txn) {
+        return Ok(());
     }
     for sql in [
         "DELETE FROM message_search WHERE message_id IN \
