@@ -777,7 +777,8 @@ mod tests {
         let out = commit(&db, &[gone]).await.expect("commit");
         assert!(matches!(out[0], Err(StoreError::NotFound("room"))));
         // A room where every draft is refused (it is locked for the statement all the same)
-        // leaves the other rooms of the batch alone, and so does a room that is gone.
+        // leaves the other rooms of the batch alone, and so does a room that is gone. One
+        // draft with an `@` makes the whole batch take the full form: its mention is stored.
         let other = super::super::rooms::create(&db, "o", None, "public", outsider.id)
             .await
             .expect("room");
@@ -794,7 +795,7 @@ mod tests {
             only_intruder,
             draft(&m, "three"),
             gone,
-            draft(&m, "@outsider four"),
+            draft(&m, "@member four"),
         ];
         let out = commit(&db, &batch).await.expect("commit");
         assert!(matches!(out[0], Err(StoreError::NotMember)));
@@ -807,6 +808,16 @@ mod tests {
             seqs,
             [None, Some(3), None, Some(4)],
             "numbered after the plain batch"
+        );
+        let mentioned: Vec<i64> = out[3]
+            .as_ref()
+            .map(|s| s.message().mentions.iter().map(|u| u.id).collect())
+            .unwrap_or_default();
+        assert_eq!(mentioned, [member.id], "the full form resolved the mention");
+        assert!(
+            out[1]
+                .as_ref()
+                .is_ok_and(|s| s.message().mentions.is_empty())
         );
     }
 }
