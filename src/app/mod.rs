@@ -174,6 +174,12 @@ pub async fn connect_db(config: &Config) -> anyhow::Result<DatabaseConnection> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a pooled connection on every acquire by default: a round trip (and a
+        // wake-up of the server process) before every statement, the group commit's
+        // included. Only a connection idle this long is pinged first; a busy connection that
+        // died fails its statement, which is then answered with an error and retried by
+        // the client, and sqlx's check on release drops the connection.
+        .test_before_acquire_if_idle_for(Duration::from_secs(10))
         .sqlx_logging(false);
     let db = Database::connect(opts)
         .await

@@ -5,10 +5,12 @@
 //!   UNSUBSCRIBEd (batched) when its last one goes; `chat:control` carries revocations; the
 //!   replica's own `chat:probe:{origin}` carries its liveness probe. The reader hands each
 //!   envelope to the fan-out's per-room inbox and never waits on a socket or the database.
-//! * **Publishes**: through a `deadpool-redis` pool, pipelined per batch. Local sockets are
+//! * **Publishes**: on one multiplexed connection that reconnects by itself
+//!   (`redis::aio::ConnectionManager`), pipelined per batch; the pool's checkout would cost a
+//!   `PING` round trip before each. Local sockets are
 //!   served directly (the echo from Redis is skipped by origin), so a replica's own sockets
 //!   don't depend on Redis. A publish that fails is queued and retried when Redis is back.
-//! * **Liveness**: every second the replica publishes a probe through the pool and expects it
+//! * **Liveness**: every second the replica publishes a probe on that connection and expects it
 //!   back on its subscription. No probe for 5 s: the bus is `down` (`/readyz` 503). No probe
 //!   for 10 s: the subscription is torn down and rebuilt, even if its TCP connection looks fine.
 //! * **Reconnection**: with capped exponential backoff; afterwards every active room is
@@ -119,7 +121,12 @@ pub(crate) struct RedisBus {
 
 struct Shared {
     inbound: InboundSlot,
-    pool: deadpool_redis::Pool,
+    /// The publishes' connection: one multiplexed connection that reconnects by itself. The
+    /// pool's checkout sends a `PING` first (a round trip before every publish, in every
+    /// sender's ack and every remote delivery); the publishes of a replica go out one batch
+    /// after another, and one connection pipelines them. Replaced when the subscription is
+    /// rebuilt ([`Shared::renew_publisher`]).
+    publisher: Mutex<redis::aio::ConnectionManager>,
     origin: u64,
     probe_channel: String,
     /// When our probe last came back (µs since the epoch); 0 = never.
@@ -138,7 +145,6 @@ impl RedisBus {
     /// If `url` is not a valid Redis URL.
     pub(crate) fn start(
         url: &str,
-        pool: deadpool_redis::Pool,
         origin: u64,
         tasks: &TaskTracker,
         stop: &CancellationToken,
@@ -146,7 +152,7 @@ impl RedisBus {
         let client = redis::Client::open(url)?;
         let shared = Arc::new(Shared {
             inbound: InboundSlot::default(),
-            pool,
+            publisher: Mutex::new(publisher(&client)?),
             origin,
             probe_channel: format!("chat:probe:{origin}"),
             last_probe: AtomicI64::new(0),
@@ -169,13 +175,21 @@ impl Shared {
         }
     }
 
+    /// A new publish connection after the subscription was rebuilt: the old one may sit on a
+    /// TCP connection that looks fine but no longer answers, which it would not notice.
+    fn renew_publisher(&self, client: &redis::Client) {
+        if let Ok(fresh) = publisher(client) {
+            *self.publisher.lock() = fresh;
+        }
+    }
+
     async fn publish_raw(&self, items: &[(String, Bytes)]) -> anyhow::Result<()> {
-        let mut conn = tokio::time::timeout(OP_TIMEOUT, self.pool.get()).await??;
+        let mut conn = self.publisher.lock().clone();
         let mut pipe = redis::pipe();
         for (channel, payload) in items {
             pipe.publish(channel, payload.as_ref()).ignore();
         }
-        tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut *conn)).await??;
+        tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut conn)).await??;
         Ok(())
     }
 
@@ -350,12 +364,26 @@ async fn subscriber(
             Err(e) => e.to_string(),
         };
         shared.connected.store(false, Ordering::Release);
+        shared.renew_publisher(&client);
         tracing::warn!(error = %reason, retry_in_ms = backoff.as_millis(), "redis pub/sub down; reconnecting");
         if !wait_while_down(&mut cmds, &stop, backoff).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The publishes' connection. It connects on the first publish; after a failure it
+/// reconnects in the background while the failed publishes wait in the retry queue.
+fn publisher(client: &redis::Client) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    redis::aio::ConnectionManager::new_lazy_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_min_delay(MIN_BACKOFF)
+            .set_max_delay(MAX_BACKOFF),
+    )
 }
 
 /// A new pub/sub connection subscribed to the control, probe and every active room channel.

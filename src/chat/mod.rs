@@ -315,7 +315,7 @@ fn cluster_parts(
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .context("REDIS_URL is not usable")?;
     Ok(ModeParts {
-        bus: Arc::new(RedisBus::start(url, pool.clone(), replica_id, tasks, stop)?),
+        bus: Arc::new(RedisBus::start(url, replica_id, tasks, stop)?),
         presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
         deny: Arc::new(RedisDenyList::new(pool.clone(), db.clone())),
         cluster: Some(Cluster {
