@@ -7,9 +7,9 @@
 //!   envelope to the fan-out's per-room inbox and never waits on a socket or the database.
 //! * **Publishes**: on one multiplexed connection that reconnects by itself
 //!   (`redis::aio::ConnectionManager`), pipelined per batch; the pool's checkout would cost a
-//!   `PING` round trip before each. Local sockets are
-//!   served directly (the echo from Redis is skipped by origin), so a replica's own sockets
-//!   don't depend on Redis. A publish that fails is queued and retried when Redis is back.
+//!   `PING` round trip before each. Local sockets are served directly (the echo from Redis is
+//!   skipped by origin), so a replica's own sockets don't depend on Redis. A publish that
+//!   fails is queued and retried when Redis is back.
 //! * **Liveness**: every second the replica publishes a probe on that connection and expects it
 //!   back on its subscription. No probe for 5 s: the bus is `down` (`/readyz` 503). No probe
 //!   for 10 s: the subscription is torn down and rebuilt, even if its TCP connection looks fine.

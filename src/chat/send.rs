@@ -9,9 +9,9 @@
 //! waiting (up to [`MAX_BATCH`]) and commits it in **one** transaction. While a batch
 //! commits, the next one accumulates, and before taking it the drain lets the tasks that are
 //! ready submit first ([`Inner::gather`], turns of the run queue, no clock), so the batches
-//! grow with the load. Each sender's
-//! messages keep their submission order. A send is answered only after its batch committed,
-//! and the batch is published before the answers go out, in `seq` order.
+//! grow with the load. Each sender's messages keep their submission order. A send is
+//! answered only after its batch committed, and the batch is published before the answers
+//! go out, in `seq` order.
 
 use std::sync::Arc;
 
