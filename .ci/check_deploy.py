@@ -268,8 +268,8 @@ def check_k8s(flavor: str, rendered: Path) -> int:
             "HPA scales on chat_ws_connections per pod",
         )
         c.check(
-            hpa["spec"]["maxReplicas"] * pool + 1 <= 100,
-            f"HPA maxReplicas x DB_MAX_CONNECTIONS ({hpa['spec']['maxReplicas']} x {pool}) fits 100 PostgreSQL connections",
+            hpa["spec"]["maxReplicas"] * (pool + 1) + 1 <= 100,
+            f"HPA maxReplicas x (DB_MAX_CONNECTIONS + the commit connection) ({hpa['spec']['maxReplicas']} x {pool + 1}) fits 100 PostgreSQL connections",
         )
 
     # The migration runs the same image; with Helm, as a pre-install/pre-upgrade hook.

@@ -109,7 +109,8 @@ struct ModeParts {
 }
 
 impl Chat {
-    /// Build every service over `db`. The run mode is chosen here, by configuration only:
+    /// Build every service over `db`, the group commit over `commit_db` (its own connection on
+    /// PostgreSQL). The run mode is chosen here, by configuration only:
     /// with `REDIS_URL` the bus, presence and deny-list are Redis-backed; without it they are
     /// in-process (deny-list in the database).
     ///
@@ -118,6 +119,7 @@ impl Chat {
     pub(crate) async fn build(
         config: Config,
         db: DatabaseConnection,
+        commit_db: DatabaseConnection,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -193,7 +195,7 @@ impl Chat {
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
         });
         Ok(Self(Arc::new(Services {
-            sender: Sender::new(db.clone(), bus.clone(), tasks.clone()),
+            sender: Sender::new(commit_db, bus.clone(), tasks.clone()),
             receipts: dms::Receipts::new(bus.clone(), tasks.clone()),
             replays: replay::ReplayReads::default(),
             keys,

@@ -590,22 +590,8 @@ mod tests {
 
     /// A fresh, migrated database on the server of `TEST_DATABASE_URL`.
     async fn postgres() -> DatabaseConnection {
-        let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-        let server = &url[..url.rfind('/').expect("a database in the URL")];
-        let admin = Database::connect(format!("{server}/postgres"))
-            .await
-            .expect("postgres");
-        let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
-            .await
-            .expect("create database");
-        migrated(
-            Database::connect(format!("{server}/{name}"))
-                .await
-                .expect("connect"),
-        )
-        .await
+        let url = super::super::testing::fresh_postgres_url().await;
+        migrated(Database::connect(url).await.expect("connect")).await
     }
 
     async fn migrated(db: DatabaseConnection) -> DatabaseConnection {

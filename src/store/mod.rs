@@ -16,6 +16,27 @@ pub(crate) mod search;
 pub(crate) mod sessions;
 pub(crate) mod users;
 
+/// What unit tests of the crate share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use sea_orm::{ConnectionTrait, Database};
+
+    /// The URL of a fresh, empty database on the server of `TEST_DATABASE_URL`.
+    pub(crate) async fn fresh_postgres_url() -> String {
+        let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+        let server = &url[..url.rfind('/').expect("a database in the URL")];
+        let admin = Database::connect(format!("{server}/postgres"))
+            .await
+            .expect("postgres");
+        let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
+            .await
+            .expect("create database");
+        format!("{server}/{name}")
+    }
+}
+
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, SqlErr, Statement, Value};
 
 use crate::error::{ApiError, FieldErrors};
