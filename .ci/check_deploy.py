@@ -39,6 +39,7 @@ METRICS = {
     "chat_messages_delivered_total": "counter",
     "chat_fanout_latency_seconds": "histogram",
     "chat_commit_batch_size": "histogram",
+    "chat_commit_duration_seconds": "histogram",
     "http_requests_total": "counter",
     "http_request_duration_seconds": "histogram",
     "chat_slow_consumer_closes_total": "counter",

@@ -180,8 +180,8 @@ pub async fn connect_db(config: &Config) -> anyhow::Result<DatabaseConnection> {
     Ok(db)
 }
 
-/// The group commit's own connection, beside the pool (PostgreSQL; SQLite shares `db`, its one
-/// writer). One drain per replica commits batch after batch on it, so a commit never waits
+/// The group commit's own connection, beside the pool, on PostgreSQL (`None` on SQLite: the
+/// group commit shares the pool, whose one writer it is). One drain per replica commits batch after batch on it, so a commit never waits
 /// for a pool slot behind reads, and the connection plans the commit statement once:
 /// `plan_cache_mode = force_generic_plan`. PostgreSQL would otherwise plan it again for every
 /// batch, because the generic plan's estimate for arrays of unknown length (10 elements each)
@@ -195,9 +195,9 @@ pub async fn connect_db(config: &Config) -> anyhow::Result<DatabaseConnection> {
 pub async fn connect_commit_db(
     config: &Config,
     db: &DatabaseConnection,
-) -> anyhow::Result<DatabaseConnection> {
+) -> anyhow::Result<Option<DatabaseConnection>> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(db.clone());
+        return Ok(None);
     }
     let mut opts = db_options(config);
     // A `SET` after each (re)connect rather than a startup option, which a connection pooler
@@ -211,9 +211,10 @@ pub async fn connect_commit_db(
             })
         })
     });
-    Database::connect(opts)
+    let commit_db = Database::connect(opts)
         .await
-        .context("cannot connect to the database (DATABASE_URL)")
+        .context("cannot connect to the database (DATABASE_URL)")?;
+    Ok(Some(commit_db))
 }
 
 /// What every connection to the database shares: timeouts and the ping policy.
@@ -389,12 +390,9 @@ impl<T> Drop for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::model::UserRef,
-        store::{
-            commit::{NewMessage, commit},
-            rooms, users,
-        },
+    use crate::store::{
+        commit::{NewMessage, commit},
+        rooms,
     };
 
     /// The group commit's connection plans its statement once, whatever the batch sizes:
@@ -409,28 +407,15 @@ mod tests {
         let config = Config::for_tests(&crate::store::testing::fresh_postgres_url().await);
         let db = connect_db(&config).await.expect("connect");
         migrate(&db).await.expect("migrations");
-        let commit_db = connect_commit_db(&config, &db).await.expect("connect");
+        let commit_db = connect_commit_db(&config, &db)
+            .await
+            .expect("connect")
+            .expect("a connection of its own on PostgreSQL");
 
-        let user = users::create(
-            &db,
-            users::NewUser {
-                username: "writer".into(),
-                email: "writer@example.com".into(),
-                password_hash: "x".into(),
-                first_name: None,
-                last_name: None,
-                roles: vec!["user".into()],
-            },
-        )
-        .await
-        .expect("user");
-        let room = rooms::create(&db, "plans", None, "public", user.id)
+        let author = crate::store::testing::user(&db, "writer").await;
+        let room = rooms::create(&db, "plans", None, "public", author.id)
             .await
             .expect("room");
-        let author = UserRef {
-            id: user.id,
-            username: user.username,
-        };
         let draft = NewMessage {
             room_id: room.id,
             room: "plans",

@@ -56,6 +56,8 @@ use crate::{
 pub(crate) struct Services {
     pub(crate) config: Config,
     pub(crate) db: DatabaseConnection,
+    /// The group commit's own connection (PostgreSQL), when it does not share `db`.
+    pub(crate) commit_db: Option<DatabaseConnection>,
     pub(crate) keys: JwtKeys,
     pub(crate) hasher: PasswordHasher,
     pub(crate) deny: Arc<dyn DenyList>,
@@ -109,8 +111,8 @@ struct ModeParts {
 }
 
 impl Chat {
-    /// Build every service over `db`, the group commit over `commit_db` (its own connection on
-    /// PostgreSQL). The run mode is chosen here, by configuration only:
+    /// Build every service over `db`, the group commit over `commit_db` if given (its own
+    /// connection on PostgreSQL), else over `db`. The run mode is chosen here, by configuration only:
     /// with `REDIS_URL` the bus, presence and deny-list are Redis-backed; without it they are
     /// in-process (deny-list in the database).
     ///
@@ -119,7 +121,7 @@ impl Chat {
     pub(crate) async fn build(
         config: Config,
         db: DatabaseConnection,
-        commit_db: DatabaseConnection,
+        commit_db: Option<DatabaseConnection>,
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -195,7 +197,12 @@ impl Chat {
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
         });
         Ok(Self(Arc::new(Services {
-            sender: Sender::new(commit_db, bus.clone(), tasks.clone()),
+            sender: Sender::new(
+                commit_db.clone().unwrap_or_else(|| db.clone()),
+                bus.clone(),
+                tasks.clone(),
+            ),
+            commit_db,
             receipts: dms::Receipts::new(bus.clone(), tasks.clone()),
             replays: replay::ReplayReads::default(),
             keys,

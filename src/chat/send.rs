@@ -245,6 +245,7 @@ impl Inner {
                 }
             }
         };
+        metrics::commit_duration(started.elapsed());
         let created = outcomes
             .iter()
             .filter(|o| matches!(o, Ok(Stored::Created(_))))

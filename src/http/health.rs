@@ -71,7 +71,10 @@ pub(crate) async fn metrics(
     State(chat): State<Chat>,
     gate: Option<Extension<SchemaGate>>,
 ) -> impl IntoResponse {
-    crate::telemetry::metrics::record_db_pool(&chat.db);
+    crate::telemetry::metrics::record_db_pool(&chat.db, "main");
+    if let Some(commit_db) = &chat.commit_db {
+        crate::telemetry::metrics::record_db_pool(commit_db, "commit");
+    }
     crate::telemetry::metrics::record_process();
     let _ = readiness(&chat, gate.as_deref()).await;
     (

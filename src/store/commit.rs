@@ -632,31 +632,11 @@ mod tests {
     /// One batch: two replies to one root, one to another, plain messages and a refused
     /// draft between them. Each root counts its replies; the refused draft fails alone.
     async fn replies_in_a_batch(db: DatabaseConnection) {
-        let new_user = |name: &str| super::super::users::NewUser {
-            username: name.into(),
-            email: format!("{name}@example.com"),
-            password_hash: "x".into(),
-            first_name: None,
-            last_name: None,
-            roles: vec!["user".into()],
-        };
-        let member = super::super::users::create(&db, new_user("member"))
-            .await
-            .expect("member");
-        let outsider = super::super::users::create(&db, new_user("outsider"))
-            .await
-            .expect("outsider");
-        let room = super::super::rooms::create(&db, "t", None, "public", member.id)
+        let m = super::super::testing::user(&db, "member").await;
+        let o = super::super::testing::user(&db, "outsider").await;
+        let room = super::super::rooms::create(&db, "t", None, "public", m.id)
             .await
             .expect("room");
-        let m = UserRef {
-            id: member.id,
-            username: member.username,
-        };
-        let o = UserRef {
-            id: outsider.id,
-            username: outsider.username,
-        };
         let draft = |author, content, reply_to| NewMessage {
             room_id: room.id,
             room: "t",
@@ -713,33 +693,11 @@ mod tests {
     /// A draft whose author is not a member fails alone; the rest of the batch commits
     /// gap-free; a draft for a room that is gone is told so.
     async fn refused_alone(db: DatabaseConnection) {
-        let new_user = |name: &str| super::super::users::NewUser {
-            username: name.into(),
-            email: format!("{name}@example.com"),
-            password_hash: "x".into(),
-            first_name: None,
-            last_name: None,
-            roles: vec!["user".into()],
-        };
-        let member = super::super::users::create(&db, new_user("member"))
-            .await
-            .expect("member");
-        let outsider = super::super::users::create(&db, new_user("outsider"))
-            .await
-            .expect("outsider");
-        let room = super::super::rooms::create(&db, "r", None, "public", member.id)
+        let m = super::super::testing::user(&db, "member").await;
+        let o = super::super::testing::user(&db, "outsider").await;
+        let room = super::super::rooms::create(&db, "r", None, "public", m.id)
             .await
             .expect("room");
-        let (m, o) = (
-            UserRef {
-                id: member.id,
-                username: member.username,
-            },
-            UserRef {
-                id: outsider.id,
-                username: outsider.username,
-            },
-        );
         let draft = |author, content| NewMessage {
             room_id: room.id,
             room: "r",
@@ -765,7 +723,7 @@ mod tests {
         // A room where every draft is refused (it is locked for the statement all the same)
         // leaves the other rooms of the batch alone, and so does a room that is gone. One
         // draft with an `@` makes the whole batch take the full form: its mention is stored.
-        let other = super::super::rooms::create(&db, "o", None, "public", outsider.id)
+        let other = super::super::rooms::create(&db, "o", None, "public", o.id)
             .await
             .expect("room");
         let only_intruder = NewMessage {
@@ -799,7 +757,7 @@ mod tests {
             .as_ref()
             .map(|s| s.message().mentions.iter().map(|u| u.id).collect())
             .unwrap_or_default();
-        assert_eq!(mentioned, [member.id], "the full form resolved the mention");
+        assert_eq!(mentioned, [m.id], "the full form resolved the mention");
         assert!(
             out[1]
                 .as_ref()

@@ -21,6 +21,30 @@ pub(crate) mod users;
 pub(crate) mod testing {
     use sea_orm::{ConnectionTrait, Database};
 
+    use crate::domain::model::UserRef;
+
+    /// A new account named `name` (e-mail `name@example.com`, role `user`), as its author
+    /// reference.
+    pub(crate) async fn user(db: &sea_orm::DatabaseConnection, name: &str) -> UserRef {
+        let user = super::users::create(
+            db,
+            super::users::NewUser {
+                username: name.into(),
+                email: format!("{name}@example.com"),
+                password_hash: "x".into(),
+                first_name: None,
+                last_name: None,
+                roles: vec!["user".into()],
+            },
+        )
+        .await
+        .expect("user");
+        UserRef {
+            id: user.id,
+            username: user.username,
+        }
+    }
+
     /// The URL of a fresh, empty database on the server of `TEST_DATABASE_URL`.
     pub(crate) async fn fresh_postgres_url() -> String {
         let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");

@@ -13,6 +13,7 @@ pub const MESSAGES_COMMITTED: &str = "chat_messages_committed_total";
 pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
 pub const FANOUT_LATENCY: &str = "chat_fanout_latency_seconds";
 pub const COMMIT_BATCH: &str = "chat_commit_batch_size";
+pub const COMMIT_DURATION: &str = "chat_commit_duration_seconds";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const SLOW_CONSUMER_CLOSES: &str = "chat_slow_consumer_closes_total";
@@ -45,6 +46,7 @@ pub fn install() {
             .set_buckets_for_metric(Matcher::Full(FANOUT_LATENCY.into()), &latency)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &http))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH.into()), &batch))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_DURATION.into()), &latency))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -83,6 +85,11 @@ fn describe() {
         "Publish on the accepting replica to socket queue on this one"
     );
     metrics::describe_histogram!(COMMIT_BATCH, "Messages per group-commit transaction");
+    metrics::describe_histogram!(
+        COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "Wall time of one group-commit transaction (statement and commit, retries included)"
+    );
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
     metrics::describe_histogram!(
         HTTP_DURATION,
@@ -149,6 +156,12 @@ pub fn messages_committed(n: usize) {
 pub fn commit_batch(n: usize) {
     #[allow(clippy::cast_precision_loss)]
     histogram!(COMMIT_BATCH).record(n as f64);
+}
+
+/// A group-commit transaction took `took` (the batch's drafts waited this long for the
+/// database).
+pub fn commit_duration(took: std::time::Duration) {
+    histogram!(COMMIT_DURATION).record(took.as_secs_f64());
 }
 
 /// `n` sockets got a message published at `published_at_micros`.
@@ -227,7 +240,8 @@ pub fn gap_fill() {
     counter!(GAP_FILLS).increment(1);
 }
 
-pub fn record_db_pool(db: &sea_orm::DatabaseConnection) {
+/// Set the gauge of the database pool `pool` (`main`, or `commit`: the group commit's own).
+pub fn record_db_pool(db: &sea_orm::DatabaseConnection, pool: &'static str) {
     let (size, idle) = match db.get_database_backend() {
         sea_orm::DbBackend::Postgres => {
             let pool = db.get_postgres_connection_pool();
@@ -239,8 +253,8 @@ pub fn record_db_pool(db: &sea_orm::DatabaseConnection) {
         }
     };
     let idle = u32::try_from(idle).unwrap_or(u32::MAX);
-    gauge!(DB_POOL, "state" => "idle").set(f64::from(idle));
-    gauge!(DB_POOL, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
+    gauge!(DB_POOL, "pool" => pool, "state" => "idle").set(f64::from(idle));
+    gauge!(DB_POOL, "pool" => pool, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
 }
 
 /// Tower middleware: count and time every request by route template and status.

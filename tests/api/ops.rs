@@ -55,7 +55,7 @@ async fn metrics_move_with_traffic() {
     assert!(next_of(&mut ws, "ack", 5).await.is_some());
     let after = app.metrics().await;
     // (name, labels, by how much it moved if that is known)
-    let moved: [(&str, Labels, Option<f64>); 7] = [
+    let moved: [(&str, Labels, Option<f64>); 8] = [
         (
             "chat_messages_accepted_total",
             &[("transport", "rest")],
@@ -69,6 +69,7 @@ async fn metrics_move_with_traffic() {
         ("chat_messages_delivered_total", &[], None),
         ("chat_fanout_latency_seconds_count", &[], None),
         ("chat_commit_batch_size_count", &[], None),
+        ("chat_commit_duration_seconds_count", &[], None),
         (
             "http_requests_total",
             &[("route", "/api/v1/rooms/{name}/messages")],
@@ -98,7 +99,36 @@ async fn metrics_move_with_traffic() {
         after.sum("chat_ws_connections", &[("endpoint", "room")]),
         1.0
     );
-    assert!(after.has("chat_db_pool_connections"));
+    assert!(after.sum("chat_db_pool_connections", &[("pool", "main")]) >= 1.0);
+    assert!(
+        after
+            .matching("chat_db_pool_connections", &[("pool", "commit")])
+            .next()
+            .is_none(),
+        "SQLite: the group commit shares the pool"
+    );
+}
+
+/// On PostgreSQL the group commit's own connection is counted beside the pool: an operator
+/// adds the two to budget connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL to run the PostgreSQL suite"
+)]
+async fn the_commit_connection_is_counted_beside_the_pool() {
+    let db = fresh_database(Backend::Postgres).await;
+    let app = ServerProc::start(&db, &[]).await;
+    let user = app.register("counted").await;
+    app.create_room(&user, "counted", "public").await;
+    app.post_message(&user, "counted", "on the commit connection")
+        .await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.sum("chat_db_pool_connections", &[("pool", "commit")]),
+        1.0
+    );
+    assert!(metrics.sum("chat_db_pool_connections", &[("pool", "main")]) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
