@@ -33,3 +33,7 @@ mod ws;
 
 pub use app::{AppState, connect_db, create_admin, migrate, run, run_with_internal};
 pub use config::Config;
+/// Key of the PostgreSQL advisory lock the background search indexer takes for each step: a
+/// session holding it (`SELECT pg_advisory_lock(…)`) pauses indexing on every replica until it
+/// unlocks or disconnects; new messages stay unsearchable meanwhile, and nothing is skipped.
+pub use store::search::INDEX_LOCK as SEARCH_INDEX_LOCK;

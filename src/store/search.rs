@@ -153,8 +153,10 @@ pub(crate) const INDEX_IDLE_EVERY: Duration = Duration::from_secs(1);
 const ROOMS_PER_STEP: i64 = 16;
 const MESSAGES_PER_STEP: i64 = 1024;
 
-/// Key of the advisory lock that lets one replica at a time index.
-const INDEX_LOCK: i64 = 0x6368_6174_5f73_7263; // "chat_src"
+/// Key of the advisory lock that lets one replica at a time index. Each step only tries it
+/// (`pg_try_advisory_xact_lock`), so a session that holds it pauses indexing cluster-wide
+/// (exported as `chat::SEARCH_INDEX_LOCK`).
+pub const INDEX_LOCK: i64 = 0x6368_6174_5f73_7263; // "chat_src"
 
 /// Whether this database indexes messages in the background ([`index_step`]): PostgreSQL.
 /// The one test of the backend for the indexer and for [`reindex`], [`unindex`] and

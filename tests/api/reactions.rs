@@ -721,6 +721,75 @@ dual_test!(search_catches_up_on_a_backlog, |b| async move {
     );
 });
 
+/// PostgreSQL indexes in the background, and `chat::SEARCH_INDEX_LOCK` pauses it: while a
+/// session holds the lock nothing is indexed. An edit or a deletion made before the indexer
+/// reached the message wins: once released, the indexer passes both (a later message of the
+/// room is found) and brings back neither the old words nor the deleted message. (The race
+/// inside one indexer statement, an edit committing between its read and its insert, is left
+/// to `ON CONFLICT DO NOTHING`; this test does not interleave it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pg_tests),
+    ignore = "set TEST_DATABASE_URL: the indexer is held by a PostgreSQL advisory lock"
+)]
+async fn an_edit_or_deletion_before_indexing_wins() {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+    let url = fresh_database(Backend::Postgres).await;
+    let app = spawn_with(chat::Config::for_tests(&url)).await;
+    // One connection: the lock belongs to its session.
+    let mut opts = ConnectOptions::new(url.clone());
+    opts.max_connections(1).sqlx_logging(false);
+    let holder = Database::connect(opts).await.expect("connect");
+    holder
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT pg_advisory_lock({})", chat::SEARCH_INDEX_LOCK),
+        ))
+        .await
+        .expect("hold the indexer");
+
+    let ada = app.register("ada").await;
+    app.create_room(&ada, "drafts", "public").await;
+    let edited = app.post_message(&ada, "drafts", "an early zebra").await;
+    let deleted = app.post_message(&ada, "drafts", "a doomed walrus").await;
+    // Held: the indexer sweeps every 200 ms, none of them may index.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        contents(&search(&app, &ada, "zebra").await.1).is_empty(),
+        "indexed while the lock was held"
+    );
+    let (status, _) = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/rooms/drafts/messages/{}", edited["id"]),
+            Some(&ada.access),
+            Some(json!({"content": "a later yak"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/rooms/drafts/messages/{}", deleted["id"]),
+            Some(&ada.access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    app.post_message(&ada, "drafts", "the last quokka").await;
+    holder.close().await.expect("release the indexer");
+
+    // The room is indexed in `seq` order: once its last message is found, the indexer has
+    // passed the edited and the deleted one.
+    search_until(&app, &ada, "quokka", 1).await;
+    assert_eq!(
+        contents(&search(&app, &ada, "yak").await.1),
+        ["a later yak"]
+    );
+    assert!(contents(&search(&app, &ada, "zebra").await.1).is_empty());
+    assert!(contents(&search(&app, &ada, "walrus").await.1).is_empty());
+}
+
 dual_test!(the_migration_runs_forward_over_v1_data, |b| async move {
     use migration::MigratorTrait;
     let url = fresh_database(b).await;
