@@ -181,8 +181,9 @@ pub async fn connect_db(config: &Config) -> anyhow::Result<DatabaseConnection> {
 }
 
 /// The group commit's own connection, beside the pool, on PostgreSQL (`None` on SQLite: the
-/// group commit shares the pool, whose one writer it is). One drain per replica commits batch after batch on it, so a commit never waits
-/// for a pool slot behind reads, and the connection plans the commit statement once:
+/// group commit shares the pool, whose one writer it is). One drain per replica commits batch
+/// after batch on it, so a commit never waits for a pool slot behind reads, and the
+/// connection plans the commit statement once:
 /// `plan_cache_mode = force_generic_plan`. PostgreSQL would otherwise plan it again for every
 /// batch, because the generic plan's estimate for arrays of unknown length (10 elements each)
 /// always loses to a custom plan's for the batch's few drafts, and planning the statement's

@@ -112,9 +112,9 @@ struct ModeParts {
 
 impl Chat {
     /// Build every service over `db`, the group commit over `commit_db` if given (its own
-    /// connection on PostgreSQL), else over `db`. The run mode is chosen here, by configuration only:
-    /// with `REDIS_URL` the bus, presence and deny-list are Redis-backed; without it they are
-    /// in-process (deny-list in the database).
+    /// connection on PostgreSQL), else over `db`. The run mode is chosen here, by
+    /// configuration only: with `REDIS_URL` the bus, presence and deny-list are Redis-backed;
+    /// without it they are in-process (deny-list in the database).
     ///
     /// # Errors
     /// An unusable Redis URL, or a database that cannot be read.
