@@ -240,8 +240,9 @@ pub fn gap_fill() {
     counter!(GAP_FILLS).increment(1);
 }
 
-/// Set the gauge of the database pool `pool` (`main`, or `commit`: the group commit's own).
-pub fn record_db_pool(db: &sea_orm::DatabaseConnection, pool: &'static str) {
+/// Set the gauge of the database pool labelled `label` (`main`, or `commit`: the group
+/// commit's own).
+pub fn record_db_pool(db: &sea_orm::DatabaseConnection, label: &'static str) {
     let (size, idle) = match db.get_database_backend() {
         sea_orm::DbBackend::Postgres => {
             let pool = db.get_postgres_connection_pool();
@@ -253,8 +254,8 @@ pub fn record_db_pool(db: &sea_orm::DatabaseConnection, pool: &'static str) {
         }
     };
     let idle = u32::try_from(idle).unwrap_or(u32::MAX);
-    gauge!(DB_POOL, "pool" => pool, "state" => "idle").set(f64::from(idle));
-    gauge!(DB_POOL, "pool" => pool, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
+    gauge!(DB_POOL, "pool" => label, "state" => "idle").set(f64::from(idle));
+    gauge!(DB_POOL, "pool" => label, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
 }
 
 /// Tower middleware: count and time every request by route template and status.
