@@ -29,7 +29,7 @@ use stats::{
     LatencySummary, Plan, StepVerdictInput, new_histogram, parse_duration, ramp_rates, step_passes,
     sustained_step,
 };
-use sys::{CpuSample, cpu_delta, loadavg, raise_nofile_limit, rss_kib, sample_cpu};
+use sys::{CpuSample, cpu_delta, loadavg, machine_delta, raise_nofile_limit, rss_kib, sample_cpu};
 use track::AckIndex;
 use ws::{ConnectEvent, Phase, SenderSpec, Shared, SocketOutcome, SocketSpec, WindowStats};
 
@@ -684,7 +684,7 @@ async fn run(a: RunArgs) -> Result<()> {
         }
         executed = w;
         let cpu = cpu_delta(&cpu_samples[w], &cpu_samples[w + 1]).0;
-        let prelim = window_report(
+        let mut prelim = window_report(
             format!("{w}"),
             &shared,
             w..=w,
@@ -695,6 +695,7 @@ async fn run(a: RunArgs) -> Result<()> {
             a.p99_limit_ms,
             false,
         );
+        prelim.machine_busy_cores = machine_delta(&cpu_samples[w], &cpu_samples[w + 1]);
         eprintln!(
             "{}   (live, loss counted at the end)",
             report::table_row(&prelim)
@@ -777,10 +778,9 @@ async fn run(a: RunArgs) -> Result<()> {
 
     let mut window_reports = Vec::new();
     for w in 0..=executed {
-        let cpu = cpu_samples
-            .get(w + 1)
-            .and_then(|b| cpu_delta(&cpu_samples[w], b).0);
-        window_reports.push(window_report(
+        let next = cpu_samples.get(w + 1);
+        let cpu = next.and_then(|b| cpu_delta(&cpu_samples[w], b).0);
+        let mut report = window_report(
             if w == 0 {
                 "warmup".into()
             } else {
@@ -794,12 +794,18 @@ async fn run(a: RunArgs) -> Result<()> {
             cpu,
             a.p99_limit_ms,
             w > 0,
-        ));
+        );
+        report.machine_busy_cores = next.and_then(|b| machine_delta(&cpu_samples[w], b));
+        window_reports.push(report);
     }
-    let (measured_cpu, bench_cpu) = match (cpu_samples.get(1), cpu_samples.get(executed + 1)) {
-        (Some(x), Some(y)) if executed >= 1 => cpu_delta(x, y),
-        _ => (None, None),
-    };
+    let (measured_cpu, bench_cpu, machine_cores) =
+        match (cpu_samples.get(1), cpu_samples.get(executed + 1)) {
+            (Some(x), Some(y)) if executed >= 1 => {
+                let (server, bench) = cpu_delta(x, y);
+                (server, bench, machine_delta(x, y))
+            }
+            _ => (None, None, None),
+        };
     let mut measured = if executed >= 1 {
         window_report(
             "all".into(),
@@ -815,6 +821,7 @@ async fn run(a: RunArgs) -> Result<()> {
     } else {
         WindowReport::default()
     };
+    measured.machine_busy_cores = machine_cores;
     if a.ramp {
         measured.offered_per_s = 0.0;
     }
@@ -841,6 +848,7 @@ async fn run(a: RunArgs) -> Result<()> {
             .map(|c| c / measured.secs),
         deliveries_per_cpu_s: measured.deliveries_per_cpu_s,
         bench_cpu_s: bench_cpu,
+        machine_busy_cores: machine_cores,
     };
     let rep = RunReport {
         tool: "chat-bench",

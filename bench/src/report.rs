@@ -69,6 +69,9 @@ pub struct WindowReport {
     pub ack_latency: LatencySummary,
     pub server_cpu_s: Option<f64>,
     pub deliveries_per_cpu_s: Option<f64>,
+    /// Busy cores of the whole machine meanwhile (servers, database, Redis, the bench, and
+    /// anything else), from `/proc/stat`: how close to saturation the step ran.
+    pub machine_busy_cores: Option<f64>,
     /// p99 < limit, no loss, no duplicates, something delivered (steps only)
     pub pass: Option<bool>,
 }
@@ -105,6 +108,9 @@ pub struct CpuReport {
     pub server_cores: Option<f64>,
     pub deliveries_per_cpu_s: Option<f64>,
     pub bench_cpu_s: Option<f64>,
+    /// Busy cores of the whole machine over the measured steps (see
+    /// [`WindowReport::machine_busy_cores`]).
+    pub machine_busy_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,7 +209,7 @@ pub fn lat_line(l: &LatencySummary) -> String {
 
 pub fn table_header() -> String {
     format!(
-        "{:<7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>5} {:>9} {:>4}",
+        "{:<7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>5} {:>9} {:>5} {:>4}",
         "step",
         "rate/snd",
         "sent/s",
@@ -218,13 +224,14 @@ pub fn table_header() -> String {
         "dup",
         "ooo",
         "deliv/cpu",
+        "busy",
         "ok"
     )
 }
 
 pub fn table_row(w: &WindowReport) -> String {
     format!(
-        "{:<7} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>5} {:>9} {:>4}",
+        "{:<7} {:>9} {:>9.1} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>5} {:>9} {:>5} {:>4}",
         w.name,
         if w.rate_per_sender > 0.0 {
             format!("{:.2}", w.rate_per_sender)
@@ -243,6 +250,7 @@ pub fn table_row(w: &WindowReport) -> String {
         w.duplicates,
         w.out_of_order,
         opt(w.deliveries_per_cpu_s, 0),
+        opt(w.machine_busy_cores, 2),
         match w.pass {
             Some(true) => "yes",
             Some(false) => "NO",
@@ -380,9 +388,10 @@ pub fn render_run(r: &RunReport) -> String {
     }
     let _ = writeln!(
         o,
-        "loadavg: start {}  end {}",
+        "loadavg: start {}  end {}; machine busy {} cores over the measured steps",
         la(&r.loadavg_start),
-        la(&r.loadavg_end)
+        la(&r.loadavg_end),
+        opt(c.machine_busy_cores, 2)
     );
     if s.ramp {
         if r.ramp_stopped_early {

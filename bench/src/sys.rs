@@ -61,18 +61,74 @@ pub fn raise_nofile_limit() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
-/// One sample of every watched server process.
+/// The whole machine's CPU time so far, from the first line of `/proc/stat` (in ticks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineTicks {
+    /// Every state but idle and iowait (steal included: a core the hypervisor took is not
+    /// free for us either).
+    pub busy: u64,
+    pub total: u64,
+    /// How many CPUs the machine has (`cpuN` lines).
+    pub cpus: u32,
+}
+
+/// [`MachineTicks`] from the text of `/proc/stat`.
+pub fn parse_proc_stat(stat: &str) -> Option<MachineTicks> {
+    let mut lines = stat.lines();
+    let first = lines.next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    let f: Vec<u64> = first
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = f[..] else {
+        return None;
+    };
+    let cpus = lines
+        .take_while(|l| l.starts_with("cpu"))
+        .filter(|l| l[3..].starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(MachineTicks {
+        busy,
+        total: busy + idle + iowait,
+        cpus: u32::try_from(cpus).ok().filter(|n| *n > 0)?,
+    })
+}
+
+pub fn machine_ticks() -> Option<MachineTicks> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// How many of the machine's cores were busy between two samples (everything on it: the
+/// servers, the database, Redis and the bench itself), e.g. 1.84 of 2.
+pub fn machine_busy_cores(a: &MachineTicks, b: &MachineTicks) -> Option<f64> {
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)?;
+    let busy = b.busy.checked_sub(a.busy)?;
+    Some(busy as f64 / total as f64 * f64::from(b.cpus))
+}
+
+/// One sample of every watched server process, of the bench, and of the machine.
 #[derive(Debug, Clone, Default)]
 pub struct CpuSample {
     pub per_pid: Vec<Option<f64>>,
     pub bench: Option<f64>,
+    pub machine: Option<MachineTicks>,
 }
 
 pub fn sample_cpu(pids: &[u32]) -> CpuSample {
     CpuSample {
         per_pid: pids.iter().map(|p| cpu_seconds(&p.to_string())).collect(),
         bench: cpu_seconds("self"),
+        machine: machine_ticks(),
     }
+}
+
+/// Busy cores of the machine between two samples (see [`machine_busy_cores`]).
+pub fn machine_delta(a: &CpuSample, b: &CpuSample) -> Option<f64> {
+    machine_busy_cores(a.machine.as_ref()?, b.machine.as_ref()?)
 }
 
 /// Server CPU seconds spent between two samples (summed over the pids that could be
@@ -126,12 +182,29 @@ mod tests {
         let a = CpuSample {
             per_pid: vec![Some(1.0), Some(2.0), None],
             bench: Some(0.5),
+            machine: None,
         };
         let b = CpuSample {
             per_pid: vec![Some(3.5), Some(2.5), Some(9.0)],
             bench: Some(0.75),
+            machine: None,
         };
         assert_eq!(cpu_delta(&a, &b), (Some(3.0), Some(0.25)));
         assert_eq!(cpu_delta(&CpuSample::default(), &b), (None, None));
+    }
+
+    #[test]
+    fn machine_busy_from_proc_stat() {
+        let a = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\ncpu1 50 0 25 400 25 0 0 0 0 0\nintr 1\n";
+        // 200 ticks later on each of 2 cores: 300 busy (10 of them stolen), 100 idle.
+        let b = "cpu  300 0 140 880 70 0 0 10 0 0\ncpu0 150 0 70 440 35 0 0 5 0 0\ncpu1 150 0 70 440 35 0 0 5 0 0\n";
+        let (a, b) = (parse_proc_stat(a).unwrap(), parse_proc_stat(b).unwrap());
+        assert_eq!((a.busy, a.total, a.cpus), (150, 1000, 2));
+        let busy = machine_busy_cores(&a, &b).unwrap();
+        assert!((busy - 1.5).abs() < 1e-9, "{busy}");
+        assert_eq!(machine_busy_cores(&b, &a), None, "counters never go back");
+        assert_eq!(parse_proc_stat("intr 1\n"), None);
+        // this machine's own counters can be read
+        assert!(machine_ticks().is_some_and(|m| m.cpus >= 1));
     }
 }

@@ -396,6 +396,22 @@ async fn clean_run_counts_every_delivery() {
     assert!(v["measured"]["latency"]["count"].as_u64().unwrap() > 0);
     assert_eq!(v["measured"]["pass"], true);
     assert_eq!(v["drain_timed_out"], false);
+    // the machine's busy cores, per window and over the measured steps: between none and
+    // every core this machine has
+    let cores = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l[3..].starts_with(|c: char| c.is_ascii_digit()))
+        .count() as f64;
+    for busy in windows.iter().map(|w| &w["machine_busy_cores"]).chain([
+        &v["measured"]["machine_busy_cores"],
+        &v["cpu"]["machine_busy_cores"],
+    ]) {
+        let b = busy
+            .as_f64()
+            .unwrap_or_else(|| panic!("no busy cores: {busy}"));
+        assert!((0.0..=cores + 0.01).contains(&b), "busy {b} of {cores}");
+    }
 
     // the same users again: they log in instead of registering, and new client ids
     let v2 = run_bench(addr, "clean", &["--rate", "10", "--duration", "500ms"]).await;
