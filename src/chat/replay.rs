@@ -143,19 +143,8 @@ async fn mark_mine(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectOptions, Database};
-
     use super::*;
-
-    async fn sqlite() -> DatabaseConnection {
-        let mut opts = ConnectOptions::new("sqlite::memory:");
-        opts.max_connections(1).sqlx_logging(false);
-        let db = Database::connect(opts).await.expect("sqlite");
-        <migration::Migrator as migration::MigratorTrait>::up(&db, None)
-            .await
-            .expect("migrations");
-        db
-    }
+    use crate::store::testing::sqlite;
 
     fn page(result: &anyhow::Result<Page>) -> &Page {
         result.as_ref().expect("read")

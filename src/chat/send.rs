@@ -317,3 +317,96 @@ fn clone_err(e: &StoreError) -> StoreError {
         StoreError::Db(_) => StoreError::Db(sea_orm::DbErr::Custom("message commit failed".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        bus::{BusState, Inbound},
+        store::testing,
+    };
+
+    /// A bus that records how many envelopes each publish carried: one publish per committed
+    /// batch, so the batches as the drain formed them.
+    #[derive(Default)]
+    struct Batches(Mutex<Vec<usize>>);
+
+    #[async_trait]
+    impl Bus for Batches {
+        async fn publish(&self, _env: Envelope) -> anyhow::Result<()> {
+            self.0.lock().push(1);
+            Ok(())
+        }
+        async fn publish_batch(&self, envs: Vec<Envelope>) -> anyhow::Result<()> {
+            self.0.lock().push(envs.len());
+            Ok(())
+        }
+        async fn subscribe(&self, _room: i64) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn unsubscribe(&self, _room: i64) {}
+        fn state(&self) -> BusState {
+            BusState::Local
+        }
+        fn attach(&self, _inbound: Weak<dyn Inbound>) {}
+    }
+
+    /// One draft submitted now (it starts the drain), then one by each of several tasks that
+    /// first yields `turns` times; the batches published. On a single-threaded runtime this
+    /// involves no clock: a task spawned now runs before the drain's first yield returns (the
+    /// run queue is worked through before yielded tasks are woken), and a task that yields
+    /// `n` times submits `n` turns later. (Within a turn, the order of tasks that yielded is
+    /// not fixed, so the tests use nothing finer than that.)
+    async fn batches_for(turns: &[usize]) -> Vec<usize> {
+        let db = testing::sqlite().await;
+        let author = testing::user(&db, "author").await;
+        let room = store::rooms::create(&db, "r", None, "public", author.id)
+            .await
+            .expect("room");
+        let bus = Arc::new(Batches::default());
+        let sender = Sender::new(db, bus.clone(), TaskTracker::new());
+        let draft = |content: String| Draft {
+            author: author.clone(),
+            content,
+            client_id: None,
+            reply_to: None,
+        };
+        // The first submit starts the drain.
+        let first = sender.submit(room.id, "r", draft("first".into()));
+        let later: Vec<_> = turns
+            .iter()
+            .map(|&n| {
+                let (sender, draft) = (sender.clone(), draft(format!("after {n} turns")));
+                tokio::spawn(async move {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                    sender.submit(room.id, "r", draft).await
+                })
+            })
+            .collect();
+        first.await.expect("sent");
+        for task in later {
+            task.await.expect("task").expect("sent");
+        }
+        bus.0.lock().clone()
+    }
+
+    /// The drain gathers what is ready: drafts of tasks runnable when it starts join the first
+    /// draft's batch (without the gather they would wait for the next commit: `[1, 3]`).
+    #[tokio::test(flavor = "current_thread")]
+    async fn drafts_ready_while_the_drain_gathers_join_the_batch() {
+        assert_eq!(batches_for(&[0, 0, 0]).await, [4]);
+    }
+
+    /// ... and it stops once a turn brings nothing: a draft ten turns away goes in the next
+    /// batch rather than holding this one back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_draft_many_turns_away_does_not_hold_the_batch() {
+        assert_eq!(batches_for(&[0, 10]).await, [2, 1]);
+    }
+}

@@ -577,16 +577,10 @@ async fn members_of(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectOptions, Database};
+    use sea_orm::Database;
 
     use super::*;
-
-    /// A migrated in-memory SQLite database (one connection: each would be its own database).
-    async fn sqlite() -> DatabaseConnection {
-        let mut opts = ConnectOptions::new("sqlite::memory:");
-        opts.max_connections(1).sqlx_logging(false);
-        migrated(Database::connect(opts).await.expect("sqlite")).await
-    }
+    use crate::store::testing::sqlite;
 
     /// A fresh, migrated database on the server of `TEST_DATABASE_URL`.
     async fn postgres() -> DatabaseConnection {

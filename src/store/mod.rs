@@ -45,6 +45,17 @@ pub(crate) mod testing {
         }
     }
 
+    /// A migrated in-memory SQLite database (one connection: each would be its own database).
+    pub(crate) async fn sqlite() -> sea_orm::DatabaseConnection {
+        let mut opts = sea_orm::ConnectOptions::new("sqlite::memory:");
+        opts.max_connections(1).sqlx_logging(false);
+        let db = Database::connect(opts).await.expect("sqlite");
+        <migration::Migrator as migration::MigratorTrait>::up(&db, None)
+            .await
+            .expect("migrations");
+        db
+    }
+
     /// The URL of a fresh, empty database on the server of `TEST_DATABASE_URL`.
     pub(crate) async fn fresh_postgres_url() -> String {
         let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
