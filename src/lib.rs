@@ -24,7 +24,6 @@ mod bus;
 mod chat;
 pub mod config;
 mod domain;
-mod error;
 mod fanout;
 mod http;
 mod store;

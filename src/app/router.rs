@@ -30,8 +30,8 @@ use tower_http::{
 use crate::{
     chat::Chat,
     config::Config,
-    error::{ErrorBody, ErrorDetail},
     http,
+    http::error::{ErrorBody, ErrorDetail},
     store::schema::SchemaGate,
     telemetry, ws,
 };

@@ -11,10 +11,13 @@
 //! Redis pub/sub is at-most-once, so the bus is not the source of truth: every message carries
 //! its room `seq`, and the receiving side fills any gap from the database.
 //!
-//! May import: `config`, `error`, `telemetry`.
+//! [`route`] builds the envelope of each kind of event (who gets it, what happens after).
+//!
+//! May import: `domain`, `config`, `error`, `telemetry`.
 
 pub(crate) mod local;
 pub(crate) mod redis;
+pub(crate) mod route;
 
 use std::sync::{OnceLock, Weak};
 

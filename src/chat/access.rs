@@ -3,10 +3,10 @@
 //! private rooms nobody can join, be invited into or manage; opening one with someone who
 //! refuses DMs is forbidden.
 
+use super::Error;
 use super::{Chat, auth::CurrentUser};
 use crate::{
     domain::validate::{self, Visibility},
-    error::ApiError,
     store::{
         self,
         rooms::{RoomRow, is_dm},
@@ -23,13 +23,13 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    fn error(self, room: &RoomRow) -> ApiError {
+    fn error(self, room: &RoomRow) -> Error {
         match self {
-            Self::NotFound => ApiError::NotFound("room"),
+            Self::NotFound => Error::NotFound("room"),
             Self::NeedsInvitation if is_dm(room) => {
-                ApiError::Forbidden("nobody can join a direct message")
+                Error::Forbidden("nobody can join a direct message")
             }
-            Self::NeedsInvitation => ApiError::Forbidden("this private room needs an invitation"),
+            Self::NeedsInvitation => Error::Forbidden("this private room needs an invitation"),
         }
     }
 }
@@ -68,14 +68,14 @@ pub(crate) fn may_manage(room: &RoomRow, me: &CurrentUser) -> bool {
 ///
 /// # Errors
 /// 403: a direct message (nobody can be invited into one), or neither owner nor admin.
-pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), ApiError> {
+pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), Error> {
     if is_dm(room) {
-        return Err(ApiError::Forbidden(
+        return Err(Error::Forbidden(
             "nobody can be invited into a direct message",
         ));
     }
     if !may_manage(room, me) {
-        return Err(ApiError::Forbidden("only the owner or an admin may invite"));
+        return Err(Error::Forbidden("only the owner or an admin may invite"));
     }
     Ok(())
 }
@@ -85,11 +85,9 @@ pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), ApiErro
 ///
 /// # Errors
 /// 403 if one of them refuses direct messages.
-pub(crate) fn may_open_dm(
-    accepting: &std::collections::HashMap<i64, bool>,
-) -> Result<(), ApiError> {
+pub(crate) fn may_open_dm(accepting: &std::collections::HashMap<i64, bool>) -> Result<(), Error> {
     if accepting.values().any(|accepts| !accepts) {
-        return Err(ApiError::Forbidden(
+        return Err(Error::Forbidden(
             "one of these users does not accept direct messages",
         ));
     }
@@ -105,11 +103,11 @@ impl Chat {
         &self,
         name: &str,
         me: &CurrentUser,
-    ) -> Result<(RoomRow, Option<String>), ApiError> {
+    ) -> Result<(RoomRow, Option<String>), Error> {
         let room = self.room_named(name).await?;
         let role = store::rooms::role_of(&self.db, room.id, me.id).await?;
         if !may_read(&room.visibility, role.is_some(), me.is_admin()) {
-            return Err(ApiError::NotFound("room"));
+            return Err(Error::NotFound("room"));
         }
         Ok((room, role))
     }
@@ -118,10 +116,10 @@ impl Chat {
     ///
     /// # Errors
     /// 403 for a non-member; 503 if the database is down.
-    pub(crate) async fn ensure_writer(&self, room_id: i64, user_id: i64) -> Result<(), ApiError> {
+    pub(crate) async fn ensure_writer(&self, room_id: i64, user_id: i64) -> Result<(), Error> {
         match store::rooms::role_of(&self.db, room_id, user_id).await? {
             Some(_) => Ok(()),
-            None => Err(ApiError::Forbidden("join the room to post in it")),
+            None => Err(Error::Forbidden("join the room to post in it")),
         }
     }
 
@@ -133,10 +131,10 @@ impl Chat {
         &self,
         name: &str,
         me: &CurrentUser,
-    ) -> Result<RoomRow, ApiError> {
+    ) -> Result<RoomRow, Error> {
         let (room, role) = self.visible_room(name, me).await?;
         if role.is_none() {
-            return Err(ApiError::Forbidden("join the room to post in it"));
+            return Err(Error::Forbidden("join the room to post in it"));
         }
         Ok(room)
     }
@@ -151,7 +149,7 @@ impl Chat {
         room: RoomRow,
         user_id: i64,
         refusal: Refusal,
-    ) -> Result<RoomRow, ApiError> {
+    ) -> Result<RoomRow, Error> {
         let entry = self.may_enter(&room, user_id, refusal).await?;
         self.complete_entry(&room, user_id, entry).await?;
         Ok(room)
@@ -167,7 +165,7 @@ impl Chat {
         room: &RoomRow,
         user_id: i64,
         refusal: Refusal,
-    ) -> Result<Entry, ApiError> {
+    ) -> Result<Entry, Error> {
         if store::rooms::role_of(&self.db, room.id, user_id)
             .await?
             .is_some()
@@ -189,7 +187,7 @@ impl Chat {
         room: &RoomRow,
         user_id: i64,
         entry: Entry,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         if entry == Entry::Joins {
             store::rooms::add_member(&self.db, room.id, user_id).await?;
         }
@@ -205,7 +203,7 @@ impl Chat {
         name: &str,
         user_id: i64,
         refusal: Refusal,
-    ) -> Result<RoomRow, ApiError> {
+    ) -> Result<RoomRow, Error> {
         let room = self.room_named(name).await?;
         self.enter_room(room, user_id, refusal).await
     }
@@ -214,13 +212,13 @@ impl Chat {
     ///
     /// # Errors
     /// 404 if there is none.
-    pub(crate) async fn room_named(&self, name: &str) -> Result<RoomRow, ApiError> {
+    pub(crate) async fn room_named(&self, name: &str) -> Result<RoomRow, Error> {
         // A name no room can have is not looked up (the database would refuse some, NUL).
         if validate::room_name(name).is_err() {
-            return Err(ApiError::NotFound("room"));
+            return Err(Error::NotFound("room"));
         }
         store::rooms::find_by_name(&self.db, name)
             .await?
-            .ok_or(ApiError::NotFound("room"))
+            .ok_or(Error::NotFound("room"))
     }
 }

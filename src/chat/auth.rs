@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, header::AUTHORIZATION};
 use chrono::{DateTime, Utc};
 
 use super::Chat;
-use crate::{error::ApiError, store};
+use super::Error;
+use crate::store;
 
 /// The caller, proven by a valid, unrevoked access token.
 #[derive(Debug, Clone)]
@@ -40,14 +41,14 @@ impl Chat {
     ///
     /// # Errors
     /// 401 for an invalid, expired or revoked token; 503 if the deny-list cannot be read.
-    pub(crate) async fn authenticate(&self, token: &str) -> Result<CurrentUser, ApiError> {
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<CurrentUser, Error> {
         let claims = self
             .keys
             .verify_access(token)
-            .ok_or_else(ApiError::invalid_token)?;
-        let id = claims.user_id().ok_or_else(ApiError::invalid_token)?;
+            .ok_or_else(Error::invalid_token)?;
+        let id = claims.user_id().ok_or_else(Error::invalid_token)?;
         if self.is_revoked(id, &claims.sid, &claims.jti).await? {
-            return Err(ApiError::invalid_token());
+            return Err(Error::invalid_token());
         }
         let expires_at = claims.expires_at();
         let mut roles = claims.roles;

@@ -8,15 +8,16 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::Error;
 use super::{Chat, access, auth::CurrentUser};
+use crate::domain::validate::FieldErrors;
 use crate::{
     bus::Bus,
+    bus::route,
     domain::{
         event::Event,
         model::{Page, Room, UserRef},
     },
-    error::{ApiError, FieldErrors},
-    fanout::route,
     store::{self, rooms::RoomRow},
 };
 
@@ -36,11 +37,11 @@ impl Chat {
         &self,
         me: &CurrentUser,
         others: &[i64],
-    ) -> Result<(Room, bool), ApiError> {
+    ) -> Result<(Room, bool), Error> {
         let mut ids = others.to_vec();
         ids.sort_unstable();
         ids.dedup();
-        let invalid = |m: &str| ApiError::Validation {
+        let invalid = |m: &str| Error::Validation {
             message: "validation failed".into(),
             fields: FieldErrors::from([("user_ids".to_owned(), vec![m.to_owned()])]),
         };
@@ -67,12 +68,6 @@ impl Chat {
         Ok((room, created))
     }
 
-    /// A room's wire form with its online count.
-    async fn room_wire(&self, row: RoomRow) -> Result<Room, ApiError> {
-        let online = i64::try_from(self.online_ids(row.id).await.len()).unwrap_or(0);
-        Ok(store::rooms::to_wire(&self.db, row, online).await?)
-    }
-
     /// `GET /dms`: one page of the caller's DMs, most recent activity first, each with the
     /// caller's read state.
     ///
@@ -83,11 +78,11 @@ impl Chat {
         me: &CurrentUser,
         limit: u64,
         cursor: Option<&str>,
-    ) -> Result<Page<Room>, ApiError> {
+    ) -> Result<Page<Room>, Error> {
         let cursor = match cursor {
             None => None,
             Some(c) => Some(parse_cursor(c).ok_or_else(|| {
-                ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+                Error::invalid_field("cursor", "is not the `next_cursor` of a previous page")
             })?),
         };
         let (rows, next) = store::rooms::list_dms(&self.db, me.id, limit, cursor).await?;
@@ -107,7 +102,7 @@ impl Chat {
         &self,
         me: &CurrentUser,
         rows: Vec<RoomRow>,
-    ) -> Result<Vec<Room>, ApiError> {
+    ) -> Result<Vec<Room>, Error> {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let online = self.online_counts(&ids).await;
         let mut read = store::rooms::read_states(&self.db, me.id, &ids).await?;
@@ -133,7 +128,7 @@ impl Chat {
         me: &CurrentUser,
         room: &str,
         seq: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let row = self.writable_room(room, me).await?;
         self.mark_read_in(row.id, &row.name, &me.user_ref(), seq)
             .await
@@ -149,9 +144,9 @@ impl Chat {
         room: &str,
         reader: &UserRef,
         seq: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         if seq < 0 {
-            return Err(ApiError::invalid_field(
+            return Err(Error::invalid_field(
                 "seq",
                 "must be a non-negative integer",
             ));

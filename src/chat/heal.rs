@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use super::{Chat, revoke::DenyKey};
-use crate::{bus::Inbound, fanout::route, store};
+use crate::{bus::Inbound, bus::route, store};
 
 impl Chat {
     /// Check every socket of this replica against the deny-list and its memberships, and

@@ -40,7 +40,8 @@ use parking_lot::Mutex;
 use redis::Script;
 
 use super::Chat;
-use crate::{bus::BusState, config::Config, error::ApiError};
+use super::Error;
+use crate::{bus::BusState, config::Config};
 
 /// How long a cluster-wide check may take before it is skipped (Redis slow or down).
 const REDIS_BUDGET: Duration = Duration::from_millis(250);
@@ -173,10 +174,10 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) async fn check(&self, key: &K, bus: BusState) -> Result<(), ApiError> {
+    pub(crate) async fn check(&self, key: &K, bus: BusState) -> Result<(), Error> {
         self.local.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            ApiError::RateLimited(wait.as_secs().max(1))
+            Error::RateLimited(wait.as_secs().max(1))
         })?;
         let Some(cluster) = self.cluster.as_ref().filter(|_| bus == BusState::Live) else {
             return Ok(());
@@ -201,7 +202,7 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
                 if self.lease > 1 {
                     self.refused_for(key, Duration::from_micros(wait_us));
                 }
-                Err(ApiError::RateLimited(wait_us.div_ceil(1_000_000).max(1)))
+                Err(Error::RateLimited(wait_us.div_ceil(1_000_000).max(1)))
             }
             Ok(Ok((cells, _))) => {
                 if cells > 1 {
@@ -226,14 +227,14 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
     ///
     /// # Errors
     /// 429 while Redis's last answer for `key` (a refusal) holds.
-    fn spend_leased(&self, key: &K) -> Result<bool, ApiError> {
+    fn spend_leased(&self, key: &K) -> Result<bool, Error> {
         let now = tokio::time::Instant::now();
         let mut leases = self.leases.lock();
         let Some(lease) = leases.get_mut(key) else {
             return Ok(false);
         };
         if let Some(until) = lease.refused_until.filter(|until| *until > now) {
-            return Err(ApiError::RateLimited((until - now).as_secs().max(1)));
+            return Err(Error::RateLimited((until - now).as_secs().max(1)));
         }
         if lease.cells > 0 && lease.until > now {
             lease.cells -= 1;
@@ -384,7 +385,7 @@ impl SocketQuota {
         user: i64,
         ip: IpAddr,
         bus: BusState,
-    ) -> Result<SocketPermit, ApiError> {
+    ) -> Result<SocketPermit, Error> {
         let keys = [SocketKey::User(user), SocketKey::Address(address_key(ip))];
         {
             let mut local = self.local.lock();
@@ -526,8 +527,8 @@ impl Drop for SocketPermit {
     }
 }
 
-fn refused(key: SocketKey) -> ApiError {
-    ApiError::TooMany(match key {
+fn refused(key: SocketKey) -> Error {
+    Error::TooMany(match key {
         SocketKey::User(_) => "too many open sockets for this user",
         SocketKey::Address(_) => "too many open sockets from this address",
     })
@@ -538,7 +539,7 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) async fn admit(&self, user_id: i64) -> Result<(), ApiError> {
+    pub(crate) async fn admit(&self, user_id: i64) -> Result<(), Error> {
         self.msg_limiter.check(&user_id, self.bus.state()).await
     }
 
@@ -547,7 +548,7 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) async fn admit_frame(&self, user_id: i64) -> Result<(), ApiError> {
+    pub(crate) async fn admit_frame(&self, user_id: i64) -> Result<(), Error> {
         self.frame_limiter.check(&user_id, self.bus.state()).await
     }
 
@@ -561,7 +562,7 @@ impl Chat {
         &self,
         ip: IpAddr,
         account: Option<i64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let bus = self.bus.state();
         self.auth_limiter.check(&address_key(ip), bus).await?;
         match account {
@@ -575,7 +576,7 @@ impl Chat {
     ///
     /// # Errors
     /// 429 with the seconds to wait.
-    pub(crate) async fn admit_room_creation(&self, user_id: i64) -> Result<(), ApiError> {
+    pub(crate) async fn admit_room_creation(&self, user_id: i64) -> Result<(), Error> {
         self.room_limiter.check(&user_id, self.bus.state()).await
     }
 
@@ -583,11 +584,11 @@ impl Chat {
     ///
     /// # Errors
     /// 503 with `Retry-After: 1` above the rate.
-    pub(crate) fn admit_upgrade(&self) -> Result<(), ApiError> {
+    pub(crate) fn admit_upgrade(&self) -> Result<(), Error> {
         match &self.upgrade_limiter {
             Some(limiter) if limiter.check().is_err() => {
                 metrics::counter!("chat_ws_upgrades_deferred_total").increment(1);
-                Err(ApiError::Busy)
+                Err(Error::Busy)
             }
             _ => Ok(()),
         }
@@ -597,11 +598,7 @@ impl Chat {
     ///
     /// # Errors
     /// 429 when the user or the address has too many open sockets.
-    pub(crate) async fn admit_socket(
-        &self,
-        user: i64,
-        ip: IpAddr,
-    ) -> Result<SocketPermit, ApiError> {
+    pub(crate) async fn admit_socket(&self, user: i64, ip: IpAddr) -> Result<SocketPermit, Error> {
         self.sockets.acquire(user, ip, self.bus.state()).await
     }
 

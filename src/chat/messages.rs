@@ -1,17 +1,229 @@
-//! Messages beyond sending (SPEC §11): reactions, replies and threads, search. Every transport
-//! calls these: REST handlers and both socket endpoints.
+//! Messages: history, the send pipeline's front (access, thread, rate limit, then the group
+//! commit of [`super::send`]), edits, deletions, reactions, replies and threads, typing,
+//! search. Every transport calls these: REST handlers and both socket endpoints.
 
-use super::{Chat, access, auth::CurrentUser};
+use super::Error;
+use super::{
+    Chat, access,
+    auth::CurrentUser,
+    send::{Draft, Sent},
+};
 use crate::{
+    bus::route,
     domain::{
         event::Event,
-        model::{SearchHit, UserRef},
+        model::{Message, SearchHit, UserRef},
         validate,
     },
-    error::ApiError,
-    fanout::route,
     store,
 };
+
+/// A message as a client posts it.
+#[derive(Debug)]
+pub(crate) struct Post {
+    /// `None`: missing (refused by [`Chat::send`]; the socket's parser refuses it first).
+    pub(crate) content: Option<String>,
+    /// Idempotency key, unique per room and author.
+    pub(crate) client_id: Option<String>,
+    /// The message it replies to (its thread's root is looked up).
+    pub(crate) reply_to: Option<i64>,
+}
+
+/// Which page of a room's history.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryPage {
+    pub(crate) before_seq: Option<i64>,
+    pub(crate) after_seq: Option<i64>,
+    /// Only this thread: its root and its replies.
+    pub(crate) thread: Option<i64>,
+    pub(crate) limit: u64,
+}
+
+/// A page of history in ascending `seq`, and whether more exists in the direction read.
+pub(crate) type History = (Vec<Message>, bool);
+
+impl Chat {
+    /// A page of room `name`'s history (or of one of its threads).
+    ///
+    /// # Errors
+    /// `not_found` for a room the caller may not see, or no such `thread` root in it.
+    pub(crate) async fn history(
+        &self,
+        me: &CurrentUser,
+        name: &str,
+        page: HistoryPage,
+    ) -> Result<History, Error> {
+        let (room, _) = self.visible_room(name, me).await?;
+        if let Some(root) = page.thread
+            && !store::messages::exists(&self.db, room.id, root).await?
+        {
+            return Err(Error::NotFound("message"));
+        }
+        let filter = store::messages::HistoryFilter {
+            before_seq: page.before_seq,
+            after_seq: page.after_seq,
+            thread: page.thread,
+            limit: page.limit,
+        };
+        Ok(store::messages::history(&self.db, room.id, &room.name, filter, me.id).await?)
+    }
+
+    /// Send `post` to room `name` by name (REST): the access rule, the content rules, then
+    /// [`Chat::post`], waiting for the commit. A repeated `client_id` gives the original,
+    /// with its reactions as they are now.
+    ///
+    /// # Errors
+    /// `not_found` / `forbidden` by the access rule; `validation_failed` for the content, the
+    /// `client_id` or `reply_to`; `rate_limited`; `service_unavailable`.
+    pub(crate) async fn send(
+        &self,
+        me: &CurrentUser,
+        name: &str,
+        post: Post,
+    ) -> Result<Sent, Error> {
+        let room = self.writable_room(name, me).await?;
+        Error::check(validate::draft(
+            post.content.as_deref(),
+            post.client_id.as_deref(),
+        ))?;
+        match self
+            .post(&me.user_ref(), room.id, &room.name, post)
+            .await?
+            .await?
+        {
+            Sent::Duplicate(mut msg) => {
+                // The original may have gathered reactions since (a retry is rare: one query).
+                msg.reactions = store::reactions::of_messages(&self.db, &[msg.id], Some(me.id))
+                    .await
+                    .map_err(store::StoreError::from)?
+                    .remove(&msg.id)
+                    .unwrap_or_default();
+                Ok(Sent::Duplicate(msg))
+            }
+            created => Ok(created),
+        }
+    }
+
+    /// The send pipeline every transport shares, for a room the author may write to and a
+    /// validated content: the thread root of `reply_to`, the message rate limit, then the
+    /// message is queued for the group commit. The queue position is taken before this
+    /// returns; the returned future is the commit's outcome (a socket answers it later, in
+    /// submission order).
+    ///
+    /// # Errors
+    /// `validation_failed` on `reply_to`; `rate_limited`.
+    pub(crate) async fn post(
+        &self,
+        author: &UserRef,
+        room_id: i64,
+        room: &str,
+        post: Post,
+    ) -> Result<impl Future<Output = Result<Sent, Error>> + Send + 'static, Error> {
+        let reply_to = self.thread_root(room_id, post.reply_to).await?;
+        self.admit(author.id).await?;
+        let draft = Draft {
+            author: author.clone(),
+            content: post.content.unwrap_or_default(),
+            client_id: post.client_id,
+            reply_to,
+        };
+        Ok(self.sender.submit(room_id, room, draft))
+    }
+
+    /// Edit message `id` of room `name`: the author only; broadcasts `message_edited`.
+    ///
+    /// # Errors
+    /// `not_found` for the room or the message; `forbidden` for anyone but the author;
+    /// `validation_failed` for the content.
+    pub(crate) async fn edit_message(
+        &self,
+        me: &CurrentUser,
+        name: &str,
+        id: i64,
+        content: Option<String>,
+    ) -> Result<Message, Error> {
+        let (room, _) = self.visible_room(name, me).await?;
+        let row = store::messages::find(&self.db, room.id, id)
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        if row.author_id != Some(me.id) {
+            return Err(Error::Forbidden("only the author may edit a message"));
+        }
+        Error::check(validate::draft(content.as_deref(), None))?;
+        let row = store::messages::edit(&self.db, row, content.unwrap_or_default()).await?;
+        let msg = store::messages::to_wire(&self.db, &room.name, vec![row], Some(me.id))
+            .await?
+            .pop()
+            .ok_or(Error::NotFound("message"))?;
+        // One frame for every socket of the room: reactions without a reader's `me`.
+        let mut shared = msg.clone();
+        for r in &mut shared.reactions {
+            r.me = false;
+        }
+        self.publish(route::to_room(room.id, &Event::MessageEdited(&shared)))
+            .await;
+        Ok(msg)
+    }
+
+    /// Delete message `id` of room `name`: its author, the room's owner or an admin;
+    /// broadcasts `message_deleted`.
+    ///
+    /// # Errors
+    /// `not_found` for the room or the message; `forbidden` for anyone else.
+    pub(crate) async fn delete_message(
+        &self,
+        me: &CurrentUser,
+        name: &str,
+        id: i64,
+    ) -> Result<(), Error> {
+        let (room, _) = self.visible_room(name, me).await?;
+        let row = store::messages::find(&self.db, room.id, id)
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        if row.author_id != Some(me.id) && room.owner_id != Some(me.id) && !me.is_admin() {
+            return Err(Error::Forbidden(
+                "only the author, the room owner or an admin may delete a message",
+            ));
+        }
+        let seq = row.seq;
+        store::messages::delete(&self.db, row).await?;
+        let deleted = Event::MessageDeleted {
+            room: &room.name,
+            id,
+            seq,
+        };
+        self.publish(route::to_room(room.id, &deleted)).await;
+        Ok(())
+    }
+
+    /// [`Chat::react`] in room `name` by name (REST): the access rule and the frame limit
+    /// first.
+    ///
+    /// # Errors
+    /// As [`Chat::react`]; `not_found` / `forbidden` by the access rule; `rate_limited`.
+    pub(crate) async fn react_in(
+        &self,
+        me: &CurrentUser,
+        name: &str,
+        id: i64,
+        emoji: &str,
+        on: bool,
+    ) -> Result<(), Error> {
+        let room = self.writable_room(name, me).await?;
+        self.admit_frame(me.id).await?;
+        self.react(room.id, &room.name, &me.user_ref(), id, emoji, on)
+            .await
+    }
+
+    /// `user` is typing in the room: everyone else there is told (best effort, not stored).
+    pub(crate) async fn typing(&self, room_id: i64, room: &str, user: &UserRef) {
+        let event = Event::Typing { room, user };
+        let env = route::to_room_but(room_id, &event, user.id);
+        if let Err(e) = self.bus.publish(env).await {
+            tracing::debug!(error = %e, "typing not published");
+        }
+    }
+}
 
 /// Most search results per page, and the default.
 pub(crate) const MAX_SEARCH_LIMIT: u64 = 100;
@@ -34,12 +246,12 @@ impl Chat {
         id: i64,
         emoji: &str,
         on: bool,
-    ) -> Result<(), ApiError> {
-        validate::reaction(emoji).map_err(|m| ApiError::invalid_field("emoji", &m))?;
+    ) -> Result<(), Error> {
+        validate::reaction(emoji).map_err(|m| Error::invalid_field("emoji", &m))?;
         self.ensure_writer(room_id, user.id).await?;
         let reacted = store::reactions::set(&self.db, room_id, id, user.id, emoji, on)
             .await?
-            .ok_or(ApiError::NotFound("message"))?;
+            .ok_or(Error::NotFound("message"))?;
         if reacted.changed {
             let event = Event::Reaction {
                 room,
@@ -63,13 +275,13 @@ impl Chat {
         &self,
         room_id: i64,
         reply_to: Option<i64>,
-    ) -> Result<Option<i64>, ApiError> {
+    ) -> Result<Option<i64>, Error> {
         let Some(id) = reply_to else {
             return Ok(None);
         };
         let target = store::messages::find(&self.db, room_id, id)
             .await?
-            .ok_or_else(|| ApiError::invalid_field("reply_to", "is not a message of this room"))?;
+            .ok_or_else(|| Error::invalid_field("reply_to", "is not a message of this room"))?;
         Ok(Some(target.reply_to.unwrap_or(target.id)))
     }
 
@@ -85,7 +297,7 @@ impl Chat {
         room: Option<&str>,
         before: Option<i64>,
         limit: u64,
-    ) -> Result<(Vec<SearchHit>, Option<i64>), ApiError> {
+    ) -> Result<(Vec<SearchHit>, Option<i64>), Error> {
         let room_id = match room {
             Some(name) => Some(self.visible_room(name, me).await?.0.id),
             None => None,

@@ -20,15 +20,19 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod dms;
+mod error;
 pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;
 pub(crate) mod messages;
+pub(crate) mod ops;
 pub(crate) mod password;
 pub(crate) mod presence;
 pub(crate) mod replay;
 pub(crate) mod revoke;
+pub(crate) mod rooms;
 pub(crate) mod send;
+pub(crate) mod sockets;
 
 use std::{net::IpAddr, ops::Deref, sync::Arc, time::Duration};
 
@@ -38,6 +42,7 @@ use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub(crate) use self::error::Error;
 use self::{
     jwt::JwtKeys,
     limits::{Cluster, RateLimit, SocketQuota},

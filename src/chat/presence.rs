@@ -19,11 +19,11 @@ use redis::Script;
 
 use super::Chat;
 use crate::{
+    bus::route,
     domain::{
         event::{Event, PresenceChange},
         model::UserRef,
     },
-    fanout::route,
     store,
 };
 

@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use sea_orm::DatabaseConnection;
 
 use super::Chat;
-use crate::{error::ApiError, fanout::route, store};
+use super::Error;
+use crate::{bus::route, store};
 
 /// One deny-list entry.
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +56,7 @@ impl Chat {
     ///
     /// # Errors
     /// 503 if the deny-list cannot be read.
-    pub(crate) async fn is_revoked(
-        &self,
-        user: i64,
-        sid: &str,
-        jti: &str,
-    ) -> Result<bool, ApiError> {
+    pub(crate) async fn is_revoked(&self, user: i64, sid: &str, jti: &str) -> Result<bool, Error> {
         let keys = [
             DenyKey::Token(jti).key(),
             DenyKey::Session(sid).key(),
@@ -69,24 +65,24 @@ impl Chat {
         self.deny
             .any_denied(&keys)
             .await
-            .map_err(ApiError::Unavailable)
+            .map_err(Error::Unavailable)
     }
 
     /// Deny `keys` for as long as a token issued now could live.
-    async fn deny_keys(&self, keys: &[DenyKey<'_>]) -> Result<(), ApiError> {
+    async fn deny_keys(&self, keys: &[DenyKey<'_>]) -> Result<(), Error> {
         let until = Utc::now() + Duration::seconds(self.keys.access_ttl_secs + 60);
         let keys: Vec<String> = keys.iter().map(|k| k.key()).collect();
         self.deny
             .deny(&keys, until)
             .await
-            .map_err(ApiError::Unavailable)
+            .map_err(Error::Unavailable)
     }
 
     /// Revoke one access token (logout).
     ///
     /// # Errors
     /// 503 if the deny-list cannot be written.
-    pub(crate) async fn revoke_token(&self, jti: &str) -> Result<(), ApiError> {
+    pub(crate) async fn revoke_token(&self, jti: &str) -> Result<(), Error> {
         self.deny_keys(&[DenyKey::Token(jti)]).await
     }
 
@@ -100,7 +96,7 @@ impl Chat {
         user_id: i64,
         families: &[String],
         all: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let keys: Vec<DenyKey<'_>> = families.iter().map(|f| DenyKey::Session(f)).collect();
         self.deny_keys(&keys).await?;
         if all {
@@ -118,7 +114,7 @@ impl Chat {
     ///
     /// # Errors
     /// 503 if the deny-list cannot be written.
-    pub(crate) async fn revoke_user(&self, user_id: i64) -> Result<(), ApiError> {
+    pub(crate) async fn revoke_user(&self, user_id: i64) -> Result<(), Error> {
         self.deny_keys(&[DenyKey::User(user_id)]).await?;
         self.publish(route::revoke(user_id, None, true)).await;
         Ok(())

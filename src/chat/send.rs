@@ -21,11 +21,11 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::Error;
 use crate::{
+    bus::route,
     bus::{Bus, Envelope},
     domain::{event::Event, model::UserRef},
-    error::ApiError,
-    fanout::route,
     store::{
         self, StoreError,
         commit::{NewMessage, Stored},
@@ -55,7 +55,7 @@ struct Pending {
     room_id: i64,
     room: Arc<str>,
     draft: Draft,
-    reply: oneshot::Sender<Result<Sent, ApiError>>,
+    reply: oneshot::Sender<Result<Sent, Error>>,
     span: tracing::Span,
 }
 
@@ -114,7 +114,7 @@ impl Sender {
         room_id: i64,
         room: &str,
         draft: Draft,
-    ) -> impl Future<Output = Result<Sent, ApiError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Sent, Error>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let span = if telemetry::tracing_enabled() {
             tracing::info_span!("message.commit", room = room, room_id)
@@ -139,9 +139,8 @@ impl Sender {
             self.inner.tasks.spawn(async move { inner.drain().await });
         }
         async move {
-            rx.await.map_err(|_| {
-                ApiError::Internal(anyhow::anyhow!("send task ended without a reply"))
-            })?
+            rx.await
+                .map_err(|_| Error::Internal(anyhow::anyhow!("send task ended without a reply")))?
         }
     }
 }
@@ -208,7 +207,7 @@ impl Inner {
     }
 
     /// The batch's outcomes, in batch order.
-    async fn commit_batch(&self, batch: &[Pending]) -> Vec<Result<Sent, ApiError>> {
+    async fn commit_batch(&self, batch: &[Pending]) -> Vec<Result<Sent, Error>> {
         metrics::commit_batch(batch.len());
         let started = std::time::Instant::now();
         let drafts: Vec<NewMessage<'_>> = batch.iter().map(Pending::as_new).collect();
@@ -253,7 +252,7 @@ impl Inner {
         metrics::messages_committed(created);
         outcomes
             .into_iter()
-            .map(|o| o.map_err(ApiError::from))
+            .map(|o| o.map_err(Error::from))
             .collect()
     }
 }
@@ -263,7 +262,7 @@ impl Inner {
 async fn publish_and_answer(
     bus: &dyn Bus,
     batch: Vec<Pending>,
-    mut outcomes: Vec<Result<Sent, ApiError>>,
+    mut outcomes: Vec<Result<Sent, Error>>,
 ) {
     let mut envelopes: Vec<Envelope> = Vec::with_capacity(batch.len());
     for (pending, outcome) in batch.iter().zip(&outcomes) {
@@ -296,7 +295,7 @@ async fn publish_and_answer(
     for pending in batch.into_iter().rev() {
         let outcome = outcomes
             .pop()
-            .unwrap_or_else(|| Err(ApiError::Internal(anyhow::anyhow!("missing outcome"))));
+            .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("missing outcome"))));
         let _ = pending.reply.send(outcome);
     }
 }

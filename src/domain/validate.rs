@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::error::FieldErrors;
+/// Field name → messages, as in `"fields": {"username": ["is already taken"]}`.
+pub(crate) type FieldErrors = std::collections::BTreeMap<String, Vec<String>>;
 
 /// Content limits of SPEC §7.
 pub(crate) const MAX_CONTENT_CHARS: usize = 4000;

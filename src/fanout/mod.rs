@@ -6,12 +6,10 @@
 //!   the database.
 //! * [`socket::SocketCtl`]: one socket's bounded [`outbox::Outbox`] and its
 //!   [`socket::CloseReason`].
-//! * [`route`]: the envelope of each kind of event (who gets it, what happens after).
 //!
 //! May import: `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
 
 pub(crate) mod hub;
 pub(crate) mod outbox;
 mod room;
-pub(crate) mod route;
 pub(crate) mod socket;

@@ -29,12 +29,9 @@ use tokio::{
     time::Instant,
 };
 
-use super::{
-    route,
-    socket::{CloseReason, SocketCtl},
-};
+use super::socket::{CloseReason, SocketCtl};
 use crate::{
-    bus::{Envelope, Header, Kind},
+    bus::{Envelope, Header, Kind, route},
     domain::event::Frame,
     store,
     telemetry::{self, metrics},

@@ -5,14 +5,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
+use super::error::ErrorBody;
 use super::extract::{ClientAddr, Json, MaybeJson};
+use crate::chat::Error;
+use crate::domain::validate::FieldErrors;
 use crate::{
     chat::{Chat, auth::CurrentUser},
     domain::{
         model::User,
         validate::{self, USERNAME_RE},
     },
-    error::{ApiError, ErrorBody, FieldErrors},
     store::{self, sessions::Rotation},
 };
 
@@ -123,9 +125,9 @@ pub(crate) fn plain_text(value: &str) -> Result<(), validator::ValidationError> 
 }
 
 /// Run the derive validation and extra checks, reporting every offending field at once.
-pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), ApiError> {
+pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), Error> {
     if let Err(errors) = v.validate()
-        && let ApiError::Validation { fields, .. } = ApiError::from(errors)
+        && let Error::Validation { fields, .. } = Error::from(errors)
     {
         for (k, mut msgs) in fields {
             extra.entry(k).or_default().append(&mut msgs);
@@ -134,7 +136,7 @@ pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<
     if extra.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Validation {
+        Err(Error::Validation {
             message: "validation failed".into(),
             fields: extra,
         })
@@ -146,7 +148,7 @@ async fn issue(
     chat: &Chat,
     user: &User,
     family: Option<(String, String)>,
-) -> Result<Tokens, ApiError> {
+) -> Result<Tokens, Error> {
     let (refresh, family) = match family {
         Some(pair) => pair,
         None => {
@@ -179,7 +181,7 @@ pub(crate) async fn register(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RegisterRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, Error> {
     chat.admit_credentials(ip, None).await?;
     let mut extra = FieldErrors::new();
     if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
@@ -193,7 +195,7 @@ pub(crate) async fn register(
     validate_all(&body, extra)?;
     let (Some(username), Some(email), Some(password)) = (body.username, body.email, body.password)
     else {
-        return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
+        return Err(Error::bad_request("missing fields")); // unreachable: `required` above
     };
     let hash = chat.hasher.hash(password).await?;
     let user = store::users::create(
@@ -225,7 +227,7 @@ pub(crate) async fn login(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Json<LoginResponse>, Error> {
     chat.admit_credentials(ip, None).await?;
     let login = body
         .login
@@ -247,13 +249,13 @@ pub(crate) async fn login(
         fields.insert("password".into(), vec!["is required".into()]);
     }
     let (Some(login), Some(password)) = (login, body.password) else {
-        return Err(ApiError::Validation {
+        return Err(Error::Validation {
             message: "validation failed".into(),
             fields,
         });
     };
     if !fields.is_empty() {
-        return Err(ApiError::Validation {
+        return Err(Error::Validation {
             message: "validation failed".into(),
             fields,
         });
@@ -269,7 +271,7 @@ pub(crate) async fn login(
     // Unknown users are verified against a dummy hash: same code, about the same time.
     let ok = chat.hasher.verify(password, hash).await?;
     let Some(user) = user.filter(|_| ok) else {
-        return Err(ApiError::invalid_credentials());
+        return Err(Error::invalid_credentials());
     };
     let tokens = issue(&chat, &user, None).await?;
     Ok(Json(LoginResponse { tokens, user }))
@@ -287,16 +289,16 @@ pub(crate) async fn refresh(
     State(chat): State<Chat>,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RefreshRequest>,
-) -> Result<Json<Tokens>, ApiError> {
+) -> Result<Json<Tokens>, Error> {
     chat.admit_credentials(ip, None).await?;
     let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::invalid_field("refresh", "is required"));
+        return Err(Error::invalid_field("refresh", "is required"));
     };
     match store::sessions::rotate(&chat.db, &token, chat.config.refresh_token_ttl_secs).await? {
         Rotation::Rotated { user_id, issued } => {
             let user = store::users::find(&chat.db, user_id)
                 .await?
-                .ok_or_else(ApiError::invalid_token)?;
+                .ok_or_else(Error::invalid_token)?;
             Ok(Json(
                 issue(&chat, &user, Some((issued.token, issued.family))).await?,
             ))
@@ -307,9 +309,9 @@ pub(crate) async fn refresh(
                 "refresh token reuse detected; session family revoked"
             );
             chat.revoke_sessions(user_id, &[family], false).await?;
-            Err(ApiError::invalid_token())
+            Err(Error::invalid_token())
         }
-        Rotation::Invalid => Err(ApiError::invalid_token()),
+        Rotation::Invalid => Err(Error::invalid_token()),
     }
 }
 
@@ -320,7 +322,7 @@ pub(crate) async fn logout(
     State(chat): State<Chat>,
     user: CurrentUser,
     MaybeJson(body): MaybeJson<LogoutRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let body = body.unwrap_or_default();
     chat.revoke_token(&user.jti).await?;
     if body.all {

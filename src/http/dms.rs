@@ -4,11 +4,12 @@ use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, rou
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::extract::{Json, Query};
+use crate::chat::Error;
 use crate::{
     chat::{Chat, auth::CurrentUser},
     domain::model::{Page, Room},
-    error::{ApiError, ErrorBody},
 };
 
 pub(crate) fn routes() -> Router<Chat> {
@@ -44,9 +45,9 @@ pub(crate) async fn open_dm(
     State(chat): State<Chat>,
     me: CurrentUser,
     Json(body): Json<OpenDmRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, Error> {
     let Some(ids) = body.user_ids else {
-        return Err(ApiError::invalid_field("user_ids", "is required"));
+        return Err(Error::invalid_field("user_ids", "is required"));
     };
     let (room, created) = chat.open_dm(&me, &ids).await?;
     let status = if created {
@@ -68,7 +69,7 @@ pub(crate) async fn list_dms(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListDmsQuery>,
-) -> Result<Json<Page<Room>>, ApiError> {
+) -> Result<Json<Page<Room>>, Error> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
     Ok(Json(chat.list_dms(&me, limit, q.cursor.as_deref()).await?))
 }

@@ -20,12 +20,10 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
+use super::error;
+use super::error::ErrorBody;
 use super::{auth, dms, health, messages, rooms, search, users};
-use crate::{
-    chat::Chat,
-    domain::model,
-    error::{self, ErrorBody},
-};
+use crate::{chat::Chat, domain::model};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -9,15 +9,14 @@ use axum::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{
-    chat::{
-        Chat,
-        auth::{CurrentUser, bearer},
-    },
-    error::{ApiError, FieldErrors},
+use crate::chat::Error;
+use crate::chat::{
+    Chat,
+    auth::{CurrentUser, bearer},
 };
+use crate::domain::validate::FieldErrors;
 
-/// Our JSON body extractor: like `axum::Json`, but every rejection is an [`ApiError`] and a
+/// Our JSON body extractor: like `axum::Json`, but every rejection is an [`Error`] and a
 /// type error names the offending field (`fields: {"limit": ["invalid type: …"]}`).
 pub(crate) struct Json<T>(pub T);
 
@@ -26,7 +25,7 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let is_json = req
@@ -40,7 +39,7 @@ where
                     || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(Error::UnsupportedMediaType);
         }
         let bytes = read_body(req, state).await?;
         parse_body(&bytes).map(Json)
@@ -48,14 +47,14 @@ where
 }
 
 /// The request body, with the 64 KiB limit reported as 413.
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, Error> {
     axum::body::Bytes::from_request(req, state)
         .await
         .map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
+                Error::PayloadTooLarge
             } else {
-                ApiError::bad_request(format!("could not read the body: {}", e.body_text()))
+                Error::bad_request(format!("could not read the body: {}", e.body_text()))
             }
         })
 }
@@ -63,9 +62,9 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
 /// A request body: a JSON object (every request type of the API is one). serde would also
 /// read a struct from an array of its fields in order (`["a@b.c"]` as `{"email": "a@b.c"}`,
 /// `[null, null]` clearing two fields): an array is refused here instead.
-fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "malformed JSON: expected an object, not an array",
         ));
     }
@@ -73,16 +72,16 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Parse JSON with the path of any type error, for a precise 400.
-pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() || path == "." {
-            ApiError::bad_request(format!("malformed JSON: {inner}"))
+            Error::bad_request(format!("malformed JSON: {inner}"))
         } else {
             let fields = FieldErrors::from([(path.clone(), vec![inner.to_string()])]);
-            ApiError::BadRequest {
+            Error::BadRequest {
                 message: format!("invalid value for `{path}`"),
                 fields: Some(fields),
             }
@@ -154,8 +153,8 @@ impl<T: Serialize> IntoResponse for Json<T> {
 }
 
 /// Fallback for unknown routes, in the same error shape.
-pub(crate) async fn not_found_fallback() -> ApiError {
-    ApiError::NotFound("route")
+pub(crate) async fn not_found_fallback() -> Error {
+    Error::NotFound("route")
 }
 
 /// An optional JSON body: an empty body, or the JSON `null`, is `None`; anything else must be
@@ -167,7 +166,7 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
@@ -176,7 +175,7 @@ where
             return Ok(Self(None));
         }
         if !has_type {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(Error::UnsupportedMediaType);
         }
         parse_body::<Option<T>>(&bytes).map(Self)
     }
@@ -184,12 +183,12 @@ where
 
 /// `axum::extract::Path` with rejections in our error shape (400).
 #[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+#[from_request(via(axum::extract::Path), rejection(Error))]
 pub(crate) struct Path<T>(pub T);
 
 /// `axum::extract::Query` with rejections in our error shape (400).
 #[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+#[from_request(via(axum::extract::Query), rejection(Error))]
 pub(crate) struct Query<T>(pub T);
 
 impl<S> FromRequestParts<S> for CurrentUser
@@ -197,13 +196,13 @@ where
     Chat: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if parts.headers.get(AUTHORIZATION).is_none() {
-            return Err(ApiError::unauthenticated());
+            return Err(Error::unauthenticated());
         }
-        let token = bearer(&parts.headers).ok_or_else(ApiError::invalid_token)?;
+        let token = bearer(&parts.headers).ok_or_else(Error::invalid_token)?;
         Chat::from_ref(state).authenticate(token).await
     }
 }
@@ -215,7 +214,7 @@ where
     Chat: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -246,7 +245,7 @@ where
     Chat: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let chat = Chat::from_ref(state);

@@ -11,21 +11,17 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
+use crate::chat::Error;
 use crate::{
     chat::{
         Chat,
         auth::CurrentUser,
-        send::{Draft, Sent},
+        messages::{HistoryPage, Post},
+        send::Sent,
     },
-    domain::{
-        event::Event,
-        model::{Message, UserRef},
-        validate,
-    },
-    error::{ApiError, ErrorBody},
-    fanout::route,
-    store,
+    domain::model::Message,
     telemetry::metrics,
 };
 
@@ -85,18 +81,6 @@ pub(crate) struct EditRequest {
     pub content: Option<String>,
 }
 
-/// A 422 for `fields`, unless empty.
-fn check(fields: crate::error::FieldErrors) -> Result<(), ApiError> {
-    if fields.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        })
-    }
-}
-
 /// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=&thread=`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), params(HistoryQuery),
     responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in, or no such `thread` root in the room (`not_found`)", body = ErrorBody)))]
@@ -105,22 +89,14 @@ pub(crate) async fn list_messages(
     me: CurrentUser,
     Path(name): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<HistoryResponse>, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    if let Some(root) = q.thread
-        && !store::messages::exists(&chat.db, room.id, root).await?
-    {
-        return Err(ApiError::NotFound("message"));
-    }
-    let filter = store::messages::HistoryFilter {
+) -> Result<Json<HistoryResponse>, Error> {
+    let page = HistoryPage {
         before_seq: q.before_seq,
         after_seq: q.after_seq,
         thread: q.thread,
-        limit,
+        limit: q.limit.unwrap_or(50).clamp(1, 200),
     };
-    let (items, has_more) =
-        store::messages::history(&chat.db, room.id, &room.name, filter, me.id).await?;
+    let (items, has_more) = chat.history(&me, &name, page).await?;
     Ok(Json(HistoryResponse { items, has_more }))
 }
 
@@ -139,37 +115,18 @@ pub(crate) async fn create_message(
     me: CurrentUser,
     Path(name): Path<String>,
     Json(body): Json<SendRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let room = chat.writable_room(&name, &me).await?;
-    check(validate::draft(
-        body.content.as_deref(),
-        body.client_id.as_deref(),
-    ))?;
-    let reply_to = chat.thread_root(room.id, body.reply_to).await?;
-    chat.admit(me.id).await?;
-    let draft = Draft {
-        author: UserRef {
-            id: me.id,
-            username: me.username.clone(),
-        },
-        content: body.content.unwrap_or_default(),
+) -> Result<impl IntoResponse, Error> {
+    let post = Post {
+        content: body.content,
         client_id: body.client_id,
-        reply_to,
+        reply_to: body.reply_to,
     };
-    match chat.sender.submit(room.id, &room.name, draft).await? {
+    match chat.send(&me, &name, post).await? {
         Sent::Created(msg) => {
             metrics::accepted("rest");
             Ok((StatusCode::CREATED, Json(msg)))
         }
-        Sent::Duplicate(mut msg) => {
-            // The original may have gathered reactions since (a retry is rare: one query).
-            msg.reactions = store::reactions::of_messages(&chat.db, &[msg.id], Some(me.id))
-                .await
-                .map_err(store::StoreError::from)?
-                .remove(&msg.id)
-                .unwrap_or_default();
-            Ok((StatusCode::OK, Json(msg)))
-        }
+        Sent::Duplicate(msg) => Ok((StatusCode::OK, Json(msg))),
     }
 }
 
@@ -186,28 +143,8 @@ pub(crate) async fn edit_message(
     me: CurrentUser,
     Path((name, id)): Path<(String, i64)>,
     Json(body): Json<EditRequest>,
-) -> Result<Json<Message>, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    let row = store::messages::find(&chat.db, room.id, id)
-        .await?
-        .ok_or(ApiError::NotFound("message"))?;
-    if row.author_id != Some(me.id) {
-        return Err(ApiError::Forbidden("only the author may edit a message"));
-    }
-    check(validate::draft(body.content.as_deref(), None))?;
-    let row = store::messages::edit(&chat.db, row, body.content.unwrap_or_default()).await?;
-    let msg = store::messages::to_wire(&chat.db, &room.name, vec![row], Some(me.id))
-        .await?
-        .pop()
-        .ok_or(ApiError::NotFound("message"))?;
-    // One frame for every socket of the room: reactions without a reader's `me`.
-    let mut shared = msg.clone();
-    for r in &mut shared.reactions {
-        r.me = false;
-    }
-    chat.publish(route::to_room(room.id, &Event::MessageEdited(&shared)))
-        .await;
-    Ok(Json(msg))
+) -> Result<Json<Message>, Error> {
+    Ok(Json(chat.edit_message(&me, &name, id, body.content).await?))
 }
 
 /// `DELETE /api/v1/rooms/{name}/messages/{id}` (author, room owner, admin): broadcasts `message_deleted`.
@@ -221,24 +158,8 @@ pub(crate) async fn delete_message(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, id)): Path<(String, i64)>,
-) -> Result<StatusCode, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    let row = store::messages::find(&chat.db, room.id, id)
-        .await?
-        .ok_or(ApiError::NotFound("message"))?;
-    if row.author_id != Some(me.id) && room.owner_id != Some(me.id) && !me.is_admin() {
-        return Err(ApiError::Forbidden(
-            "only the author, the room owner or an admin may delete a message",
-        ));
-    }
-    let seq = row.seq;
-    store::messages::delete(&chat.db, row).await?;
-    let deleted = Event::MessageDeleted {
-        room: &room.name,
-        id,
-        seq,
-    };
-    chat.publish(route::to_room(room.id, &deleted)).await;
+) -> Result<StatusCode, Error> {
+    chat.delete_message(&me, &name, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,8 +179,9 @@ pub(crate) async fn add_reaction(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, id, emoji)): Path<(String, i64, String)>,
-) -> Result<StatusCode, ApiError> {
-    react(&chat, &me, &name, id, &emoji, true).await
+) -> Result<StatusCode, Error> {
+    chat.react_in(&me, &name, id, &emoji, true).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /api/v1/rooms/{name}/messages/{id}/reactions/{emoji}` (members): idempotent.
@@ -277,25 +199,7 @@ pub(crate) async fn remove_reaction(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, id, emoji)): Path<(String, i64, String)>,
-) -> Result<StatusCode, ApiError> {
-    react(&chat, &me, &name, id, &emoji, false).await
-}
-
-async fn react(
-    chat: &Chat,
-    me: &CurrentUser,
-    name: &str,
-    id: i64,
-    emoji: &str,
-    on: bool,
-) -> Result<StatusCode, ApiError> {
-    let room = chat.writable_room(name, me).await?;
-    chat.admit_frame(me.id).await?;
-    let user = UserRef {
-        id: me.id,
-        username: me.username.clone(),
-    };
-    chat.react(room.id, &room.name, &user, id, emoji, on)
-        .await?;
+) -> Result<StatusCode, Error> {
+    chat.react_in(&me, &name, id, &emoji, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }

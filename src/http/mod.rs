@@ -8,6 +8,7 @@
 pub(crate) mod auth;
 pub(crate) mod dms;
 pub(crate) mod docs;
+pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod health;
 pub(crate) mod messages;
@@ -23,7 +24,7 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
-use crate::{chat::Chat, error::ApiError};
+use crate::chat::{Chat, Error};
 
 /// Request bodies above this are refused with 413.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
@@ -50,7 +51,7 @@ pub(crate) async fn index() -> Html<&'static str> {
 }
 
 pub(crate) async fn method_not_allowed() -> Response {
-    let mut res = ApiError::bad_request("method not allowed on this path").into_response();
+    let mut res = Error::bad_request("method not allowed on this path").into_response();
     *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     res
 }
@@ -89,9 +90,9 @@ pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 /// A 400 for a query parameter with control characters (the database would refuse NUL).
-pub(crate) fn plain_query(name: &str, value: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn plain_query(name: &str, value: Option<&str>) -> Result<(), Error> {
     match value.map(crate::domain::validate::plain_text) {
-        Some(Err(m)) => Err(ApiError::bad_request(format!(
+        Some(Err(m)) => Err(Error::bad_request(format!(
             "invalid query parameter: `{name}` {m}"
         ))),
         _ => Ok(()),

@@ -11,24 +11,22 @@ use axum::{
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::{
     extract::{Json, MaybeJson, Path, Query},
     users::double_option,
 };
+use crate::chat::Error;
 use crate::{
     chat::{
         Chat,
-        access::{Refusal, may_invite, may_manage},
         auth::CurrentUser,
+        rooms::{NewRoom, Outcome, RoomChanges, RoomQuery},
     },
     domain::{
-        event::Event,
         model::{Member, Page, Room},
-        validate::{self, Visibility},
+        validate::Visibility,
     },
-    error::{ApiError, ErrorBody, FieldErrors},
-    fanout::route,
-    store::{self, rooms::RoomRow},
 };
 
 pub(crate) fn routes() -> Router<Chat> {
@@ -121,45 +119,23 @@ pub(crate) struct MembersQuery {
     pub cursor: Option<String>,
 }
 
-/// A room as its clients see it, with its online count.
-async fn wire(chat: &Chat, row: RoomRow) -> Result<Room, ApiError> {
-    let online = i64::try_from(chat.online_ids(row.id).await.len()).unwrap_or(0);
-    Ok(store::rooms::to_wire(&chat.db, row, online).await?)
+impl CreateRoomRequest {
+    fn settings(self) -> NewRoom {
+        NewRoom {
+            topic: self.topic,
+            visibility: self.visibility,
+        }
+    }
 }
 
-async fn create(
-    chat: &Chat,
-    me: &CurrentUser,
-    name: &str,
-    body: CreateRoomRequest,
-) -> Result<RoomRow, ApiError> {
-    let mut fields = FieldErrors::new();
-    if let Err(m) = validate::room_name(name) {
-        fields.insert("name".into(), vec![m]);
-    } else if name.starts_with("dm-") {
-        // Generated DM names start so; a room must not take one first.
-        fields.insert(
-            "name".into(),
-            vec!["must not start with `dm-` (reserved for direct messages)".into()],
-        );
+/// A cursor this server issued (a user id); anything else is a 422.
+fn id_cursor(cursor: Option<&str>) -> Result<Option<i64>, Error> {
+    match cursor.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(c) => c.parse::<i64>().map(Some).map_err(|_| {
+            Error::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+        }),
     }
-    validate::room_settings(
-        &mut fields,
-        body.topic.as_deref(),
-        body.visibility.as_deref(),
-    );
-    if !fields.is_empty() {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    }
-    chat.admit_room_creation(me.id).await?;
-    let visibility = body
-        .visibility
-        .as_deref()
-        .unwrap_or(Visibility::Public.as_str());
-    Ok(store::rooms::create(&chat.db, name, body.topic, visibility, me.id).await?)
 }
 
 /// `POST /api/v1/rooms`: the creator becomes owner and member.
@@ -174,21 +150,12 @@ pub(crate) async fn create_room(
     State(chat): State<Chat>,
     me: CurrentUser,
     Json(body): Json<CreateRoomRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Some(name) = body.name.clone() else {
-        let mut fields = FieldErrors::from([("name".to_owned(), vec!["is required".to_owned()])]);
-        validate::room_settings(
-            &mut fields,
-            body.topic.as_deref(),
-            body.visibility.as_deref(),
-        );
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    };
-    let row = create(&chat, &me, &name, body).await?;
-    Ok((StatusCode::CREATED, Json(wire(&chat, row).await?)))
+) -> Result<impl IntoResponse, Error> {
+    let name = body.name.clone();
+    let room = chat
+        .create_room(&me, name.as_deref(), body.settings())
+        .await?;
+    Ok((StatusCode::CREATED, Json(room)))
 }
 
 /// `GET /api/v1/rooms?q=&joined=&limit=&cursor=`: public rooms plus the caller's private ones.
@@ -200,31 +167,17 @@ pub(crate) async fn list_rooms(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListRoomsQuery>,
-) -> Result<Json<Page<Room>>, ApiError> {
+) -> Result<Json<Page<Room>>, Error> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
     super::plain_query("q", q.q.as_deref())?;
     super::plain_query("cursor", q.cursor.as_deref())?;
-    let (rows, next) = store::rooms::list(
-        &chat.db,
-        me.id,
-        q.q.as_deref(),
-        q.joined.unwrap_or(false),
+    let query = RoomQuery {
+        q: q.q.as_deref(),
+        joined: q.joined.unwrap_or(false),
         limit,
-        q.cursor.as_deref(),
-    )
-    .await?;
-    let items = if q.joined == Some(true) {
-        // The caller's rooms carry their read state (one grouped query for the page).
-        chat.rooms_with_read_state(&me, rows).await?
-    } else {
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let online = chat.online_counts(&ids).await;
-        store::rooms::to_wire_many(&chat.db, rows, &online).await?
+        cursor: q.cursor.as_deref(),
     };
-    Ok(Json(Page {
-        items,
-        next_cursor: next,
-    }))
+    Ok(Json(chat.list_rooms(&me, query).await?))
 }
 
 /// `GET /api/v1/rooms/{name}`
@@ -234,9 +187,8 @@ pub(crate) async fn get_room(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
-) -> Result<Json<Room>, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    Ok(Json(wire(&chat, room).await?))
+) -> Result<Json<Room>, Error> {
+    Ok(Json(chat.room(&me, &name).await?))
 }
 
 /// `PUT /api/v1/rooms/{name}`: join-or-create. 201 created; 200 joined (or already a member).
@@ -253,43 +205,14 @@ pub(crate) async fn join_or_create_room(
     me: CurrentUser,
     Path(name): Path<String>,
     MaybeJson(body): MaybeJson<CreateRoomRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    if let Some(room) = existing(&chat, &name).await? {
-        return join_existing(&chat, &me, room, Refusal::NotFound)
-            .await
-            .map(|r| (StatusCode::OK, Json(r)));
-    }
-    match create(&chat, &me, &name, body.unwrap_or_default()).await {
-        Ok(row) => Ok((StatusCode::CREATED, Json(wire(&chat, row).await?))),
-        // Lost a race with a concurrent creator: join theirs.
-        Err(ApiError::Conflict { .. }) => {
-            let room = chat.room_named(&name).await?;
-            join_existing(&chat, &me, room, Refusal::NotFound)
-                .await
-                .map(|r| (StatusCode::OK, Json(r)))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// The room called `name`, if there is one.
-async fn existing(chat: &Chat, name: &str) -> Result<Option<RoomRow>, ApiError> {
-    match chat.room_named(name).await {
-        Ok(room) => Ok(Some(room)),
-        Err(ApiError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Join an existing room (or stay a member) and answer it.
-async fn join_existing(
-    chat: &Chat,
-    me: &CurrentUser,
-    room: RoomRow,
-    refusal: Refusal,
-) -> Result<Room, ApiError> {
-    let room = chat.enter_room(room, me.id, refusal).await?;
-    wire(chat, room).await
+) -> Result<impl IntoResponse, Error> {
+    let settings = body.unwrap_or_default().settings();
+    let (room, outcome) = chat.join_or_create_room(&me, &name, settings).await?;
+    let status = match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::Joined => StatusCode::OK,
+    };
+    Ok((status, Json(room)))
 }
 
 /// `POST /api/v1/rooms/{name}/join`: public rooms; private ones need an invitation (403).
@@ -303,11 +226,8 @@ pub(crate) async fn join_room(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
-) -> Result<Json<Room>, ApiError> {
-    let room = chat
-        .enter_room_named(&name, me.id, Refusal::NeedsInvitation)
-        .await?;
-    Ok(Json(wire(&chat, room).await?))
+) -> Result<Json<Room>, Error> {
+    Ok(Json(chat.join_room(&me, &name).await?))
 }
 
 /// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003. The
@@ -322,22 +242,8 @@ pub(crate) async fn leave_room(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let (room, role) = chat.visible_room(&name, &me).await?;
-    if role.is_none() {
-        return Err(ApiError::NotFound("membership"));
-    }
-    if room.owner_id == Some(me.id) {
-        return Err(ApiError::Conflict {
-            message: "the owner cannot leave the room: transfer it first (PATCH the room with \
-                      `owner_id`) or delete it"
-                .into(),
-            fields: FieldErrors::new(),
-        });
-    }
-    store::rooms::remove_member(&chat.db, room.id, me.id).await?;
-    chat.publish(route::removed(room.id, &room.name, me.id))
-        .await;
+) -> Result<StatusCode, Error> {
+    chat.leave_room(&me, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -355,47 +261,13 @@ pub(crate) async fn update_room(
     me: CurrentUser,
     Path(name): Path<String>,
     Json(body): Json<UpdateRoomRequest>,
-) -> Result<Json<Room>, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    if !may_manage(&room, &me) {
-        return Err(ApiError::Forbidden(
-            "only the owner or an admin may change the room",
-        ));
-    }
-    let mut fields = FieldErrors::new();
-    validate::room_settings(
-        &mut fields,
-        body.topic.as_ref().and_then(Option::as_deref),
-        body.visibility.as_deref(),
-    );
-    if !fields.is_empty() {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    }
-    let changes = store::rooms::RoomChanges {
+) -> Result<Json<Room>, Error> {
+    let changes = RoomChanges {
         topic: body.topic,
         visibility: body.visibility,
         owner_id: body.owner_id,
     };
-    let row = match store::rooms::update(&chat.db, room, changes).await {
-        Err(store::StoreError::NotMember) => {
-            fields.insert(
-                "owner_id".into(),
-                vec!["must be a member of the room".into()],
-            );
-            return Err(ApiError::Validation {
-                message: "validation failed".into(),
-                fields,
-            });
-        }
-        other => other?,
-    };
-    let room = wire(&chat, row).await?;
-    chat.publish(route::to_room(room.id, &Event::RoomUpdated { room: &room }))
-        .await;
-    Ok(Json(room))
+    Ok(Json(chat.update_room(&me, &name, changes).await?))
 }
 
 /// `DELETE /api/v1/rooms/{name}` (owner, admin): sockets get `room_deleted`, then close 4404.
@@ -409,15 +281,8 @@ pub(crate) async fn delete_room(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    if !may_manage(&room, &me) {
-        return Err(ApiError::Forbidden(
-            "only the owner or an admin may delete the room",
-        ));
-    }
-    store::rooms::delete(&chat.db, room.id).await?;
-    chat.publish(route::room_deleted(room.id, &room.name)).await;
+) -> Result<StatusCode, Error> {
+    chat.delete_room(&me, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -434,21 +299,10 @@ pub(crate) async fn list_members(
     me: CurrentUser,
     Path(name): Path<String>,
     Query(q): Query<MembersQuery>,
-) -> Result<Json<MembersResponse>, ApiError> {
+) -> Result<Json<MembersResponse>, Error> {
     let limit = q.limit.unwrap_or(100).clamp(1, 200);
-    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        // A string the document allows but this server did not issue: 422, as for users.
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
-        })?),
-    };
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    let (mut items, next) = store::rooms::members(&chat.db, room.id, limit, after).await?;
-    let online = chat.online_ids(room.id).await;
-    for m in &mut items {
-        m.online = online.contains(&m.user.id);
-    }
+    let after = id_cursor(q.cursor.as_deref())?;
+    let (items, next) = chat.members(&me, &name, limit, after).await?;
     Ok(Json(MembersResponse {
         items,
         next_cursor: next.map(|id| id.to_string()),
@@ -468,19 +322,8 @@ pub(crate) async fn invite_member(
     me: CurrentUser,
     Path(name): Path<String>,
     Json(body): Json<InviteRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    may_invite(&room, &me)?;
-    let Some(user_id) = body.user_id else {
-        return Err(ApiError::invalid_field("user_id", "is required"));
-    };
-    let user = store::users::find(&chat.db, user_id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    store::rooms::add_member(&chat.db, room.id, user_id).await?;
-    let member = store::rooms::member(&chat.db, room.id, user.id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
+) -> Result<impl IntoResponse, Error> {
+    let member = chat.invite(&me, &name, body.user_id).await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -495,21 +338,8 @@ pub(crate) async fn remove_member(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path((name, user_id)): Path<(String, i64)>,
-) -> Result<StatusCode, ApiError> {
-    let (room, _) = chat.visible_room(&name, &me).await?;
-    if !may_manage(&room, &me) {
-        return Err(ApiError::Forbidden(
-            "only the owner or an admin may remove members",
-        ));
-    }
-    if room.owner_id == Some(user_id) {
-        return Err(ApiError::Forbidden("the owner cannot be removed"));
-    }
-    if !store::rooms::remove_member(&chat.db, room.id, user_id).await? {
-        return Err(ApiError::NotFound("member"));
-    }
-    chat.publish(route::removed(room.id, &room.name, user_id))
-        .await;
+) -> Result<StatusCode, Error> {
+    chat.remove_member(&me, &name, user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -528,9 +358,9 @@ pub(crate) async fn mark_read(
     me: CurrentUser,
     Path(name): Path<String>,
     Json(body): Json<ReadRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let Some(seq) = body.seq else {
-        return Err(ApiError::invalid_field("seq", "is required"));
+        return Err(Error::invalid_field("seq", "is required"));
     };
     chat.mark_read(&me, &name, seq).await?;
     Ok(StatusCode::NO_CONTENT)

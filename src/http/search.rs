@@ -4,7 +4,9 @@ use axum::{Router, extract::State, routing::get};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::error::ErrorBody;
 use super::extract::{Json, Query};
+use crate::chat::Error;
 use crate::{
     chat::{
         Chat,
@@ -12,7 +14,6 @@ use crate::{
         messages::{DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT},
     },
     domain::model::{Page, SearchHit},
-    error::{ApiError, ErrorBody},
 };
 
 /// Longest search query, in characters.
@@ -47,21 +48,18 @@ pub(crate) async fn search_messages(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<SearchQuery>,
-) -> Result<Json<Page<SearchHit>>, ApiError> {
+) -> Result<Json<Page<SearchHit>>, Error> {
     super::plain_query("q", q.q.as_deref())?;
     let text = q.q.as_deref().unwrap_or_default();
     if text.trim().is_empty() {
-        return Err(ApiError::invalid_field("q", "is required"));
+        return Err(Error::invalid_field("q", "is required"));
     }
     if text.chars().count() > MAX_QUERY_CHARS {
-        return Err(ApiError::invalid_field(
-            "q",
-            "must be at most 256 characters",
-        ));
+        return Err(Error::invalid_field("q", "must be at most 256 characters"));
     }
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+            Error::invalid_field("cursor", "is not the `next_cursor` of a previous page")
         })?),
         None => None,
     };

@@ -10,17 +10,19 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use validator::Validate;
 
+use super::error::ErrorBody;
 use super::{
     auth::validate_all,
     extract::{ClientAddr, Json, Path, Query},
 };
+use crate::chat::Error;
+use crate::domain::validate::FieldErrors;
 use crate::{
     chat::{Chat, auth::CurrentUser},
     domain::{
         model::{Page, PublicUser, User},
         validate,
     },
-    error::{ApiError, ErrorBody, FieldErrors},
     store,
 };
 
@@ -118,14 +120,11 @@ pub(crate) struct ListUsersQuery {
 /// `GET /api/v1/users/me`
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, description = "The caller's full profile", body = User)))]
-pub(crate) async fn get_me(
-    State(chat): State<Chat>,
-    me: CurrentUser,
-) -> Result<Json<User>, ApiError> {
+pub(crate) async fn get_me(State(chat): State<Chat>, me: CurrentUser) -> Result<Json<User>, Error> {
     Ok(Json(
         store::users::find(&chat.db, me.id)
             .await?
-            .ok_or_else(ApiError::invalid_token)?,
+            .ok_or_else(Error::invalid_token)?,
     ))
 }
 
@@ -142,7 +141,7 @@ pub(crate) async fn update_me(
     me: CurrentUser,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<UpdateMeRequest>,
-) -> Result<Json<User>, ApiError> {
+) -> Result<Json<User>, Error> {
     let mut extra = FieldErrors::new();
     for (name, value) in [
         ("first_name", &body.first_name),
@@ -185,17 +184,17 @@ pub(crate) async fn change_password(
     me: CurrentUser,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<ChangePasswordRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     validate_all(&body, FieldErrors::new())?;
     chat.admit_credentials(ip, Some(me.id)).await?;
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
-        return Err(ApiError::bad_request("missing fields"));
+        return Err(Error::bad_request("missing fields"));
     };
     let hash = store::users::password_hash(&chat.db, me.id)
         .await?
-        .ok_or_else(ApiError::invalid_token)?;
+        .ok_or_else(Error::invalid_token)?;
     if !chat.hasher.verify(current, Some(hash)).await? {
-        return Err(ApiError::invalid_field("current_password", "is incorrect"));
+        return Err(Error::invalid_field("current_password", "is incorrect"));
     }
     let new_hash = chat.hasher.hash(new).await?;
     store::users::set_password(&chat.db, me.id, new_hash).await?;
@@ -216,25 +215,25 @@ pub(crate) async fn delete_me(
     me: CurrentUser,
     ClientAddr(ip): ClientAddr,
     Json(body): Json<DeleteMeRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
-        return Err(ApiError::invalid_field("password", "is required"));
+        return Err(Error::invalid_field("password", "is required"));
     };
     chat.admit_credentials(ip, Some(me.id)).await?;
     let hash = store::users::password_hash(&chat.db, me.id)
         .await?
-        .ok_or_else(ApiError::invalid_token)?;
+        .ok_or_else(Error::invalid_token)?;
     if !chat.hasher.verify(password, Some(hash)).await? {
-        return Err(ApiError::invalid_field("password", "is incorrect"));
+        return Err(Error::invalid_field("password", "is incorrect"));
     }
     remove_user(&chat, me.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Delete a user everywhere: their tokens stop working and their sockets close (4001).
-async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
+async fn remove_user(chat: &Chat, id: i64) -> Result<(), Error> {
     if !store::users::delete(&chat.db, id).await? {
-        return Err(ApiError::NotFound("user"));
+        return Err(Error::NotFound("user"));
     }
     chat.revoke_user(id).await
 }
@@ -249,13 +248,13 @@ pub(crate) async fn list_users(
     State(chat): State<Chat>,
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
-) -> Result<Json<Page<PublicUser>>, ApiError> {
+) -> Result<Json<Page<PublicUser>>, Error> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     // A well-formed request whose cursor this server did not issue: a 422, like any value
     // the handler refuses (the document calls every string a cursor).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::invalid_field("cursor", "is not the `next_cursor` of a previous page")
+            Error::invalid_field("cursor", "is not the `next_cursor` of a previous page")
         })?),
         None => None,
     };
@@ -284,10 +283,10 @@ pub(crate) async fn get_user(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<Json<PublicUser>, ApiError> {
+) -> Result<Json<PublicUser>, Error> {
     let user = store::users::find(&chat.db, id)
         .await?
-        .ok_or(ApiError::NotFound("user"))?;
+        .ok_or(Error::NotFound("user"))?;
     let with_email = me.is_admin() || user.id == me.id;
     Ok(Json(user.public(with_email)))
 }
@@ -305,18 +304,18 @@ pub(crate) async fn update_user(
     me: CurrentUser,
     Path(id): Path<i64>,
     Json(body): Json<UpdateUserRequest>,
-) -> Result<Json<PublicUser>, ApiError> {
+) -> Result<Json<PublicUser>, Error> {
     if !me.is_admin() {
-        return Err(ApiError::Forbidden("admin only"));
+        return Err(Error::Forbidden("admin only"));
     }
     let Some(mut roles) = body.roles else {
-        return Err(ApiError::invalid_field("roles", "is required"));
+        return Err(Error::invalid_field("roles", "is required"));
     };
     if let Some(bad) = roles
         .iter()
         .find(|r| !matches!(r.as_str(), "user" | "admin"))
     {
-        return Err(ApiError::invalid_field(
+        return Err(Error::invalid_field(
             "roles",
             &format!("unknown role `{bad}`; use `user` or `admin`"),
         ));
@@ -342,9 +341,9 @@ pub(crate) async fn delete_user(
     State(chat): State<Chat>,
     me: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     if !me.is_admin() {
-        return Err(ApiError::Forbidden("admin only"));
+        return Err(Error::Forbidden("admin only"));
     }
     remove_user(&chat, id).await?;
     Ok(StatusCode::NO_CONTENT)

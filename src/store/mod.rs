@@ -74,7 +74,7 @@ pub(crate) mod testing {
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, SqlErr, Statement, Value};
 
-use crate::error::{ApiError, FieldErrors};
+use crate::domain::validate::FieldErrors;
 
 /// Most ids bound as parameters in one `IN (…)` list: longer lists go in several queries
 /// (PostgreSQL takes at most 65 535 parameters in a statement, older SQLite 999).
@@ -114,7 +114,7 @@ impl StoreError {
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
         // The database is down or restarting: a dependency, not a bug (a retryable 503).
-        if crate::error::db_unavailable(&e) {
+        if db_unavailable(&e) {
             Self::Unavailable(e)
         } else {
             Self::Db(e)
@@ -122,15 +122,26 @@ impl From<DbErr> for StoreError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::NotMember => Self::Forbidden("join the room to post in it"),
-            StoreError::Conflict { message, fields } => Self::Conflict { message, fields },
-            StoreError::Unavailable(e) => Self::Unavailable(e.into()),
-            StoreError::Db(e) => Self::Internal(e.into()),
+/// Whether a database error means the database is down or restarting (a retryable 503), not a
+/// bug: the pool could not hand out a connection, the connection broke (I/O), or the server
+/// ended it (SQLSTATE class 57P: `terminating connection due to administrator command` when
+/// PostgreSQL shuts down, crash shutdown, `cannot connect now` while it starts; class 08:
+/// connection exceptions). The one place this rule lives: the store and the
+/// use-cases' error mapping both ask it.
+pub(crate) fn db_unavailable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            match &**s {
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+                Sqlx::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+                _ => false,
+            }
         }
+        _ => false,
     }
 }
 

@@ -14,7 +14,7 @@ use sea_orm::{
 use super::StoreError;
 use crate::{
     domain::model::{User, UserRef},
-    error::FieldErrors,
+    domain::validate::FieldErrors,
 };
 
 pub(crate) struct NewUser {

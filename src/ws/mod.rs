@@ -25,14 +25,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures::StreamExt;
 
 use self::upgrade::WsUpgrade;
-use crate::{
-    chat::{
-        Chat,
-        access::Refusal,
-        auth::{CurrentUser, bearer},
-        limits::SocketPermit,
-    },
-    error::ApiError,
+use crate::chat::Error;
+use crate::chat::{
+    Chat,
+    auth::{CurrentUser, bearer},
+    limits::SocketPermit,
 };
 
 /// Largest client frame; bigger ones close the socket with 1009.
@@ -50,7 +47,7 @@ pub(crate) fn routes() -> Router<Chat> {
         .route("/ws", get(mux_socket))
 }
 
-fn check_origin(chat: &Chat, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_origin(chat: &Chat, headers: &HeaderMap) -> Result<(), Error> {
     let allowed = &chat.config.allowed_origins;
     if allowed.is_empty() {
         return Ok(());
@@ -59,7 +56,7 @@ fn check_origin(chat: &Chat, headers: &HeaderMap) -> Result<(), ApiError> {
         // Non-browser clients send no Origin; browsers always do.
         None => Ok(()),
         Some(origin) if allowed.iter().any(|a| a == origin || a == "*") => Ok(()),
-        Some(_) => Err(ApiError::Forbidden("origin not allowed")),
+        Some(_) => Err(Error::Forbidden("origin not allowed")),
     }
 }
 
@@ -67,12 +64,12 @@ async fn authenticate(
     chat: &Chat,
     query: &WsQuery,
     headers: &HeaderMap,
-) -> Result<CurrentUser, ApiError> {
+) -> Result<CurrentUser, Error> {
     let token = query
         .token
         .as_deref()
         .or_else(|| bearer(headers))
-        .ok_or_else(ApiError::unauthenticated)?;
+        .ok_or_else(Error::unauthenticated)?;
     chat.authenticate(token).await
 }
 
@@ -98,28 +95,21 @@ async fn room_socket(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    ws: Result<WsUpgrade, ApiError>,
-) -> Result<Response, ApiError> {
+    ws: Result<WsUpgrade, Error>,
+) -> Result<Response, Error> {
     let Query(query) = query?;
     check_origin(&chat, &headers)?;
     let user = authenticate(&chat, &query, &headers).await?;
-    let room = chat.room_named(&name).await?;
-    let entry = chat
-        .may_enter(&room, user.id, Refusal::NeedsInvitation)
-        .await?;
+    let pass = chat.check_room_socket(&user, &name).await?;
     if query.since_seq.is_some_and(|s| s < 0) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "since_seq must be a non-negative integer",
         ));
     }
     let since = query.since_seq;
     let ws = ws?;
-    chat.admit_upgrade()?;
-    let permit = chat
-        .admit_socket(user.id, client_ip(&chat, &headers, peer))
-        .await?;
-    // Joined only once nothing else can refuse the request.
-    chat.complete_entry(&room, user.id, entry).await?;
+    let ip = client_ip(&chat, &headers, peer);
+    let (permit, room) = chat.admit_room_socket(&user, ip, pass).await?;
     let tasks = chat.tasks.clone();
     Ok(ws.on_upgrade(&tasks, config(), move |socket| {
         let session = session::run(
@@ -141,16 +131,14 @@ async fn mux_socket(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    ws: Result<WsUpgrade, ApiError>,
-) -> Result<Response, ApiError> {
+    ws: Result<WsUpgrade, Error>,
+) -> Result<Response, Error> {
     let Query(query) = query?;
     check_origin(&chat, &headers)?;
     let user = authenticate(&chat, &query, &headers).await?;
     let ws = ws?;
-    chat.admit_upgrade()?;
-    let permit = chat
-        .admit_socket(user.id, client_ip(&chat, &headers, peer))
-        .await?;
+    let ip = client_ip(&chat, &headers, peer);
+    let permit = chat.admit_mux_socket(&user, ip).await?;
     let tasks = chat.tasks.clone();
     Ok(ws.on_upgrade(&tasks, config(), move |socket| {
         holding(

@@ -1,14 +1,10 @@
 //! One WebSocket session: a reader (this task) and a writer task ([`super::writer`]) joined by
 //! the socket's bounded outbox.
 //!
-//! The reader parses client frames, sends messages through the group commit, and joins rooms
-//! in the fan-out. Whoever closes the socket records why ([`CloseReason`]); the writer sends
-//! the close frame. Generic over the socket's halves, so it runs without a network in tests.
-//!
-//! Joining a room is the resume protocol of SPEC §8: the hub registers the socket *paused* and
-//! returns the last `seq` it has delivered; the session replays history up to that `seq` from
-//! the database, then resumes, and the frames that arrived meanwhile follow, so there is no gap
-//! and no duplicate at the seam.
+//! The reader parses client frames and answers each with one `chat` use-case (send, react,
+//! read, typing, join, leave). Whoever closes the socket records why ([`CloseReason`]); the
+//! writer sends the close frame. Generic over the socket's halves, so it runs without a
+//! network in tests.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,19 +17,17 @@ use super::{
     upgrade,
     writer::{self, WsSink},
 };
+use crate::chat::Error;
 use crate::{
     chat::{
         Chat,
-        access::Refusal,
         auth::CurrentUser,
-        send::{Draft, Sent},
+        messages::Post,
+        send::Sent,
+        sockets::{Entered, Joined},
     },
-    domain::{event::Event, model::UserRef},
-    fanout::{
-        route,
-        socket::{CloseReason, Side, SocketCtl},
-    },
-    store::{self, rooms::RoomRow},
+    domain::model::UserRef,
+    fanout::socket::{CloseReason, Side, SocketCtl},
     telemetry::metrics,
 };
 
@@ -42,11 +36,6 @@ const FLOOD_LIMIT: u32 = 20;
 /// Messages a socket may have submitted and not yet acknowledged; beyond this the socket is
 /// not read until an acknowledgement goes out (backpressure on a fast sender).
 const MAX_IN_FLIGHT: usize = 32;
-/// Messages per history page when replaying.
-const REPLAY_PAGE: u64 = 200;
-/// Replay rounds a joining socket may take to catch up with a busy room before it goes live
-/// anyway (and, if it still cannot keep up, is closed as a slow consumer).
-const CATCH_UP_ROUNDS: u32 = 16;
 
 /// What the reader reads from: the socket's receiving half (or a channel in tests).
 pub(crate) trait WsStream:
@@ -57,15 +46,10 @@ impl<T: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send> WsStr
 
 pub(crate) enum Mode {
     Room {
-        room: Box<RoomRow>,
+        room: Box<Entered>,
         since: Option<i64>,
     },
     Mux,
-}
-
-struct Joined {
-    id: i64,
-    name: String,
 }
 
 struct Session {
@@ -127,7 +111,7 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
         expires_at,
         ..
     } = user;
-    let ctl = chat.hub.register_socket(id, mux, sid);
+    let ctl = chat.open_socket(id, mux, sid);
     let flush = Duration::from_millis(chat.config.ws_flush_interval_ms);
     let writer = chat.tasks.spawn(writer::run(sink, ctl.clone(), flush));
     let mut session = Session {
@@ -161,7 +145,7 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
             linger(&mut stream).await;
         }
         Box::pin(session.leave_all()).await;
-        session.chat.hub.unregister_socket(&session.ctl);
+        session.chat.close_socket(&session.ctl);
         session.ctl.close(CloseReason::Normal); // no-op if a reason is already set
         drop(session);
         let _ = writer.await;
@@ -321,7 +305,14 @@ impl Session {
                 content,
                 client_id,
                 reply_to,
-            } => self.send(room, content, client_id, reply_to).await,
+            } => {
+                let post = Post {
+                    content: Some(content),
+                    client_id,
+                    reply_to,
+                };
+                self.send(room, post).await
+            }
             // The other frames that fan out or cost a query have their own limit.
             ClientFrame::Typing { room } if !self.frame_admitted(room.as_deref()).await? => Ok(()),
             ClientFrame::Subscribe { room, .. } | ClientFrame::Unsubscribe { room }
@@ -361,7 +352,7 @@ impl Session {
     /// answers so far, the refusals among them, go out first).
     async fn admitted(
         &mut self,
-        verdict: Result<(), crate::error::ApiError>,
+        verdict: Result<(), Error>,
         message: &str,
         room: Option<&str>,
     ) -> anyhow::Result<bool> {
@@ -389,16 +380,8 @@ impl Session {
 
     /// `typing`: to everyone in the room but the typist (not answered).
     async fn typing(&mut self, room: Option<&str>) -> anyhow::Result<()> {
-        let Some((room_id, room)) = self.target(room).await? else {
-            return Ok(());
-        };
-        let event = Event::Typing {
-            room: &room,
-            user: &self.user,
-        };
-        let env = route::to_room_but(room_id, &event, self.user.id);
-        if let Err(e) = self.chat.bus.publish(env).await {
-            tracing::debug!(error = %e, "typing not published");
+        if let Some((room_id, room)) = self.target(room).await? {
+            self.chat.typing(room_id, &room, &self.user).await;
         }
         Ok(())
     }
@@ -478,17 +461,12 @@ impl Session {
             let frame = protocol::error("limit_reached", &message, Some(&room));
             return self.reply(frame).await;
         }
-        let user_id = self.user.id;
-        match self
-            .chat
-            .enter_room_named(&room, user_id, Refusal::NotFound)
-            .await
-        {
-            Ok(row) => {
+        match self.chat.subscribe(self.user.id, &room).await {
+            Ok(entered) => {
                 // `subscribed` and the replay go straight into the queue: answers to earlier
                 // frames go first.
                 self.flush_answers().await?;
-                self.join(row, since_seq).await
+                self.join(entered, since_seq).await
             }
             Err(e) => {
                 self.reply(protocol::error(e.code(), &e.to_string(), Some(&room)))
@@ -525,18 +503,20 @@ impl Session {
         }
     }
 
-    async fn send(
-        &mut self,
-        room: Option<String>,
-        content: String,
-        client_id: Option<String>,
-        reply_to: Option<i64>,
-    ) -> anyhow::Result<()> {
+    /// `message`: the send pipeline (thread, rate limit, group commit), answered with `ack`
+    /// once committed, after the answers before it.
+    async fn send(&mut self, room: Option<String>, post: Post) -> anyhow::Result<()> {
         let Some((room_id, room)) = self.target(room.as_deref()).await? else {
             return Ok(());
         };
-        let reply_to = match self.chat.thread_root(room_id, reply_to).await {
-            Ok(root) => root,
+        // Queued now (submission order is commit order); answered when it has committed.
+        let outcome = match self.chat.post(&self.user, room_id, &room, post).await {
+            Ok(outcome) => outcome,
+            Err(e @ Error::RateLimited(_)) => {
+                self.admitted(Err(e), "too many messages; slow down", Some(&room))
+                    .await?;
+                return Ok(());
+            }
             Err(e) => {
                 let message = e.to_string();
                 return self
@@ -544,21 +524,7 @@ impl Session {
                     .await;
             }
         };
-        let verdict = self.chat.admit(self.user.id).await;
-        if !self
-            .admitted(verdict, "too many messages; slow down", Some(&room))
-            .await?
-        {
-            return Ok(());
-        }
-        let draft = Draft {
-            author: self.user.clone(),
-            content,
-            client_id,
-            reply_to,
-        };
-        // Queued now (submission order is commit order); answered when it has committed.
-        let outcome = self.chat.sender.submit(room_id, &room, draft);
+        self.flood = 0;
         self.defer(Box::pin(async move {
             match outcome.await {
                 Ok(sent) => {
@@ -573,92 +539,26 @@ impl Session {
         Ok(())
     }
 
-    /// Join: register paused, announce, replay `(since, last]`, resume.
-    async fn join(&mut self, room: RoomRow, since: Option<i64>) -> anyhow::Result<()> {
-        let chat = self.chat.clone();
-        let last_seq = chat.hub.join(room.id, &self.ctl, since).await?;
-        // Registered (paused) from here on: replay reads started later may be shared.
-        let joined = tokio::time::Instant::now();
-        self.rooms.push(Joined {
-            id: room.id,
-            name: room.name.clone(),
-        });
-        chat.presence_entered(room.id, &room.name, &self.user).await;
-        let online = chat.online_users(room.id).await;
-        let room_id = room.id;
-        let count = i64::try_from(online.len()).unwrap_or(0);
-        let last_read = store::rooms::last_read_seq(&chat.db, room_id, self.user.id)
-            .await?
-            .unwrap_or(0);
-        let wire = store::rooms::to_wire(&chat.db, room, count).await?;
-        let first = if self.mux {
-            protocol::subscribed(&wire, &online, last_seq, last_read)
-        } else {
-            protocol::ready(&wire, &self.user, &online, last_seq, last_read)
-        };
-        self.push(first).await?;
-        let mut replayed = last_seq;
-        if let Some(since) = since {
-            self.replay(room_id, joined, since, last_seq).await?;
-        }
-        // A long replay in a busy room: what arrived meanwhile overflowed the paused buffer
-        // (or does not fit in the queue the replay filled), so read on from the database until
-        // the replay has caught up with the room. A client that reads slower than the room
-        // writes never catches up: after `CATCH_UP_ROUNDS` it goes live, as a slow consumer.
-        let mut round = 0;
-        while let Err(upto) = chat
-            .hub
-            .resume(room_id, &self.ctl, round >= CATCH_UP_ROUNDS)
-        {
-            self.replay(room_id, joined, replayed, upto).await?;
-            replayed = upto;
-            round += 1;
-        }
-        tracing::debug!(room = %wire.name, last_seq, "joined");
-        Ok(())
-    }
-
-    /// Queue the room's messages in `(after, last]` from the database (pages shared with the
-    /// other sockets replaying the same ones at once, see `chat::replay`).
-    async fn replay(
-        &self,
-        room_id: i64,
-        joined: tokio::time::Instant,
-        mut after: i64,
-        last: i64,
-    ) -> anyhow::Result<()> {
-        while after < last {
-            let rows = self
-                .chat
-                .replays
-                .page(
-                    &self.chat.db,
-                    (room_id, after, REPLAY_PAGE),
-                    joined,
-                    self.user.id,
-                )
-                .await?;
-            let Some(end) = rows.last().map(|r| r.seq) else {
-                break;
-            };
-            for row in rows.iter() {
-                if row.seq > last {
-                    break;
+    /// Join a room (see `chat::sockets`): `ready` (`/ws/rooms/{name}`) or `subscribed`
+    /// (`/ws`) first, then the replay, then live events.
+    async fn join(&mut self, entered: Entered, since: Option<i64>) -> anyhow::Result<()> {
+        let (mux, user) = (self.mux, &self.user);
+        let joined = self
+            .chat
+            .join(&self.ctl, user, entered, since, |w| {
+                if mux {
+                    protocol::subscribed(w.room, w.online, w.last_seq, w.last_read)
+                } else {
+                    protocol::ready(w.room, user, w.online, w.last_seq, w.last_read)
                 }
-                if let Some(msg) = &row.message {
-                    self.push(route::message_frame(msg)).await?;
-                }
-            }
-            after = end;
-        }
+            })
+            .await?;
+        self.rooms.push(joined);
         Ok(())
     }
 
     async fn leave(&self, joined: &Joined) {
-        self.chat.hub.leave(joined.id, &self.ctl);
-        self.chat
-            .presence_left(joined.id, &joined.name, &self.user)
-            .await;
+        self.chat.leave(&self.ctl, joined, &self.user).await;
     }
 
     /// Forget the rooms the fan-out dropped this socket from (removed, or the room deleted):

@@ -26,9 +26,8 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
 };
 
+use crate::chat::Error;
 use tokio_util::task::TaskTracker;
-
-use crate::error::ApiError;
 
 /// An upgraded socket.
 pub(super) type Socket = WebSocketStream<BufIo<TokioIo<Upgraded>>>;
@@ -49,24 +48,24 @@ fn header_contains(headers: &HeaderMap, name: header::HeaderName, token: &str) -
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
         if parts.version > Version::HTTP_11 {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "WebSockets are served over HTTP/1.1 (GET with Upgrade: websocket)",
             ));
         }
         if parts.method != Method::GET {
-            return Err(ApiError::bad_request("a WebSocket upgrade must be a GET"));
+            return Err(Error::bad_request("a WebSocket upgrade must be a GET"));
         }
         if !header_contains(&parts.headers, header::CONNECTION, "upgrade") {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "Connection header did not include 'upgrade'",
             ));
         }
         if !header_contains(&parts.headers, header::UPGRADE, "websocket") {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "`Upgrade` header did not include 'websocket'",
             ));
         }
@@ -75,7 +74,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v.as_bytes() == b"13");
         if !version_ok {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "`Sec-WebSocket-Version` header did not include '13'",
             ));
         }
@@ -83,11 +82,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .headers
             .get(header::SEC_WEBSOCKET_KEY)
             .cloned()
-            .ok_or_else(|| ApiError::bad_request("`Sec-WebSocket-Key` header missing"))?;
+            .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` header missing"))?;
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
-            .ok_or_else(|| ApiError::bad_request("the connection cannot be upgraded"))?;
+            .ok_or_else(|| Error::bad_request("the connection cannot be upgraded"))?;
         Ok(Self { key, on_upgrade })
     }
 }
