@@ -39,6 +39,8 @@ const CLOSE_BATCH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Clone)]
 pub struct AppState {
     chat: Chat,
+    /// The main database connection (schema checks, the first admin).
+    db: DatabaseConnection,
     /// Whether the database has every migration of this binary: until it does, `/readyz`
     /// answers 503 and every other route too.
     schema: SchemaGate,
@@ -61,19 +63,18 @@ impl AppState {
         let schema = SchemaGate::default();
         let current = check_schema(&db, &schema, true).await;
         let commit_db = connect_commit_db(&config, &db).await?;
-        let chat = Chat::build(config, db, commit_db, TaskTracker::new(), shutdown).await?;
-        let state = Self { chat, schema };
+        let chat = Chat::build(config, db.clone(), commit_db, TaskTracker::new(), shutdown).await?;
+        let state = Self { chat, db, schema };
         if current {
             state.ensure_admin_from_env().await?;
         }
+        let tasks = state.chat.tasks();
         let chat = state.chat.clone();
-        state.chat.tasks.spawn(chat.housekeeping());
-        state.chat.tasks.spawn(state.chat.clone().search_indexer());
+        tasks.spawn(async move { chat.upkeep().housekeeping().await });
+        let chat = state.chat.clone();
+        tasks.spawn(async move { chat.upkeep().search_indexer().await });
         if !current {
-            state
-                .chat
-                .tasks
-                .spawn(watch_schema(state.chat.clone(), state.schema.clone()));
+            tasks.spawn(watch_schema(state.clone()));
         }
         Ok(state)
     }
@@ -86,12 +87,12 @@ impl AppState {
 
     /// The configuration this state was built from.
     pub fn config(&self) -> &Config {
-        &self.chat.config
+        self.chat.config()
     }
 
     /// Rooms this replica's fan-out is subscribed to (tests and diagnostics).
     pub fn subscribed_room_count(&self) -> usize {
-        self.chat.hub.room_count()
+        self.chat.upkeep().room_count()
     }
 
     /// Create `username` as an admin, or grant `admin` to the existing user of that name.
@@ -104,11 +105,14 @@ impl AppState {
         email: &str,
         password: &str,
     ) -> anyhow::Result<i64> {
-        admin::ensure_admin(&self.chat.db, &self.chat.hasher, username, email, password).await
+        self.chat
+            .accounts()
+            .ensure_admin(username, email, password)
+            .await
     }
 
     async fn ensure_admin_from_env(&self) -> anyhow::Result<()> {
-        let c = &self.chat.config;
+        let c = self.chat.config();
         if let (Some(u), Some(e), Some(p)) = (&c.admin_username, &c.admin_email, &c.admin_password)
         {
             self.ensure_admin(u, e, p.expose_secret()).await?;
@@ -144,18 +148,14 @@ async fn check_schema(db: &DatabaseConnection, gate: &SchemaGate, log: bool) -> 
 
 /// Re-check a schema that was behind until it is current (the migrate Job or hook ran), then
 /// create the first admin from `ADMIN_*` if configured.
-async fn watch_schema(chat: Chat, gate: SchemaGate) {
+async fn watch_schema(state: AppState) {
     loop {
         tokio::select! {
-            () = chat.stop.cancelled() => return,
+            () = state.chat.stop().cancelled() => return,
             () = tokio::time::sleep(SCHEMA_RECHECK) => {}
         }
-        if check_schema(&chat.db, &gate, false).await {
+        if check_schema(&state.db, &state.schema, false).await {
             tracing::info!("database schema is current: serving");
-            let state = AppState {
-                chat: chat.clone(),
-                schema: gate.clone(),
-            };
             if let Err(e) = state.ensure_admin_from_env().await {
                 tracing::error!(error = %e, "creating the admin from ADMIN_* failed");
             }
@@ -293,7 +293,7 @@ async fn serve(
     listener: TcpListener,
     internal: Option<TcpListener>,
 ) -> anyhow::Result<()> {
-    let AppState { chat, schema } = state;
+    let AppState { chat, schema, .. } = state;
     let split = internal.is_some();
     let app = router::router(chat.clone(), schema.clone(), !split)
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -307,17 +307,17 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER);
     });
-    let grace = Duration::from_secs(chat.config.shutdown_grace_secs);
-    let stop = chat.stop.clone();
-    let hub = chat.hub.clone();
-    let closer = chat.tasks.clone();
+    let grace = Duration::from_secs(chat.config().shutdown_grace_secs);
+    let stop = chat.stop().clone();
+    let hub = chat.upkeep().hub();
+    let closer = chat.tasks().clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
         tracing::info!("shutting down: closing sockets with 1012, in batches");
         closer.spawn(close_in_batches(hub, grace / 2));
     });
-    let tasks = chat.tasks.clone();
-    let stop = chat.stop.clone();
+    let tasks = chat.tasks().clone();
+    let stop = chat.stop().clone();
     drop(chat);
     let server = server.into_future();
     tokio::pin!(server);

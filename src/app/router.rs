@@ -43,9 +43,9 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(super) fn router(chat: Chat, schema: SchemaGate, with_probes: bool) -> Router {
     let api = http::api_routes().layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
-        Duration::from_secs(chat.config.request_timeout_secs),
+        Duration::from_secs(chat.config().request_timeout_secs),
     ));
-    let cors = cors(&chat.config);
+    let cors = cors(chat.config());
     let ops = if with_probes {
         http::ops_routes()
     } else {

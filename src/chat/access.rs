@@ -4,7 +4,9 @@
 //! refuses DMs is forbidden.
 
 use super::Error;
-use super::{Chat, auth::CurrentUser};
+use sea_orm::DatabaseConnection;
+
+use super::auth::CurrentUser;
 use crate::{
     domain::validate::{self, Visibility},
     store::{
@@ -94,7 +96,18 @@ pub(crate) fn may_open_dm(accepting: &std::collections::HashMap<i64, bool>) -> R
     Ok(())
 }
 
-impl Chat {
+/// The access rule over the database: which room a name is, and who may see, write to and
+/// enter it.
+#[derive(Clone)]
+pub(crate) struct Access {
+    db: DatabaseConnection,
+}
+
+impl Access {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
     /// The room if the caller may see it (public, a member, or an admin), with their role.
     ///
     /// # Errors
@@ -126,7 +139,7 @@ impl Chat {
     /// The room a member may write to.
     ///
     /// # Errors
-    /// 404 as [`Chat::visible_room`]; 403 for a non-member.
+    /// 404 as [`Access::visible_room`]; 403 for a non-member.
     pub(crate) async fn writable_room(
         &self,
         name: &str,
@@ -155,11 +168,11 @@ impl Chat {
         Ok(room)
     }
 
-    /// The first half of [`Chat::enter_room`]: whether `user_id` may enter, changing nothing
+    /// The first half of [`Access::enter_room`]: whether `user_id` may enter, changing nothing
     /// (so that a request refused for another reason joins nothing).
     ///
     /// # Errors
-    /// As [`Chat::enter_room`].
+    /// As [`Access::enter_room`].
     pub(crate) async fn may_enter(
         &self,
         room: &RoomRow,
@@ -178,7 +191,7 @@ impl Chat {
         Ok(Entry::Joins)
     }
 
-    /// The second half of [`Chat::enter_room`]: a newcomer to a public room becomes a member.
+    /// The second half of [`Access::enter_room`]: a newcomer to a public room becomes a member.
     ///
     /// # Errors
     /// 503 if the database is down.
@@ -194,10 +207,10 @@ impl Chat {
         Ok(())
     }
 
-    /// [`Chat::enter_room`] by name.
+    /// [`Access::enter_room`] by name.
     ///
     /// # Errors
-    /// 404 if there is no such room; as [`Chat::enter_room`].
+    /// 404 if there is no such room; as [`Access::enter_room`].
     pub(crate) async fn enter_room_named(
         &self,
         name: &str,

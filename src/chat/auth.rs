@@ -1,13 +1,17 @@
 //! Who the caller is: an access token, verified, checked against the deny-list, and (for
 //! admin tokens) against the database. Every transport authenticates through
-//! [`Chat::authenticate`]; `http` extracts the token from `Authorization: Bearer`, `ws` from
+//! [`Auth::authenticate`]; `http` extracts the token from `Authorization: Bearer`, `ws` from
 //! the `token` query parameter or an `auth` frame.
 
 use axum::http::{HeaderMap, header::AUTHORIZATION};
 use chrono::{DateTime, Utc};
 
-use super::Chat;
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
 use super::Error;
+use super::{jwt::JwtKeys, revoke::Revocation};
 use crate::store;
 
 /// The caller, proven by a valid, unrevoked access token.
@@ -36,7 +40,23 @@ impl CurrentUser {
     }
 }
 
-impl Chat {
+/// Authentication: the token keys, the deny-list, and the database for the admin re-check.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    keys: Arc<JwtKeys>,
+    revocation: Revocation,
+    db: DatabaseConnection,
+}
+
+impl Auth {
+    pub(crate) fn new(keys: Arc<JwtKeys>, revocation: Revocation, db: DatabaseConnection) -> Self {
+        Self {
+            keys,
+            revocation,
+            db,
+        }
+    }
+
     /// Verify an access token and check it against the deny-list.
     ///
     /// # Errors
@@ -47,7 +67,11 @@ impl Chat {
             .verify_access(token)
             .ok_or_else(Error::invalid_token)?;
         let id = claims.user_id().ok_or_else(Error::invalid_token)?;
-        if self.is_revoked(id, &claims.sid, &claims.jti).await? {
+        if self
+            .revocation
+            .is_revoked(id, &claims.sid, &claims.jti)
+            .await?
+        {
             return Err(Error::invalid_token());
         }
         let expires_at = claims.expires_at();

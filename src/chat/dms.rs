@@ -9,7 +9,15 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::Error;
-use super::{Chat, access, auth::CurrentUser};
+use sea_orm::DatabaseConnection;
+
+use super::{
+    access::{self, Access},
+    auth::CurrentUser,
+    events::Events,
+    limits::Limits,
+    presence::Online,
+};
 use crate::domain::validate::FieldErrors;
 use crate::{
     bus::Bus,
@@ -27,13 +35,38 @@ pub(crate) const MAX_DM_OTHERS: usize = 8;
 /// At most one `receipt` per user and room per this period (per replica).
 const RECEIPT_PERIOD: Duration = Duration::from_secs(1);
 
-impl Chat {
+/// Direct messages and read state.
+pub(crate) struct Dms {
+    db: DatabaseConnection,
+    access: Access,
+    limits: Limits,
+    online: Online,
+    receipts: Receipts,
+}
+
+impl Dms {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        access: Access,
+        limits: Limits,
+        online: Online,
+        receipts: Receipts,
+    ) -> Self {
+        Self {
+            db,
+            access,
+            limits,
+            online,
+            receipts,
+        }
+    }
+
     /// `POST /dms`: the DM of exactly the caller and `others`, created (`true`) or found.
     ///
     /// # Errors
     /// 422 on `user_ids` (none, more than [`MAX_DM_OTHERS`], the caller, unknown users); 403
     /// if one of them refuses DMs; 429 when the caller created too many rooms.
-    pub(crate) async fn open_dm(
+    pub(crate) async fn open(
         &self,
         me: &CurrentUser,
         others: &[i64],
@@ -61,10 +94,10 @@ impl Chat {
         let key = store::rooms::dm_key(&people);
         // Opening an existing DM creates nothing: only a new one counts as a room created.
         if store::rooms::find_dm(&self.db, &key).await?.is_none() {
-            self.admit_room_creation(me.id).await?;
+            self.limits.admit_room_creation(me.id).await?;
         }
         let (row, created) = store::rooms::create_or_get_dm(&self.db, &people, me.id).await?;
-        let room = self.room_wire(row).await?;
+        let room = self.online.room_wire(row).await?;
         Ok((room, created))
     }
 
@@ -73,7 +106,7 @@ impl Chat {
     ///
     /// # Errors
     /// 422 on a `cursor` this server did not issue.
-    pub(crate) async fn list_dms(
+    pub(crate) async fn list(
         &self,
         me: &CurrentUser,
         limit: u64,
@@ -86,34 +119,11 @@ impl Chat {
             })?),
         };
         let (rows, next) = store::rooms::list_dms(&self.db, me.id, limit, cursor).await?;
-        let items = self.rooms_with_read_state(me, rows).await?;
+        let items = with_read_state(&self.db, &self.online, me, rows).await?;
         Ok(Page {
             items,
             next_cursor: next,
         })
-    }
-
-    /// A page of rooms in their wire form with the caller's read state: a fixed number of
-    /// queries whatever the page's length (the read state is one grouped query).
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub(crate) async fn rooms_with_read_state(
-        &self,
-        me: &CurrentUser,
-        rows: Vec<RoomRow>,
-    ) -> Result<Vec<Room>, Error> {
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let online = self.online_counts(&ids).await;
-        let mut read = store::rooms::read_states(&self.db, me.id, &ids).await?;
-        Ok(store::rooms::to_wire_many(&self.db, rows, &online)
-            .await?
-            .into_iter()
-            .map(|room| match read.remove(&room.id) {
-                Some(state) => room.with_read(state),
-                None => room,
-            })
-            .collect())
     }
 
     /// The reader read up to `seq` in `room` (REST `POST …/read` and the `read` frame): the
@@ -121,20 +131,20 @@ impl Chat {
     /// others in the room get a throttled `receipt` unless the reader opted out.
     ///
     /// # Errors
-    /// 404/403 as [`Chat::writable_room`] (members only), then 422 on a negative `seq`
-    /// ([`Chat::mark_read_in`], the one check for both transports).
+    /// 404/403 as [`Access::writable_room`] (members only), then 422 on a negative `seq`
+    /// ([`Dms::mark_read_in`], the one check for both transports).
     pub(crate) async fn mark_read(
         &self,
         me: &CurrentUser,
         room: &str,
         seq: i64,
     ) -> Result<(), Error> {
-        let row = self.writable_room(room, me).await?;
+        let row = self.access.writable_room(room, me).await?;
         self.mark_read_in(row.id, &row.name, &me.user_ref(), seq)
             .await
     }
 
-    /// [`Chat::mark_read`] for a room the caller is known to be a member of (a socket's).
+    /// [`Dms::mark_read`] for a room the caller is known to be a member of (a socket's).
     ///
     /// # Errors
     /// 422 on a negative `seq`; when the database fails.
@@ -171,6 +181,30 @@ impl Chat {
     }
 }
 
+/// A page of rooms in their wire form with the caller's read state: a fixed number of
+/// queries whatever the page's length (the read state is one grouped query).
+///
+/// # Errors
+/// When the database fails.
+pub(crate) async fn with_read_state(
+    db: &DatabaseConnection,
+    online: &Online,
+    me: &CurrentUser,
+    rows: Vec<RoomRow>,
+) -> Result<Vec<Room>, Error> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let online = online.counts(&ids).await;
+    let mut read = store::rooms::read_states(db, me.id, &ids).await?;
+    Ok(store::rooms::to_wire_many(db, rows, &online)
+        .await?
+        .into_iter()
+        .map(|room| match read.remove(&room.id) {
+            Some(state) => room.with_read(state),
+            None => room,
+        })
+        .collect())
+}
+
 /// `<activity in µs>_<room id>`.
 fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, i64)> {
     let (at, id) = c.split_once('_')?;
@@ -199,7 +233,8 @@ pub(crate) struct Receipts {
 }
 
 impl Receipts {
-    pub(crate) fn new(bus: Arc<dyn Bus>, tasks: tokio_util::task::TaskTracker) -> Self {
+    pub(crate) fn new(events: Events, tasks: tokio_util::task::TaskTracker) -> Self {
+        let bus = events.bus().clone();
         Self {
             bus,
             tasks,

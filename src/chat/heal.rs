@@ -1,19 +1,19 @@
-//! Self-healing of the fast path (issue 15): the database is the source of truth, and the
+//! Self-healing of the fast path: the database is the source of truth, and the
 //! events the bus carries can be lost (a replica dies with its retry queue, Redis restarts).
 //! Each rule here repairs what a lost event would leave wrong:
 //!
 //! * [`Hub::reconcile`](crate::fanout::hub::Hub::reconcile), every 2 s: rooms behind the
 //!   database read their gap (a lost message publish);
-//! * [`Chat::audit_sockets`], after the bus comes back and every 30 s: a socket whose token was
+//! * [`Upkeep::audit_sockets`], after the bus comes back and every 30 s: a socket whose token was
 //!   revoked closes (4001), a socket whose user is no longer a member of a room is removed
 //!   from it (4003, or the room dropped on `/ws`) — a lost revocation or kick.
 
 use std::collections::HashSet;
 
-use super::{Chat, revoke::DenyKey};
+use super::{Upkeep, revoke::DenyKey};
 use crate::{bus::Inbound, bus::route, store};
 
-impl Chat {
+impl Upkeep {
     /// Check every socket of this replica against the deny-list and its memberships, and
     /// apply locally what a lost revocation or kick event would have done.
     ///
@@ -33,7 +33,7 @@ impl Chat {
             }
             keys.sort();
             keys.dedup();
-            let denied = self.deny.denied_keys(&keys).await?;
+            let denied = self.revocation.denied(&keys).await?;
             for (user, sid) in sessions {
                 if denied.contains(&DenyKey::User(user).key()) {
                     self.hub.receive(route::revoke(user, None, true));

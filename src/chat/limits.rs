@@ -39,8 +39,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use parking_lot::Mutex;
 use redis::Script;
 
-use super::Chat;
-use super::Error;
+use super::{Error, events::Events};
 use crate::{bus::BusState, config::Config};
 
 /// How long a cluster-wide check may take before it is skipped (Redis slow or down).
@@ -534,13 +533,75 @@ fn refused(key: SocketKey) -> Error {
     })
 }
 
-impl Chat {
+/// Every abuse limit, per replica and cluster-wide: what each operation is counted against.
+#[derive(Clone)]
+pub(crate) struct Limits(Arc<LimitSet>);
+
+struct LimitSet {
+    /// Messages per user (burst and sustained).
+    msg: RateLimit<i64>,
+    /// Other client frames that fan out or cost a query, per user.
+    frame: RateLimit<i64>,
+    /// Credential checks per client address (IPv6: per /64).
+    auth: RateLimit<IpAddr>,
+    /// Credential checks and account probes per account.
+    account: RateLimit<i64>,
+    /// Rooms created per user.
+    rooms: RateLimit<i64>,
+    /// Open sockets per user and per client address.
+    sockets: Arc<SocketQuota>,
+    /// WebSocket upgrades per second on this replica (`None`: unlimited).
+    upgrades: Option<governor::DefaultDirectRateLimiter>,
+    /// Whether the bus is up: cluster-wide counting needs Redis.
+    events: Events,
+}
+
+impl Limits {
+    /// The limits of `config`, cluster-wide over `cluster` (Redis) when given.
+    pub(crate) fn new(config: &Config, cluster: Option<Cluster>, events: Events) -> Self {
+        let second = Duration::from_secs(1);
+        let minute = Duration::from_secs(60);
+        let limit = |name, per, period, burst| {
+            RateLimit::new(
+                name,
+                RateLimit::<i64>::quota(per, period, burst),
+                cluster.clone(),
+            )
+        };
+        let (msg_rate, msg_burst) = (config.message_rate_per_sec, config.message_rate_burst);
+        let (frame_rate, frame_burst) = (config.frame_rate_per_sec, config.frame_rate_burst);
+        let per_min = config.account_rate_per_min;
+        let auth_quota =
+            RateLimit::<IpAddr>::quota(config.auth_rate_per_min, minute, config.auth_rate_per_min);
+        Self(Arc::new(LimitSet {
+            // On the message path: cluster-wide cells are leased, not asked for one by one.
+            msg: limit("msg", msg_rate, second, msg_burst).leased(),
+            frame: limit("frame", frame_rate, second, frame_burst).leased(),
+            account: limit("account", per_min, minute, per_min),
+            rooms: limit(
+                "rooms",
+                config.rooms_per_hour,
+                Duration::from_secs(3600),
+                config.rooms_per_hour,
+            ),
+            auth: RateLimit::new("auth", auth_quota, cluster.clone()),
+            sockets: Arc::new(SocketQuota::new(
+                config.ws_max_sockets_per_user,
+                config.ws_max_sockets_per_address,
+                cluster,
+            )),
+            upgrades: std::num::NonZeroU32::new(config.ws_upgrades_per_sec)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
+            events,
+        }))
+    }
+
     /// The per-user message rate limit, for every path that sends.
     ///
     /// # Errors
     /// 429 with the seconds to wait.
     pub(crate) async fn admit(&self, user_id: i64) -> Result<(), Error> {
-        self.msg_limiter.check(&user_id, self.bus.state()).await
+        self.0.msg.check(&user_id, self.0.events.state()).await
     }
 
     /// The per-user limit on the other client frames that fan out or cost a query (typing,
@@ -549,7 +610,7 @@ impl Chat {
     /// # Errors
     /// 429 with the seconds to wait.
     pub(crate) async fn admit_frame(&self, user_id: i64) -> Result<(), Error> {
-        self.frame_limiter.check(&user_id, self.bus.state()).await
+        self.0.frame.check(&user_id, self.0.events.state()).await
     }
 
     /// The limits on credential checks and account probes (register, login, refresh,
@@ -563,10 +624,10 @@ impl Chat {
         ip: IpAddr,
         account: Option<i64>,
     ) -> Result<(), Error> {
-        let bus = self.bus.state();
-        self.auth_limiter.check(&address_key(ip), bus).await?;
+        let bus = self.0.events.state();
+        self.0.auth.check(&address_key(ip), bus).await?;
         match account {
-            Some(id) => self.account_limiter.check(&id, bus).await,
+            Some(id) => self.0.account.check(&id, bus).await,
             None => Ok(()),
         }
     }
@@ -577,7 +638,7 @@ impl Chat {
     /// # Errors
     /// 429 with the seconds to wait.
     pub(crate) async fn admit_room_creation(&self, user_id: i64) -> Result<(), Error> {
-        self.room_limiter.check(&user_id, self.bus.state()).await
+        self.0.rooms.check(&user_id, self.0.events.state()).await
     }
 
     /// The per-replica rate of WebSocket upgrades (reconnect storms).
@@ -585,7 +646,7 @@ impl Chat {
     /// # Errors
     /// 503 with `Retry-After: 1` above the rate.
     pub(crate) fn admit_upgrade(&self) -> Result<(), Error> {
-        match &self.upgrade_limiter {
+        match &self.0.upgrades {
             Some(limiter) if limiter.check().is_err() => {
                 metrics::counter!("chat_ws_upgrades_deferred_total").increment(1);
                 Err(Error::Busy)
@@ -599,19 +660,23 @@ impl Chat {
     /// # Errors
     /// 429 when the user or the address has too many open sockets.
     pub(crate) async fn admit_socket(&self, user: i64, ip: IpAddr) -> Result<SocketPermit, Error> {
-        self.sockets.acquire(user, ip, self.bus.state()).await
+        self.0
+            .sockets
+            .acquire(user, ip, self.0.events.state())
+            .await
     }
 
     /// Forget idle rate-limit keys (memory); refresh this replica's socket entries in Redis.
-    pub(crate) async fn limits_housekeeping(&self, prune: bool) {
+    pub(crate) async fn housekeeping(&self, prune: bool) {
+        let set = &self.0;
         if prune {
-            self.msg_limiter.retain_recent();
-            self.frame_limiter.retain_recent();
-            self.auth_limiter.retain_recent();
-            self.account_limiter.retain_recent();
-            self.room_limiter.retain_recent();
+            set.msg.retain_recent();
+            set.frame.retain_recent();
+            set.auth.retain_recent();
+            set.account.retain_recent();
+            set.rooms.retain_recent();
         }
-        if let Err(e) = self.sockets.heartbeat().await {
+        if let Err(e) = set.sockets.heartbeat().await {
             tracing::debug!(error = %e, "socket quota heartbeat failed");
         }
     }

@@ -3,10 +3,14 @@
 //! search. Every transport calls these: REST handlers and both socket endpoints.
 
 use super::Error;
+use sea_orm::DatabaseConnection;
+
 use super::{
-    Chat, access,
+    access::{self, Access},
     auth::CurrentUser,
-    send::{Draft, Sent},
+    events::Events,
+    limits::Limits,
+    send::{Draft, Sender, Sent},
 };
 use crate::{
     bus::route,
@@ -21,7 +25,7 @@ use crate::{
 /// A message as a client posts it.
 #[derive(Debug)]
 pub(crate) struct Post {
-    /// `None`: missing (refused by [`Chat::send`]; the socket's parser refuses it first).
+    /// `None`: missing (refused by [`Messages::send`]; the socket's parser refuses it first).
     pub(crate) content: Option<String>,
     /// Idempotency key, unique per room and author.
     pub(crate) client_id: Option<String>,
@@ -42,7 +46,36 @@ pub(crate) struct HistoryPage {
 /// A page of history in ascending `seq`, and whether more exists in the direction read.
 pub(crate) type History = (Vec<Message>, bool);
 
-impl Chat {
+/// Most search results per page, and the default.
+pub(crate) const MAX_SEARCH_LIMIT: u64 = 100;
+pub(crate) const DEFAULT_SEARCH_LIMIT: u64 = 20;
+
+/// The messages use-cases.
+pub(crate) struct Messages {
+    db: DatabaseConnection,
+    access: Access,
+    limits: Limits,
+    sender: Sender,
+    events: Events,
+}
+
+impl Messages {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        access: Access,
+        limits: Limits,
+        sender: Sender,
+        events: Events,
+    ) -> Self {
+        Self {
+            db,
+            access,
+            limits,
+            sender,
+            events,
+        }
+    }
+
     /// A page of room `name`'s history (or of one of its threads).
     ///
     /// # Errors
@@ -53,7 +86,7 @@ impl Chat {
         name: &str,
         page: HistoryPage,
     ) -> Result<History, Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         if let Some(root) = page.thread
             && !store::messages::exists(&self.db, room.id, root).await?
         {
@@ -69,7 +102,7 @@ impl Chat {
     }
 
     /// Send `post` to room `name` by name (REST): the access rule, the content rules, then
-    /// [`Chat::post`], waiting for the commit. A repeated `client_id` gives the original,
+    /// [`Messages::post`], waiting for the commit. A repeated `client_id` gives the original,
     /// with its reactions as they are now.
     ///
     /// # Errors
@@ -81,7 +114,7 @@ impl Chat {
         name: &str,
         post: Post,
     ) -> Result<Sent, Error> {
-        let room = self.writable_room(name, me).await?;
+        let room = self.access.writable_room(name, me).await?;
         Error::check(validate::draft(
             post.content.as_deref(),
             post.client_id.as_deref(),
@@ -120,7 +153,7 @@ impl Chat {
         post: Post,
     ) -> Result<impl Future<Output = Result<Sent, Error>> + Send + 'static, Error> {
         let reply_to = self.thread_root(room_id, post.reply_to).await?;
-        self.admit(author.id).await?;
+        self.limits.admit(author.id).await?;
         let draft = Draft {
             author: author.clone(),
             content: post.content.unwrap_or_default(),
@@ -142,7 +175,7 @@ impl Chat {
         id: i64,
         content: Option<String>,
     ) -> Result<Message, Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         let row = store::messages::find(&self.db, room.id, id)
             .await?
             .ok_or(Error::NotFound("message"))?;
@@ -160,7 +193,8 @@ impl Chat {
         for r in &mut shared.reactions {
             r.me = false;
         }
-        self.publish(route::to_room(room.id, &Event::MessageEdited(&shared)))
+        self.events
+            .publish(route::to_room(room.id, &Event::MessageEdited(&shared)))
             .await;
         Ok(msg)
     }
@@ -176,7 +210,7 @@ impl Chat {
         name: &str,
         id: i64,
     ) -> Result<(), Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         let row = store::messages::find(&self.db, room.id, id)
             .await?
             .ok_or(Error::NotFound("message"))?;
@@ -192,15 +226,15 @@ impl Chat {
             id,
             seq,
         };
-        self.publish(route::to_room(room.id, &deleted)).await;
+        self.events.publish(route::to_room(room.id, &deleted)).await;
         Ok(())
     }
 
-    /// [`Chat::react`] in room `name` by name (REST): the access rule and the frame limit
+    /// [`Messages::react`] in room `name` by name (REST): the access rule and the frame limit
     /// first.
     ///
     /// # Errors
-    /// As [`Chat::react`]; `not_found` / `forbidden` by the access rule; `rate_limited`.
+    /// As [`Messages::react`]; `not_found` / `forbidden` by the access rule; `rate_limited`.
     pub(crate) async fn react_in(
         &self,
         me: &CurrentUser,
@@ -209,8 +243,8 @@ impl Chat {
         emoji: &str,
         on: bool,
     ) -> Result<(), Error> {
-        let room = self.writable_room(name, me).await?;
-        self.admit_frame(me.id).await?;
+        let room = self.access.writable_room(name, me).await?;
+        self.limits.admit_frame(me.id).await?;
         self.react(room.id, &room.name, &me.user_ref(), id, emoji, on)
             .await
     }
@@ -219,17 +253,8 @@ impl Chat {
     pub(crate) async fn typing(&self, room_id: i64, room: &str, user: &UserRef) {
         let event = Event::Typing { room, user };
         let env = route::to_room_but(room_id, &event, user.id);
-        if let Err(e) = self.bus.publish(env).await {
-            tracing::debug!(error = %e, "typing not published");
-        }
+        self.events.offer(env).await;
     }
-}
-
-/// Most search results per page, and the default.
-pub(crate) const MAX_SEARCH_LIMIT: u64 = 100;
-pub(crate) const DEFAULT_SEARCH_LIMIT: u64 = 20;
-
-impl Chat {
     /// Add (`on`) or remove `user`'s reaction `emoji` to message `id` of a room they may
     /// write to; a change is committed, then broadcast to the room as a `reaction` event
     /// (to every socket, the reactor's included, so their other devices follow). Repeating it
@@ -248,7 +273,7 @@ impl Chat {
         on: bool,
     ) -> Result<(), Error> {
         validate::reaction(emoji).map_err(|m| Error::invalid_field("emoji", &m))?;
-        self.ensure_writer(room_id, user.id).await?;
+        self.access.ensure_writer(room_id, user.id).await?;
         let reacted = store::reactions::set(&self.db, room_id, id, user.id, emoji, on)
             .await?
             .ok_or(Error::NotFound("message"))?;
@@ -261,7 +286,7 @@ impl Chat {
                 user,
                 on,
             };
-            self.publish(route::to_room(room_id, &event)).await;
+            self.events.publish(route::to_room(room_id, &event)).await;
         }
         Ok(())
     }
@@ -299,56 +324,12 @@ impl Chat {
         limit: u64,
     ) -> Result<(Vec<SearchHit>, Option<i64>), Error> {
         let room_id = match room {
-            Some(name) => Some(self.visible_room(name, me).await?.0.id),
+            Some(name) => Some(self.access.visible_room(name, me).await?.0.id),
             None => None,
         };
         Ok(
             store::search::messages(&self.db, access::reader(me), q, room_id, before, limit)
                 .await?,
         )
-    }
-}
-
-impl Chat {
-    /// The search indexer (PostgreSQL; SQLite indexes in its triggers): sweeps the rooms in
-    /// id order, a few rooms per short statement, indexing what was committed since the last
-    /// sweep, off the send path; a sweep starts every [`store::search::INDEX_EVERY`] while
-    /// there is work (at once when a room had more than its share of a statement), every
-    /// [`store::search::INDEX_IDLE_EVERY`] while there is none. Runs on
-    /// every replica; one statement at a time runs cluster-wide, so any replica left keeps
-    /// search current.
-    pub(crate) async fn search_indexer(self) {
-        use store::search::{INDEX_EVERY, INDEX_IDLE_EVERY, index_step};
-        if !store::search::indexed_in_background(&self.db) {
-            return;
-        }
-        let mut wait = INDEX_IDLE_EVERY;
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-            let (mut after, mut swept, mut more) = (0, 0, false);
-            wait = loop {
-                match index_step(&self.db, after).await {
-                    Ok(step) => {
-                        swept += step.indexed;
-                        more |= step.more;
-                        match step.last_room {
-                            Some(room) if !self.stop.is_cancelled() => after = room,
-                            // A room had more than its share: the next sweep at once.
-                            _ if more => break std::time::Duration::ZERO,
-                            _ if swept > 0 => break INDEX_EVERY,
-                            _ => break INDEX_IDLE_EVERY,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "search indexing failed");
-                        break INDEX_IDLE_EVERY;
-                    }
-                }
-            };
-            metrics::counter!("chat_search_indexed_total").increment(swept);
-        }
     }
 }

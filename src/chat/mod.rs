@@ -1,26 +1,36 @@
-//! The rules of the service, each in one place, and the services every transport calls:
+//! The service layer: the rules, each in one place, and one use-case per operation that every
+//! transport calls (REST handlers and both socket endpoints). `http` and `ws` reach only this
+//! layer and the wire types of `domain`; the database (`store`), the bus and its routing, and
+//! Redis (`kv`) are below it, reached from here only.
 //!
-//! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
-//! * [`access`]: who may see, enter, write to and manage a room (and open a DM).
-//! * [`dms`]: direct messages, read state and throttled receipts (SPEC §11).
-//! * [`messages`]: reactions, thread roots, search (SPEC §11).
-//! * [`send`]: the send pipeline (rate limit, group commit, publish).
-//! * [`heal`]: what repairs a lost bus event (reconciliation, socket audit).
-//! * [`limits`]: every abuse limit (rates and open sockets), per replica and cluster-wide.
-//! * [`revoke`]: revocation of tokens and sessions, and the sockets they opened.
-//! * [`presence`]: who is online where, cluster-wide.
-//! * [`replay`]: history replays on join, identical reads coalesced.
-//! * [`admin`]: the first admin.
+//! [`Chat`] is a cheap handle on the sub-services, each built from the parts it needs (so a
+//! test builds one without the whole graph):
 //!
-//! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
+//! * [`Chat::auth`] ([`auth::Auth`]): who the caller is (access token, deny-list, admin role
+//!   re-checked).
+//! * [`Chat::accounts`] ([`accounts::Accounts`]): register, log in, refresh, log out, the
+//!   profile, the password, the directory, admin operations on users.
+//! * [`Chat::rooms`] ([`rooms::Rooms`]): rooms and membership.
+//! * [`Chat::messages`] ([`messages::Messages`]): history, the send pipeline, edits,
+//!   deletions, reactions, threads, typing, search.
+//! * [`Chat::dms`] ([`dms::Dms`]): direct messages, read state, throttled receipts.
+//! * [`Chat::sockets`] ([`sockets::Sockets`]): socket admission, joining a room (the resume
+//!   seam), leaving it.
+//! * [`Chat::limits`] ([`limits::Limits`]): every abuse limit.
+//! * [`Chat::ops`] ([`ops::Ops`]): readiness, and the gauges a scrape refreshes.
 //!
-//! May import: `fanout`, `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
+//! The parts they share: [`access::Access`] (the access rule), [`presence::Online`] (who is
+//! online), [`revoke::Revocation`], [`events::Events`] (publishing), [`send::Sender`] (the
+//! group commit). [`Upkeep`] is the background work: reconciliation, socket audits, presence
+//! and limit heartbeats, the search indexer ([`heal`] says what repairs what).
 
 pub(crate) mod access;
+pub(crate) mod accounts;
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod dms;
 mod error;
+pub(crate) mod events;
 pub(crate) mod heal;
 pub(crate) mod jwt;
 pub(crate) mod limits;
@@ -33,8 +43,9 @@ pub(crate) mod revoke;
 pub(crate) mod rooms;
 pub(crate) mod send;
 pub(crate) mod sockets;
+mod upkeep;
 
-use std::{net::IpAddr, ops::Deref, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use rand::RngCore;
@@ -43,67 +54,51 @@ use secrecy::ExposeSecret;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub(crate) use self::error::Error;
+pub(crate) use self::upkeep::Upkeep;
 use self::{
+    access::Access,
+    accounts::Accounts,
+    auth::Auth,
+    dms::{Dms, Receipts},
+    events::Events,
     jwt::JwtKeys,
-    limits::{Cluster, RateLimit, SocketQuota},
+    limits::{Cluster, Limits},
+    messages::Messages,
+    ops::Ops,
     password::PasswordHasher,
-    presence::{LocalPresence, Presence, RedisPresence},
-    revoke::{DbDenyList, DenyList, RedisDenyList},
+    presence::{LocalPresence, Online, Presence, RedisPresence},
+    revoke::{DbDenyList, DenyList, RedisDenyList, Revocation},
+    rooms::Rooms,
     send::Sender,
+    sockets::Sockets,
 };
 use crate::{
-    bus::{Bus, BusState, Envelope, local::LocalBus, redis::RedisBus},
+    bus::{Bus, local::LocalBus, redis::RedisBus},
     config::Config,
     fanout::hub::Hub,
 };
 
-/// The services, shared by every request and socket.
-pub(crate) struct Services {
-    pub(crate) config: Config,
-    pub(crate) db: DatabaseConnection,
-    /// The group commit's own connection (PostgreSQL), when it does not share `db`.
-    pub(crate) commit_db: Option<DatabaseConnection>,
-    pub(crate) keys: JwtKeys,
-    pub(crate) hasher: PasswordHasher,
-    pub(crate) deny: Arc<dyn DenyList>,
-    pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) presence: Arc<dyn Presence>,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) sender: Sender,
-    /// The `receipt` throttle.
-    pub(crate) receipts: dms::Receipts,
-    /// Replay pages, shared by the sockets that ask for the same one at once.
-    pub(crate) replays: replay::ReplayReads,
-    /// Messages per user (burst and sustained).
-    pub(crate) msg_limiter: RateLimit<i64>,
-    /// Other client frames that fan out or cost a query, per user.
-    pub(crate) frame_limiter: RateLimit<i64>,
-    /// Credential checks per client address (IPv6: per /64).
-    pub(crate) auth_limiter: RateLimit<IpAddr>,
-    /// Credential checks and account probes per account.
-    pub(crate) account_limiter: RateLimit<i64>,
-    /// Rooms created per user.
-    pub(crate) room_limiter: RateLimit<i64>,
-    /// Open sockets per user and per client address.
-    pub(crate) sockets: Arc<SocketQuota>,
-    /// WebSocket upgrades per second on this replica (`None`: unlimited).
-    pub(crate) upgrade_limiter: Option<governor::DefaultDirectRateLimiter>,
+/// Cheap-to-clone handle on the service layer; `http` and `ws` handlers take it as their
+/// state.
+#[derive(Clone)]
+pub(crate) struct Chat(Arc<Parts>);
+
+struct Parts {
+    config: Config,
     /// Every background task (room tasks, commit drains, sockets, the bus): shutdown waits
     /// for them.
-    pub(crate) tasks: TaskTracker,
+    tasks: TaskTracker,
     /// Cancelled on shutdown: `/readyz` answers 503 from then on.
-    pub(crate) stop: CancellationToken,
-}
-
-/// Cheap-to-clone handle on the [`Services`].
-#[derive(Clone)]
-pub(crate) struct Chat(Arc<Services>);
-
-impl Deref for Chat {
-    type Target = Services;
-    fn deref(&self) -> &Services {
-        &self.0
-    }
+    stop: CancellationToken,
+    auth: Auth,
+    accounts: Accounts,
+    rooms: Rooms,
+    messages: Messages,
+    dms: Dms,
+    sockets: Sockets,
+    limits: Limits,
+    ops: Ops,
+    upkeep: Upkeep,
 }
 
 /// The parts that differ between embedded and cluster mode.
@@ -113,6 +108,17 @@ struct ModeParts {
     deny: Arc<dyn DenyList>,
     /// Redis, for the cluster-wide half of the limits.
     cluster: Option<Cluster>,
+}
+
+/// The parts the sub-services share, built once.
+struct Shared {
+    db: DatabaseConnection,
+    events: Events,
+    access: Access,
+    online: Online,
+    limits: Limits,
+    revocation: Revocation,
+    hub: Arc<Hub>,
 }
 
 impl Chat {
@@ -130,166 +136,164 @@ impl Chat {
         tasks: TaskTracker,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let keys = jwt_keys(&config);
-        let replica_id = rand::rng().next_u64() >> 1;
-        let ModeParts {
-            bus,
-            presence,
-            deny,
-            cluster,
-        } = match &config.redis_url {
-            Some(url) => cluster_parts(url.expose_secret(), &db, replica_id, &tasks, &stop)?,
-            None => ModeParts {
-                bus: Arc::new(LocalBus::default()),
-                presence: Arc::new(LocalPresence::default()),
-                deny: DbDenyList::load(db.clone()).await?,
-                cluster: None,
-            },
-        };
+        let keys = Arc::new(jwt_keys(&config));
+        let mode = mode_parts(&config, &db, &tasks, &stop).await?;
+        let events = Events::new(mode.bus.clone());
         let hub = Hub::new(
             db.clone(),
-            bus.clone(),
+            mode.bus.clone(),
             config.ws_queue_capacity,
             tasks.clone(),
         );
-        let second = Duration::from_secs(1);
-        let minute = Duration::from_secs(60);
-        let limit = |name, per, period, burst| {
-            RateLimit::new(
-                name,
-                RateLimit::<i64>::quota(per, period, burst),
-                cluster.clone(),
-            )
-        };
-        // On the message path: cluster-wide cells are leased, not asked for one by one.
-        let msg_limiter = limit(
-            "msg",
-            config.message_rate_per_sec,
-            second,
-            config.message_rate_burst,
-        )
-        .leased();
-        let frame_limiter = limit(
-            "frame",
-            config.frame_rate_per_sec,
-            second,
-            config.frame_rate_burst,
-        )
-        .leased();
-        let account_limiter = limit(
-            "account",
-            config.account_rate_per_min,
-            minute,
-            config.account_rate_per_min,
-        );
-        let room_limiter = limit(
-            "rooms",
-            config.rooms_per_hour,
-            Duration::from_secs(3600),
-            config.rooms_per_hour,
-        );
-        let auth_limiter = RateLimit::new(
-            "auth",
-            RateLimit::<IpAddr>::quota(config.auth_rate_per_min, minute, config.auth_rate_per_min),
-            cluster.clone(),
-        );
-        let sockets = Arc::new(SocketQuota::new(
-            config.ws_max_sockets_per_user,
-            config.ws_max_sockets_per_address,
-            cluster,
-        ));
-        let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
-        });
-        Ok(Self(Arc::new(Services {
-            sender: Sender::new(
-                commit_db.clone().unwrap_or_else(|| db.clone()),
-                bus.clone(),
-                tasks.clone(),
-            ),
-            commit_db,
-            receipts: dms::Receipts::new(bus.clone(), tasks.clone()),
-            replays: replay::ReplayReads::default(),
-            keys,
-            hasher: PasswordHasher::new(hash_concurrency),
-            deny,
-            bus,
-            presence,
+        let limits = Limits::new(&config, mode.cluster, events.clone());
+        let revocation = Revocation::new(mode.deny, events.clone(), keys.access_ttl_secs);
+        let shared = Shared {
+            access: Access::new(db.clone()),
+            online: Online::new(hub.clone(), mode.presence, db.clone(), events.clone()),
+            db,
+            events,
+            limits,
+            revocation,
             hub,
-            msg_limiter,
-            frame_limiter,
-            auth_limiter,
-            account_limiter,
-            room_limiter,
-            sockets,
-            upgrade_limiter: std::num::NonZeroU32::new(config.ws_upgrades_per_sec)
-                .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n))),
+        };
+        let sender = Sender::new(
+            commit_db.clone().unwrap_or_else(|| shared.db.clone()),
+            mode.bus,
+            tasks.clone(),
+        );
+        let parts = Parts {
+            auth: Auth::new(keys.clone(), shared.revocation.clone(), shared.db.clone()),
+            accounts: Accounts::new(&shared, keys, hasher(&config), &config),
+            rooms: Rooms::new(
+                shared.db.clone(),
+                shared.access.clone(),
+                shared.online.clone(),
+                shared.limits.clone(),
+                shared.events.clone(),
+            ),
+            messages: Messages::new(
+                shared.db.clone(),
+                shared.access.clone(),
+                shared.limits.clone(),
+                sender,
+                shared.events.clone(),
+            ),
+            dms: Dms::new(
+                shared.db.clone(),
+                shared.access.clone(),
+                shared.limits.clone(),
+                shared.online.clone(),
+                Receipts::new(shared.events.clone(), tasks.clone()),
+            ),
+            sockets: Sockets::new(
+                shared.db.clone(),
+                shared.hub.clone(),
+                shared.access.clone(),
+                shared.online.clone(),
+                shared.limits.clone(),
+            ),
+            ops: Ops::new(
+                shared.db.clone(),
+                commit_db,
+                shared.events.clone(),
+                stop.clone(),
+            ),
+            upkeep: Upkeep::new(&shared, stop.clone()),
+            limits: shared.limits,
+            config,
             tasks,
             stop,
-            db,
-            config,
-        })))
+        };
+        Ok(Self(Arc::new(parts)))
     }
 
-    /// Publish an event; a failure is logged (the state change is committed either way, and
-    /// receivers fill message gaps from the database).
-    pub(crate) async fn publish(&self, env: Envelope) {
-        if let Err(e) = self.bus.publish(env).await {
-            tracing::warn!(error = %e, "event not published");
-        }
+    /// Who the caller is.
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.0.auth
     }
 
-    /// Periodic work until shutdown: reconciliation of the active rooms with the database,
-    /// rate-limiter pruning, presence and socket-quota heartbeats, presence expiry sweeps.
-    pub(crate) async fn housekeeping(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut reconcile = tokio::time::interval(crate::fanout::hub::RECONCILE_EVERY);
-        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n: u64 = 0;
-        let (mut audit_in, mut audited_at) = (AUDIT_EVERY_TICKS, 0);
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                _ = reconcile.tick() => {
-                    // The database is the source of truth: rooms behind it catch up.
-                    if let Err(e) = self.hub.reconcile().await {
-                        tracing::debug!(error = %e, "reconciliation failed");
-                    }
-                    // Sockets are audited when the bus comes back (events may have been
-                    // lost while it was down) and every 30 s.
-                    audit_in = audit_in.saturating_sub(1);
-                    let reconnects = self.hub.reconnects();
-                    if self.bus.state() != BusState::Down
-                        && (audit_in == 0 || reconnects != audited_at)
-                    {
-                        audit_in = AUDIT_EVERY_TICKS;
-                        match self.audit_sockets().await {
-                            Ok(()) => audited_at = reconnects,
-                            Err(e) => tracing::debug!(error = %e, "socket audit failed"),
-                        }
-                    }
-                    continue;
-                }
-                _ = tick.tick() => {}
-            }
-            n += 1;
-            if n.is_multiple_of(60) {
-                // Deny-list entries outlive the tokens they deny by a minute only.
-                if let Err(e) = crate::store::revoked::purge_expired(&self.db).await {
-                    tracing::debug!(error = %e, "purging expired revocations failed");
-                }
-            }
-            if n.is_multiple_of(2) {
-                self.presence_heartbeat().await;
-                self.limits_housekeeping(n.is_multiple_of(12)).await;
-            }
-            self.presence_sweep().await;
-        }
+    /// Accounts, sessions and the user directory.
+    pub(crate) fn accounts(&self) -> &Accounts {
+        &self.0.accounts
+    }
+
+    /// Rooms and membership.
+    pub(crate) fn rooms(&self) -> &Rooms {
+        &self.0.rooms
+    }
+
+    /// Messages: history, sending, edits, deletions, reactions, threads, typing, search.
+    pub(crate) fn messages(&self) -> &Messages {
+        &self.0.messages
+    }
+
+    /// Direct messages and read state.
+    pub(crate) fn dms(&self) -> &Dms {
+        &self.0.dms
+    }
+
+    /// What a WebSocket does: admission, join, leave.
+    pub(crate) fn sockets(&self) -> &Sockets {
+        &self.0.sockets
+    }
+
+    /// The abuse limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    /// Readiness and scrape-time gauges.
+    pub(crate) fn ops(&self) -> &Ops {
+        &self.0.ops
+    }
+
+    /// The background work.
+    pub(crate) fn upkeep(&self) -> &Upkeep {
+        &self.0.upkeep
+    }
+
+    /// The configuration the service was built from.
+    pub(crate) fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// Where background work is spawned, so that shutdown waits for it.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.0.tasks
+    }
+
+    /// Cancelled when the replica shuts down.
+    pub(crate) fn stop(&self) -> &CancellationToken {
+        &self.0.stop
     }
 }
 
-/// Reconciliation ticks between socket audits (2 s each: 30 s).
-const AUDIT_EVERY_TICKS: u32 = 15;
+/// The password hasher, with `HASH_CONCURRENCY` hashes at once (default: one per core).
+fn hasher(config: &Config) -> PasswordHasher {
+    let concurrency = config
+        .hash_concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    PasswordHasher::new(concurrency)
+}
+
+/// The bus, presence and deny-list of the configured mode.
+async fn mode_parts(
+    config: &Config,
+    db: &DatabaseConnection,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<ModeParts> {
+    let replica_id = rand::rng().next_u64() >> 1;
+    Ok(match &config.redis_url {
+        Some(url) => cluster_parts(url.expose_secret(), db, replica_id, tasks, stop)?,
+        None => ModeParts {
+            bus: Arc::new(LocalBus::default()),
+            presence: Arc::new(LocalPresence::default()),
+            deny: DbDenyList::load(db.clone()).await?,
+            cluster: None,
+        },
+    })
+}
 
 /// The token keys: `JWT_SECRET`, or a random key (embedded mode only).
 fn jwt_keys(config: &Config) -> JwtKeys {

@@ -1,10 +1,11 @@
 //! What operators ask a replica: is it ready for traffic (and why not), and the gauges
 //! `/metrics` refreshes when scraped.
 
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use super::Chat;
+use super::events::Events;
 pub(crate) use crate::store::schema::SchemaGate;
 use crate::{bus::BusState, telemetry::metrics};
 
@@ -26,7 +27,31 @@ pub(crate) struct Readiness {
     pub(crate) ready: bool,
 }
 
-impl Chat {
+/// What operators ask a replica.
+pub(crate) struct Ops {
+    db: DatabaseConnection,
+    /// The group commit's own connection (PostgreSQL), when it does not share `db`.
+    commit_db: Option<DatabaseConnection>,
+    events: Events,
+    /// Cancelled on shutdown: not ready from then on.
+    stop: CancellationToken,
+}
+
+impl Ops {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        commit_db: Option<DatabaseConnection>,
+        events: Events,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            db,
+            commit_db,
+            events,
+            stop,
+        }
+    }
+
     /// Check the database (with a short timeout), the schema (when a `gate` watches it), the
     /// bus and shutdown. Also exported as the `chat_ready`, `chat_bus_live` and
     /// `chat_schema_current` gauges.
@@ -34,7 +59,7 @@ impl Chat {
         let db_ok = tokio::time::timeout(DB_PROBE_TIMEOUT, self.db.execute_unprepared("SELECT 1"))
             .await
             .is_ok_and(|r| r.is_ok());
-        let bus = self.bus.state();
+        let bus = self.events.state();
         let draining = self.stop.is_cancelled();
         // Without a gate (a router built without one) the schema is not checked.
         let schema_ok = gate.is_none_or(SchemaGate::is_current);

@@ -17,13 +17,18 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::Script;
 
-use super::Chat;
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use super::{Error, events::Events};
 use crate::{
     bus::route,
     domain::{
         event::{Event, PresenceChange},
-        model::UserRef,
+        model::{Room, UserRef},
     },
+    fanout::hub::Hub,
     store,
 };
 
@@ -47,10 +52,43 @@ pub(crate) trait Presence: Send + Sync {
     }
 }
 
-impl Chat {
+/// Who is online where: this replica's counts (in the fan-out) and the cluster's
+/// ([`Presence`]), and the `presence` events of their transitions.
+#[derive(Clone)]
+pub(crate) struct Online {
+    hub: Arc<Hub>,
+    presence: Arc<dyn Presence>,
+    db: DatabaseConnection,
+    events: Events,
+}
+
+impl Online {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        presence: Arc<dyn Presence>,
+        db: DatabaseConnection,
+        events: Events,
+    ) -> Self {
+        Self {
+            hub,
+            presence,
+            db,
+            events,
+        }
+    }
+
+    /// A room as its clients see it, with its online count.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub(crate) async fn room_wire(&self, row: store::rooms::RoomRow) -> Result<Room, Error> {
+        let online = i64::try_from(self.ids(row.id).await.len()).unwrap_or(0);
+        Ok(store::rooms::to_wire(&self.db, row, online).await?)
+    }
+
     /// This replica's first socket of `user` entered `room`: announce `join` if the user just
     /// came online in the whole cluster.
-    pub(crate) async fn presence_entered(&self, room_id: i64, room: &str, user: &UserRef) {
+    pub(crate) async fn entered(&self, room_id: i64, room: &str, user: &UserRef) {
         if !self.hub.presence_inc(room_id, user.id) {
             return;
         }
@@ -65,7 +103,7 @@ impl Chat {
     }
 
     /// A socket of `user` left `room`: announce `leave` if it was their last in the cluster.
-    pub(crate) async fn presence_left(&self, room_id: i64, room: &str, user: &UserRef) {
+    pub(crate) async fn left(&self, room_id: i64, room: &str, user: &UserRef) {
         if !self.hub.presence_dec(room_id, user.id) {
             return;
         }
@@ -81,13 +119,14 @@ impl Chat {
 
     async fn announce(&self, room_id: i64, room: &str, event: PresenceChange, user: &UserRef) {
         let event = Event::Presence { room, event, user };
-        self.publish(route::to_room_but(room_id, &event, user.id))
+        self.events
+            .publish(route::to_room_but(room_id, &event, user.id))
             .await;
     }
 
     /// Users online in `room_id`, cluster-wide (empty, with a warning, if presence is
     /// unreachable).
-    pub(crate) async fn online_users(&self, room_id: i64) -> Vec<UserRef> {
+    pub(crate) async fn users(&self, room_id: i64) -> Vec<UserRef> {
         match self.presence.online(room_id).await {
             Ok(ids) => store::users::refs(&self.db, &ids).await.unwrap_or_default(),
             Err(e) => {
@@ -98,7 +137,7 @@ impl Chat {
     }
 
     /// Online counts of `rooms`, cluster-wide (missing if presence is unreachable).
-    pub(crate) async fn online_counts(&self, rooms: &[i64]) -> HashMap<i64, i64> {
+    pub(crate) async fn counts(&self, rooms: &[i64]) -> HashMap<i64, i64> {
         match self.presence.online_counts(rooms).await {
             Ok(counts) => rooms.iter().copied().zip(counts).collect(),
             Err(e) => {
@@ -109,19 +148,19 @@ impl Chat {
     }
 
     /// Ids of the users online in `room_id` (empty if presence is unreachable).
-    pub(crate) async fn online_ids(&self, room_id: i64) -> Vec<i64> {
+    pub(crate) async fn ids(&self, room_id: i64) -> Vec<i64> {
         self.presence.online(room_id).await.unwrap_or_default()
     }
 
     /// Refresh this replica's presence entries.
-    pub(crate) async fn presence_heartbeat(&self) {
+    pub(crate) async fn heartbeat(&self) {
         if let Err(e) = self.presence.heartbeat().await {
             tracing::warn!(error = %e, "presence heartbeat failed");
         }
     }
 
     /// Expire the entries of crashed replicas and announce those users' `leave`, once each.
-    pub(crate) async fn presence_sweep(&self) {
+    pub(crate) async fn sweep(&self) {
         let pairs = match self.presence.sweep().await {
             Ok(p) => p,
             Err(e) => {

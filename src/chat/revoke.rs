@@ -26,8 +26,8 @@ use chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
 use sea_orm::DatabaseConnection;
 
-use super::Chat;
 use super::Error;
+use super::events::Events;
 use crate::{bus::route, store};
 
 /// One deny-list entry.
@@ -51,7 +51,32 @@ impl DenyKey<'_> {
     }
 }
 
-impl Chat {
+/// Revocation: the deny-list and the events that close the sockets of what it denies.
+#[derive(Clone)]
+pub(crate) struct Revocation {
+    deny: Arc<dyn DenyList>,
+    events: Events,
+    /// How long an access token lives: a denial outlives the tokens it denies by a minute.
+    access_ttl_secs: i64,
+}
+
+impl Revocation {
+    pub(crate) fn new(deny: Arc<dyn DenyList>, events: Events, access_ttl_secs: i64) -> Self {
+        Self {
+            deny,
+            events,
+            access_ttl_secs,
+        }
+    }
+
+    /// Which of `keys` are denied (one round trip).
+    ///
+    /// # Errors
+    /// When the deny-list cannot be read.
+    pub(crate) async fn denied(&self, keys: &[String]) -> anyhow::Result<HashSet<String>> {
+        self.deny.denied_keys(keys).await
+    }
+
     /// Whether a token of `user` in session `sid` with id `jti` is revoked.
     ///
     /// # Errors
@@ -70,7 +95,7 @@ impl Chat {
 
     /// Deny `keys` for as long as a token issued now could live.
     async fn deny_keys(&self, keys: &[DenyKey<'_>]) -> Result<(), Error> {
-        let until = Utc::now() + Duration::seconds(self.keys.access_ttl_secs + 60);
+        let until = Utc::now() + Duration::seconds(self.access_ttl_secs + 60);
         let keys: Vec<String> = keys.iter().map(|k| k.key()).collect();
         self.deny
             .deny(&keys, until)
@@ -100,10 +125,13 @@ impl Chat {
         let keys: Vec<DenyKey<'_>> = families.iter().map(|f| DenyKey::Session(f)).collect();
         self.deny_keys(&keys).await?;
         if all {
-            self.publish(route::revoke(user_id, None, true)).await;
+            self.events
+                .publish(route::revoke(user_id, None, true))
+                .await;
         } else {
             for f in families {
-                self.publish(route::revoke(user_id, Some(f.clone()), false))
+                self.events
+                    .publish(route::revoke(user_id, Some(f.clone()), false))
                     .await;
             }
         }
@@ -116,7 +144,9 @@ impl Chat {
     /// 503 if the deny-list cannot be written.
     pub(crate) async fn revoke_user(&self, user_id: i64) -> Result<(), Error> {
         self.deny_keys(&[DenyKey::User(user_id)]).await?;
-        self.publish(route::revoke(user_id, None, true)).await;
+        self.events
+            .publish(route::revoke(user_id, None, true))
+            .await;
         Ok(())
     }
 }

@@ -4,10 +4,15 @@
 //! removed), its limit and the events it fans out.
 
 use super::Error;
+use sea_orm::DatabaseConnection;
+
 use super::{
-    Chat,
-    access::{Refusal, may_invite, may_manage},
+    access::{Access, Refusal, may_invite, may_manage},
     auth::CurrentUser,
+    dms,
+    events::Events,
+    limits::Limits,
+    presence::Online,
 };
 use crate::domain::validate::FieldErrors;
 use crate::{
@@ -56,21 +61,46 @@ pub(crate) enum Outcome {
 /// Generated direct-message names start so; no room may take one first.
 const DM_PREFIX: &str = "dm-";
 
-impl Chat {
+/// The rooms use-cases.
+pub(crate) struct Rooms {
+    db: DatabaseConnection,
+    access: Access,
+    online: Online,
+    limits: Limits,
+    events: Events,
+}
+
+impl Rooms {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        access: Access,
+        online: Online,
+        limits: Limits,
+        events: Events,
+    ) -> Self {
+        Self {
+            db,
+            access,
+            online,
+            limits,
+            events,
+        }
+    }
+
     /// Create room `name` (`None`: the name is missing), owned by the caller.
     ///
     /// # Errors
     /// `validation_failed` for a missing or invalid name, topic or visibility, or a name with
     /// the reserved `dm-` prefix; `conflict` if the name is taken; `rate_limited` past the
     /// rooms-per-hour limit.
-    pub(crate) async fn create_room(
+    pub(crate) async fn create(
         &self,
         me: &CurrentUser,
         name: Option<&str>,
         settings: NewRoom,
     ) -> Result<Room, Error> {
         let row = self.insert_room(me, name, settings).await?;
-        self.room_wire(row).await
+        self.online.room_wire(row).await
     }
 
     async fn insert_room(
@@ -103,7 +133,7 @@ impl Chat {
         let Some(name) = name.filter(|_| fields.is_empty()) else {
             return Err(Error::validation(fields));
         };
-        self.admit_room_creation(me.id).await?;
+        self.limits.admit_room_creation(me.id).await?;
         let visibility = settings
             .visibility
             .as_deref()
@@ -116,7 +146,7 @@ impl Chat {
     ///
     /// # Errors
     /// `service_unavailable` if the database is down.
-    pub(crate) async fn list_rooms(
+    pub(crate) async fn list(
         &self,
         me: &CurrentUser,
         query: RoomQuery<'_>,
@@ -132,10 +162,10 @@ impl Chat {
         .await?;
         let items = if query.joined {
             // The caller's rooms carry their read state (one grouped query for the page).
-            self.rooms_with_read_state(me, rows).await?
+            dms::with_read_state(&self.db, &self.online, me, rows).await?
         } else {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let online = self.online_counts(&ids).await;
+            let online = self.online.counts(&ids).await;
             store::rooms::to_wire_many(&self.db, rows, &online).await?
         };
         Ok(Page {
@@ -148,33 +178,37 @@ impl Chat {
     ///
     /// # Errors
     /// `not_found` if there is none, or it is private to others.
-    pub(crate) async fn room(&self, me: &CurrentUser, name: &str) -> Result<Room, Error> {
-        let (room, _) = self.visible_room(name, me).await?;
-        self.room_wire(room).await
+    pub(crate) async fn get(&self, me: &CurrentUser, name: &str) -> Result<Room, Error> {
+        let (room, _) = self.access.visible_room(name, me).await?;
+        self.online.room_wire(room).await
     }
 
     /// Join room `name`, or create it (the caller its owner) if there is none.
     ///
     /// # Errors
-    /// As [`Chat::create_room`]; `not_found` for a private room the caller is not in.
-    pub(crate) async fn join_or_create_room(
+    /// As [`Rooms::create`]; `not_found` for a private room the caller is not in.
+    pub(crate) async fn join_or_create(
         &self,
         me: &CurrentUser,
         name: &str,
         settings: NewRoom,
     ) -> Result<(Room, Outcome), Error> {
         if let Some(room) = self.existing_room(name).await? {
-            let room = self.enter_room(room, me.id, Refusal::NotFound).await?;
-            return Ok((self.room_wire(room).await?, Outcome::Joined));
+            let room = self
+                .access
+                .enter_room(room, me.id, Refusal::NotFound)
+                .await?;
+            return Ok((self.online.room_wire(room).await?, Outcome::Joined));
         }
         match self.insert_room(me, Some(name), settings).await {
-            Ok(row) => Ok((self.room_wire(row).await?, Outcome::Created)),
+            Ok(row) => Ok((self.online.room_wire(row).await?, Outcome::Created)),
             // Lost a race with a concurrent creator: join theirs.
             Err(Error::Conflict { .. }) => {
                 let room = self
+                    .access
                     .enter_room_named(name, me.id, Refusal::NotFound)
                     .await?;
-                Ok((self.room_wire(room).await?, Outcome::Joined))
+                Ok((self.online.room_wire(room).await?, Outcome::Joined))
             }
             Err(e) => Err(e),
         }
@@ -182,7 +216,7 @@ impl Chat {
 
     /// The room called `name`, if there is one.
     async fn existing_room(&self, name: &str) -> Result<Option<RoomRow>, Error> {
-        match self.room_named(name).await {
+        match self.access.room_named(name).await {
             Ok(room) => Ok(Some(room)),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -194,11 +228,12 @@ impl Chat {
     /// # Errors
     /// `not_found` if there is no such room; `forbidden` for a private one (it needs an
     /// invitation).
-    pub(crate) async fn join_room(&self, me: &CurrentUser, name: &str) -> Result<Room, Error> {
+    pub(crate) async fn join(&self, me: &CurrentUser, name: &str) -> Result<Room, Error> {
         let room = self
+            .access
             .enter_room_named(name, me.id, Refusal::NeedsInvitation)
             .await?;
-        self.room_wire(room).await
+        self.online.room_wire(room).await
     }
 
     /// Leave room `name`: the caller's sockets in it close (removed).
@@ -206,8 +241,8 @@ impl Chat {
     /// # Errors
     /// `not_found` if there is no such room or the caller is not a member; `conflict` for its
     /// owner, who must transfer or delete it first.
-    pub(crate) async fn leave_room(&self, me: &CurrentUser, name: &str) -> Result<(), Error> {
-        let (room, role) = self.visible_room(name, me).await?;
+    pub(crate) async fn leave(&self, me: &CurrentUser, name: &str) -> Result<(), Error> {
+        let (room, role) = self.access.visible_room(name, me).await?;
         if role.is_none() {
             return Err(Error::NotFound("membership"));
         }
@@ -220,7 +255,8 @@ impl Chat {
             });
         }
         store::rooms::remove_member(&self.db, room.id, me.id).await?;
-        self.publish(route::removed(room.id, &room.name, me.id))
+        self.events
+            .publish(route::removed(room.id, &room.name, me.id))
             .await;
         Ok(())
     }
@@ -229,15 +265,15 @@ impl Chat {
     /// `room_updated`.
     ///
     /// # Errors
-    /// `not_found` as [`Chat::room`]; `forbidden` for anyone else; `validation_failed` for an
+    /// `not_found` as [`Rooms::get`]; `forbidden` for anyone else; `validation_failed` for an
     /// invalid topic or visibility, or a new owner who is not a member.
-    pub(crate) async fn update_room(
+    pub(crate) async fn update(
         &self,
         me: &CurrentUser,
         name: &str,
         changes: RoomChanges,
     ) -> Result<Room, Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         if !may_manage(&room, me) {
             return Err(Error::Forbidden(
                 "only the owner or an admin may change the room",
@@ -264,8 +300,9 @@ impl Chat {
             }
             other => other?,
         };
-        let room = self.room_wire(row).await?;
-        self.publish(route::to_room(room.id, &Event::RoomUpdated { room: &room }))
+        let room = self.online.room_wire(row).await?;
+        self.events
+            .publish(route::to_room(room.id, &Event::RoomUpdated { room: &room }))
             .await;
         Ok(room)
     }
@@ -273,16 +310,18 @@ impl Chat {
     /// Delete room `name` (owner or admin): its sockets get `room_deleted`, then close.
     ///
     /// # Errors
-    /// `not_found` as [`Chat::room`]; `forbidden` for anyone else.
-    pub(crate) async fn delete_room(&self, me: &CurrentUser, name: &str) -> Result<(), Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+    /// `not_found` as [`Rooms::get`]; `forbidden` for anyone else.
+    pub(crate) async fn delete(&self, me: &CurrentUser, name: &str) -> Result<(), Error> {
+        let (room, _) = self.access.visible_room(name, me).await?;
         if !may_manage(&room, me) {
             return Err(Error::Forbidden(
                 "only the owner or an admin may delete the room",
             ));
         }
         store::rooms::delete(&self.db, room.id).await?;
-        self.publish(route::room_deleted(room.id, &room.name)).await;
+        self.events
+            .publish(route::room_deleted(room.id, &room.name))
+            .await;
         Ok(())
     }
 
@@ -290,7 +329,7 @@ impl Chat {
     /// cluster-wide.
     ///
     /// # Errors
-    /// `not_found` as [`Chat::room`].
+    /// `not_found` as [`Rooms::get`].
     pub(crate) async fn members(
         &self,
         me: &CurrentUser,
@@ -298,9 +337,9 @@ impl Chat {
         limit: u64,
         after: Option<i64>,
     ) -> Result<(Vec<Member>, Option<i64>), Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         let (mut items, next) = store::rooms::members(&self.db, room.id, limit, after).await?;
-        let online = self.online_ids(room.id).await;
+        let online = self.online.ids(room.id).await;
         for m in &mut items {
             m.online = online.contains(&m.user.id);
         }
@@ -310,7 +349,7 @@ impl Chat {
     /// Invite `user_id` into room `name` (owner or admin): they become a member.
     ///
     /// # Errors
-    /// `not_found` as [`Chat::room`] or for no such user; `forbidden` for anyone else, and for
+    /// `not_found` as [`Rooms::get`] or for no such user; `forbidden` for anyone else, and for
     /// a direct message.
     pub(crate) async fn invite(
         &self,
@@ -318,7 +357,7 @@ impl Chat {
         name: &str,
         user_id: Option<i64>,
     ) -> Result<Member, Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         may_invite(&room, me)?;
         let Some(user_id) = user_id else {
             return Err(Error::invalid_field("user_id", "is required"));
@@ -335,7 +374,7 @@ impl Chat {
     /// Remove `user_id` from room `name` (owner or admin): their sockets in it close.
     ///
     /// # Errors
-    /// `not_found` as [`Chat::room`] or if they are not a member; `forbidden` for anyone
+    /// `not_found` as [`Rooms::get`] or if they are not a member; `forbidden` for anyone
     /// else, and for the owner (who cannot be removed).
     pub(crate) async fn remove_member(
         &self,
@@ -343,7 +382,7 @@ impl Chat {
         name: &str,
         user_id: i64,
     ) -> Result<(), Error> {
-        let (room, _) = self.visible_room(name, me).await?;
+        let (room, _) = self.access.visible_room(name, me).await?;
         if !may_manage(&room, me) {
             return Err(Error::Forbidden(
                 "only the owner or an admin may remove members",
@@ -355,14 +394,9 @@ impl Chat {
         if !store::rooms::remove_member(&self.db, room.id, user_id).await? {
             return Err(Error::NotFound("member"));
         }
-        self.publish(route::removed(room.id, &room.name, user_id))
+        self.events
+            .publish(route::removed(room.id, &room.name, user_id))
             .await;
         Ok(())
-    }
-
-    /// A room as its clients see it, with its online count.
-    pub(crate) async fn room_wire(&self, row: RoomRow) -> Result<Room, Error> {
-        let online = i64::try_from(self.online_ids(row.id).await.len()).unwrap_or(0);
-        Ok(store::rooms::to_wire(&self.db, row, online).await?)
     }
 }

@@ -10,11 +10,14 @@
 use std::{net::IpAddr, sync::Arc};
 
 use super::Error;
+use sea_orm::DatabaseConnection;
+
 use super::{
-    Chat,
-    access::{Entry, Refusal},
+    access::{Access, Entry, Refusal},
     auth::CurrentUser,
-    limits::SocketPermit,
+    limits::{Limits, SocketPermit},
+    presence::Online,
+    replay::ReplayReads,
 };
 use crate::{
     bus::route,
@@ -22,7 +25,7 @@ use crate::{
         event::Frame,
         model::{Room, UserRef},
     },
-    fanout::socket::SocketCtl,
+    fanout::{hub::Hub, socket::SocketCtl},
     store::{self, rooms::RoomRow},
 };
 
@@ -59,7 +62,35 @@ pub(crate) struct Welcome<'a> {
     pub(crate) last_read: i64,
 }
 
-impl Chat {
+/// The sockets use-cases.
+pub(crate) struct Sockets {
+    db: DatabaseConnection,
+    hub: Arc<Hub>,
+    access: Access,
+    online: Online,
+    limits: Limits,
+    /// Replay pages, shared by the sockets that ask for the same one at once.
+    replays: ReplayReads,
+}
+
+impl Sockets {
+    pub(crate) fn new(
+        db: DatabaseConnection,
+        hub: Arc<Hub>,
+        access: Access,
+        online: Online,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            db,
+            hub,
+            access,
+            online,
+            limits,
+            replays: ReplayReads::default(),
+        }
+    }
+
     /// May `user` open a socket on room `name`? Changes nothing.
     ///
     /// # Errors
@@ -69,8 +100,9 @@ impl Chat {
         user: &CurrentUser,
         name: &str,
     ) -> Result<RoomPass, Error> {
-        let room = self.room_named(name).await?;
+        let room = self.access.room_named(name).await?;
         let entry = self
+            .access
             .may_enter(&room, user.id, Refusal::NeedsInvitation)
             .await?;
         Ok(RoomPass { room, entry })
@@ -89,21 +121,23 @@ impl Chat {
         pass: RoomPass,
     ) -> Result<(SocketPermit, Entered), Error> {
         let permit = self.admit_mux_socket(user, ip).await?;
-        self.complete_entry(&pass.room, user.id, pass.entry).await?;
+        self.access
+            .complete_entry(&pass.room, user.id, pass.entry)
+            .await?;
         Ok((permit, Entered { room: pass.room }))
     }
 
     /// Admit a multiplexed socket.
     ///
     /// # Errors
-    /// As [`Chat::admit_room_socket`].
+    /// As [`Sockets::admit_room_socket`].
     pub(crate) async fn admit_mux_socket(
         &self,
         user: &CurrentUser,
         ip: IpAddr,
     ) -> Result<SocketPermit, Error> {
-        self.admit_upgrade()?;
-        self.admit_socket(user.id, ip).await
+        self.limits.admit_upgrade()?;
+        self.limits.admit_socket(user.id, ip).await
     }
 
     /// A `subscribe` on the multiplexed socket: enter room `name` (a public room makes the
@@ -113,18 +147,19 @@ impl Chat {
     /// `not_found` for no such room, and for a private room the user is not in.
     pub(crate) async fn subscribe(&self, user_id: i64, name: &str) -> Result<Entered, Error> {
         let room = self
+            .access
             .enter_room_named(name, user_id, Refusal::NotFound)
             .await?;
         Ok(Entered { room })
     }
 
     /// A new socket of `user_id` in the fan-out.
-    pub(crate) fn open_socket(&self, user_id: i64, mux: bool, sid: String) -> Arc<SocketCtl> {
+    pub(crate) fn open(&self, user_id: i64, mux: bool, sid: String) -> Arc<SocketCtl> {
         self.hub.register_socket(user_id, mux, sid)
     }
 
     /// The socket is gone from the fan-out.
-    pub(crate) fn close_socket(&self, ctl: &SocketCtl) {
+    pub(crate) fn close(&self, ctl: &SocketCtl) {
         self.hub.unregister_socket(ctl);
     }
 
@@ -163,7 +198,7 @@ impl Chat {
         }
     }
 
-    /// The rest of [`Chat::join`], once the socket is registered (paused) in the room.
+    /// The rest of [`Sockets::join`], once the socket is registered (paused) in the room.
     async fn announce_and_replay(
         &self,
         ctl: &Arc<SocketCtl>,
@@ -176,8 +211,8 @@ impl Chat {
         // Registered (paused) from here on: replay reads started later may be shared.
         let joined_at = tokio::time::Instant::now();
         let room_id = room.id;
-        self.presence_entered(room_id, &room.name, user).await;
-        let online = self.online_users(room_id).await;
+        self.online.entered(room_id, &room.name, user).await;
+        let online = self.online.users(room_id).await;
         let count = i64::try_from(online.len()).unwrap_or(0);
         let last_read = store::rooms::last_read_seq(&self.db, room_id, user.id)
             .await?
@@ -244,7 +279,7 @@ impl Chat {
     /// The socket leaves a room it joined (also when the fan-out already dropped it).
     pub(crate) async fn leave(&self, ctl: &SocketCtl, joined: &Joined, user: &UserRef) {
         self.hub.leave(joined.id, ctl);
-        self.presence_left(joined.id, &joined.name, user).await;
+        self.online.left(joined.id, &joined.name, user).await;
     }
 }
 

@@ -49,7 +49,7 @@ pub(crate) async fn open_dm(
     let Some(ids) = body.user_ids else {
         return Err(Error::invalid_field("user_ids", "is required"));
     };
-    let (room, created) = chat.open_dm(&me, &ids).await?;
+    let (room, created) = chat.dms().open(&me, &ids).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -71,5 +71,7 @@ pub(crate) async fn list_dms(
     Query(q): Query<ListDmsQuery>,
 ) -> Result<Json<Page<Room>>, Error> {
     let limit = q.limit.unwrap_or(50).clamp(1, 100);
-    Ok(Json(chat.list_dms(&me, limit, q.cursor.as_deref()).await?))
+    Ok(Json(
+        chat.dms().list(&me, limit, q.cursor.as_deref()).await?,
+    ))
 }

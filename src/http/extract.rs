@@ -203,7 +203,7 @@ where
             return Err(Error::unauthenticated());
         }
         let token = bearer(&parts.headers).ok_or_else(Error::invalid_token)?;
-        Chat::from_ref(state).authenticate(token).await
+        Chat::from_ref(state).auth().authenticate(token).await
     }
 }
 
@@ -250,7 +250,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let chat = Chat::from_ref(state);
         Ok(Self(crate::chat::limits::client_ip(
-            &chat.config,
+            chat.config(),
             &parts.headers,
             peer_addr(parts),
         )))

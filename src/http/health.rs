@@ -31,7 +31,7 @@ pub(crate) async fn readyz(
     State(chat): State<Chat>,
     gate: Option<Extension<SchemaGate>>,
 ) -> impl IntoResponse {
-    let readiness = chat.readiness(gate.as_deref()).await;
+    let readiness = chat.ops().readiness(gate.as_deref()).await;
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -45,7 +45,7 @@ pub(crate) async fn metrics(
     State(chat): State<Chat>,
     gate: Option<Extension<SchemaGate>>,
 ) -> impl IntoResponse {
-    chat.refresh_gauges(gate.as_deref()).await;
+    chat.ops().refresh_gauges(gate.as_deref()).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

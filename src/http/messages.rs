@@ -96,7 +96,7 @@ pub(crate) async fn list_messages(
         thread: q.thread,
         limit: q.limit.unwrap_or(50).clamp(1, 200),
     };
-    let (items, has_more) = chat.history(&me, &name, page).await?;
+    let (items, has_more) = chat.messages().history(&me, &name, page).await?;
     Ok(Json(HistoryResponse { items, has_more }))
 }
 
@@ -121,7 +121,7 @@ pub(crate) async fn create_message(
         client_id: body.client_id,
         reply_to: body.reply_to,
     };
-    match chat.send(&me, &name, post).await? {
+    match chat.messages().send(&me, &name, post).await? {
         Sent::Created(msg) => {
             metrics::accepted("rest");
             Ok((StatusCode::CREATED, Json(msg)))
@@ -144,7 +144,11 @@ pub(crate) async fn edit_message(
     Path((name, id)): Path<(String, i64)>,
     Json(body): Json<EditRequest>,
 ) -> Result<Json<Message>, Error> {
-    Ok(Json(chat.edit_message(&me, &name, id, body.content).await?))
+    Ok(Json(
+        chat.messages()
+            .edit_message(&me, &name, id, body.content)
+            .await?,
+    ))
 }
 
 /// `DELETE /api/v1/rooms/{name}/messages/{id}` (author, room owner, admin): broadcasts `message_deleted`.
@@ -159,7 +163,7 @@ pub(crate) async fn delete_message(
     me: CurrentUser,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<StatusCode, Error> {
-    chat.delete_message(&me, &name, id).await?;
+    chat.messages().delete_message(&me, &name, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -180,7 +184,9 @@ pub(crate) async fn add_reaction(
     me: CurrentUser,
     Path((name, id, emoji)): Path<(String, i64, String)>,
 ) -> Result<StatusCode, Error> {
-    chat.react_in(&me, &name, id, &emoji, true).await?;
+    chat.messages()
+        .react_in(&me, &name, id, &emoji, true)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -200,6 +206,8 @@ pub(crate) async fn remove_reaction(
     me: CurrentUser,
     Path((name, id, emoji)): Path<(String, i64, String)>,
 ) -> Result<StatusCode, Error> {
-    chat.react_in(&me, &name, id, &emoji, false).await?;
+    chat.messages()
+        .react_in(&me, &name, id, &emoji, false)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -153,7 +153,8 @@ pub(crate) async fn create_room(
 ) -> Result<impl IntoResponse, Error> {
     let name = body.name.clone();
     let room = chat
-        .create_room(&me, name.as_deref(), body.settings())
+        .rooms()
+        .create(&me, name.as_deref(), body.settings())
         .await?;
     Ok((StatusCode::CREATED, Json(room)))
 }
@@ -177,7 +178,7 @@ pub(crate) async fn list_rooms(
         limit,
         cursor: q.cursor.as_deref(),
     };
-    Ok(Json(chat.list_rooms(&me, query).await?))
+    Ok(Json(chat.rooms().list(&me, query).await?))
 }
 
 /// `GET /api/v1/rooms/{name}`
@@ -188,7 +189,7 @@ pub(crate) async fn get_room(
     me: CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<Room>, Error> {
-    Ok(Json(chat.room(&me, &name).await?))
+    Ok(Json(chat.rooms().get(&me, &name).await?))
 }
 
 /// `PUT /api/v1/rooms/{name}`: join-or-create. 201 created; 200 joined (or already a member).
@@ -207,7 +208,7 @@ pub(crate) async fn join_or_create_room(
     MaybeJson(body): MaybeJson<CreateRoomRequest>,
 ) -> Result<impl IntoResponse, Error> {
     let settings = body.unwrap_or_default().settings();
-    let (room, outcome) = chat.join_or_create_room(&me, &name, settings).await?;
+    let (room, outcome) = chat.rooms().join_or_create(&me, &name, settings).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,
         Outcome::Joined => StatusCode::OK,
@@ -227,7 +228,7 @@ pub(crate) async fn join_room(
     me: CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<Room>, Error> {
-    Ok(Json(chat.join_room(&me, &name).await?))
+    Ok(Json(chat.rooms().join(&me, &name).await?))
 }
 
 /// `POST /api/v1/rooms/{name}/leave`: the caller's sockets in the room close with 4003. The
@@ -243,7 +244,7 @@ pub(crate) async fn leave_room(
     me: CurrentUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Error> {
-    chat.leave_room(&me, &name).await?;
+    chat.rooms().leave(&me, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -267,7 +268,7 @@ pub(crate) async fn update_room(
         visibility: body.visibility,
         owner_id: body.owner_id,
     };
-    Ok(Json(chat.update_room(&me, &name, changes).await?))
+    Ok(Json(chat.rooms().update(&me, &name, changes).await?))
 }
 
 /// `DELETE /api/v1/rooms/{name}` (owner, admin): sockets get `room_deleted`, then close 4404.
@@ -282,7 +283,7 @@ pub(crate) async fn delete_room(
     me: CurrentUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Error> {
-    chat.delete_room(&me, &name).await?;
+    chat.rooms().delete(&me, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -302,7 +303,7 @@ pub(crate) async fn list_members(
 ) -> Result<Json<MembersResponse>, Error> {
     let limit = q.limit.unwrap_or(100).clamp(1, 200);
     let after = id_cursor(q.cursor.as_deref())?;
-    let (items, next) = chat.members(&me, &name, limit, after).await?;
+    let (items, next) = chat.rooms().members(&me, &name, limit, after).await?;
     Ok(Json(MembersResponse {
         items,
         next_cursor: next.map(|id| id.to_string()),
@@ -323,7 +324,7 @@ pub(crate) async fn invite_member(
     Path(name): Path<String>,
     Json(body): Json<InviteRequest>,
 ) -> Result<impl IntoResponse, Error> {
-    let member = chat.invite(&me, &name, body.user_id).await?;
+    let member = chat.rooms().invite(&me, &name, body.user_id).await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -339,7 +340,7 @@ pub(crate) async fn remove_member(
     me: CurrentUser,
     Path((name, user_id)): Path<(String, i64)>,
 ) -> Result<StatusCode, Error> {
-    chat.remove_member(&me, &name, user_id).await?;
+    chat.rooms().remove_member(&me, &name, user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -362,6 +363,6 @@ pub(crate) async fn mark_read(
     let Some(seq) = body.seq else {
         return Err(Error::invalid_field("seq", "is required"));
     };
-    chat.mark_read(&me, &name, seq).await?;
+    chat.dms().mark_read(&me, &name, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }

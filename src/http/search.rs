@@ -68,6 +68,7 @@ pub(crate) async fn search_messages(
         .unwrap_or(DEFAULT_SEARCH_LIMIT)
         .clamp(1, MAX_SEARCH_LIMIT);
     let (items, next) = chat
+        .messages()
         .search(&me, text, q.room.as_deref(), cursor, limit)
         .await?;
     Ok(Json(Page {

@@ -18,12 +18,11 @@ use super::{
 use crate::chat::Error;
 use crate::domain::validate::FieldErrors;
 use crate::{
-    chat::{Chat, auth::CurrentUser},
+    chat::{Chat, accounts::ProfileChanges, auth::CurrentUser},
     domain::{
         model::{Page, PublicUser, User},
         validate,
     },
-    store,
 };
 
 pub(crate) fn routes() -> Router<Chat> {
@@ -121,11 +120,7 @@ pub(crate) struct ListUsersQuery {
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users", security(("bearer" = [])),
     responses((status = 200, description = "The caller's full profile", body = User)))]
 pub(crate) async fn get_me(State(chat): State<Chat>, me: CurrentUser) -> Result<Json<User>, Error> {
-    Ok(Json(
-        store::users::find(&chat.db, me.id)
-            .await?
-            .ok_or_else(Error::invalid_token)?,
-    ))
+    Ok(Json(chat.accounts().me(&me).await?))
 }
 
 /// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`, `accept_dms`, `send_receipts`.
@@ -156,11 +151,7 @@ pub(crate) async fn update_me(
         }
     }
     validate_all(&body, extra)?;
-    if body.email.is_some() {
-        // An email change answers whether an address is taken: limited like a login.
-        chat.admit_credentials(ip, Some(me.id)).await?;
-    }
-    let up = store::users::ProfileUpdate {
+    let changes = ProfileChanges {
         email: body.email,
         first_name: body.first_name,
         last_name: body.last_name,
@@ -168,7 +159,7 @@ pub(crate) async fn update_me(
         send_receipts: body.send_receipts,
     };
     Ok(Json(
-        store::users::update_profile(&chat.db, me.id, up).await?,
+        chat.accounts().update_profile(&me, ip, changes).await?,
     ))
 }
 
@@ -186,20 +177,12 @@ pub(crate) async fn change_password(
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, Error> {
     validate_all(&body, FieldErrors::new())?;
-    chat.admit_credentials(ip, Some(me.id)).await?;
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
-        return Err(Error::bad_request("missing fields"));
+        return Err(Error::bad_request("missing fields")); // unreachable: `required` above
     };
-    let hash = store::users::password_hash(&chat.db, me.id)
-        .await?
-        .ok_or_else(Error::invalid_token)?;
-    if !chat.hasher.verify(current, Some(hash)).await? {
-        return Err(Error::invalid_field("current_password", "is incorrect"));
-    }
-    let new_hash = chat.hasher.hash(new).await?;
-    store::users::set_password(&chat.db, me.id, new_hash).await?;
-    let others = store::sessions::revoke_all(&chat.db, me.id, Some(&me.sid)).await?;
-    chat.revoke_sessions(me.id, &others, false).await?;
+    chat.accounts()
+        .change_password(&me, ip, current, new)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,23 +202,8 @@ pub(crate) async fn delete_me(
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
         return Err(Error::invalid_field("password", "is required"));
     };
-    chat.admit_credentials(ip, Some(me.id)).await?;
-    let hash = store::users::password_hash(&chat.db, me.id)
-        .await?
-        .ok_or_else(Error::invalid_token)?;
-    if !chat.hasher.verify(password, Some(hash)).await? {
-        return Err(Error::invalid_field("password", "is incorrect"));
-    }
-    remove_user(&chat, me.id).await?;
+    chat.accounts().delete_account(&me, ip, password).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Delete a user everywhere: their tokens stop working and their sockets close (4001).
-async fn remove_user(chat: &Chat, id: i64) -> Result<(), Error> {
-    if !store::users::delete(&chat.db, id).await? {
-        return Err(Error::NotFound("user"));
-    }
-    chat.revoke_user(id).await
 }
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
@@ -249,7 +217,6 @@ pub(crate) async fn list_users(
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
 ) -> Result<Json<Page<PublicUser>>, Error> {
-    let limit = q.limit.unwrap_or(20).clamp(1, 100);
     // A well-formed request whose cursor this server did not issue: a 422, like any value
     // the handler refuses (the document calls every string a cursor).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -259,18 +226,11 @@ pub(crate) async fn list_users(
         None => None,
     };
     super::plain_query("q", q.q.as_deref())?;
-    let (users, next) = store::users::list(&chat.db, q.q.as_deref(), limit, cursor).await?;
-    let items = users
-        .into_iter()
-        .map(|u| {
-            let with_email = me.is_admin() || u.id == me.id;
-            u.public(with_email)
-        })
-        .collect();
-    Ok(Json(Page {
-        items,
-        next_cursor: next.map(|n| n.to_string()),
-    }))
+    Ok(Json(
+        chat.accounts()
+            .list_users(&me, q.q.as_deref(), q.limit, cursor)
+            .await?,
+    ))
 }
 
 /// `GET /api/v1/users/{id}`
@@ -284,11 +244,7 @@ pub(crate) async fn get_user(
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<Json<PublicUser>, Error> {
-    let user = store::users::find(&chat.db, id)
-        .await?
-        .ok_or(Error::NotFound("user"))?;
-    let with_email = me.is_admin() || user.id == me.id;
-    Ok(Json(user.public(with_email)))
+    Ok(Json(chat.accounts().user(&me, id).await?))
 }
 
 /// `PATCH /api/v1/users/{id}` (admin): set `roles`.
@@ -305,29 +261,7 @@ pub(crate) async fn update_user(
     Path(id): Path<i64>,
     Json(body): Json<UpdateUserRequest>,
 ) -> Result<Json<PublicUser>, Error> {
-    if !me.is_admin() {
-        return Err(Error::Forbidden("admin only"));
-    }
-    let Some(mut roles) = body.roles else {
-        return Err(Error::invalid_field("roles", "is required"));
-    };
-    if let Some(bad) = roles
-        .iter()
-        .find(|r| !matches!(r.as_str(), "user" | "admin"))
-    {
-        return Err(Error::invalid_field(
-            "roles",
-            &format!("unknown role `{bad}`; use `user` or `admin`"),
-        ));
-    }
-    if !roles.iter().any(|r| r == "user") {
-        roles.insert(0, "user".into());
-    }
-    // Each role once, in the order given.
-    let mut seen = std::collections::HashSet::new();
-    roles.retain(|r| seen.insert(r.clone()));
-    let user = store::users::set_roles(&chat.db, id, &roles).await?;
-    Ok(Json(user.public(true)))
+    Ok(Json(chat.accounts().set_roles(&me, id, body.roles).await?))
 }
 
 /// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
@@ -342,9 +276,6 @@ pub(crate) async fn delete_user(
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, Error> {
-    if !me.is_admin() {
-        return Err(Error::Forbidden("admin only"));
-    }
-    remove_user(&chat, id).await?;
+    chat.accounts().delete_user(&me, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

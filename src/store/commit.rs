@@ -444,6 +444,36 @@ fn parse_mentioned(list: &str) -> Vec<UserRef> {
         .collect()
 }
 
+/// SQLite: advance the counters of the rooms in `per_room` (room id → messages) in one
+/// statement; room id → the first `seq` to hand out (rooms that are gone are missing).
+async fn advance_counters(
+    txn: &sea_orm::DatabaseTransaction,
+    per_room: &BTreeMap<i64, i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<HashMap<i64, i64>, DbErr> {
+    // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
+    // they are written into the SQL; nothing from a client is.
+    let deltas: Vec<String> = per_room
+        .iter()
+        .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
+        .collect();
+    let update = format!(
+        "UPDATE rooms SET last_seq = rooms.last_seq + d.n, active_at = $1 FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+        deltas.join(" UNION ALL ")
+    );
+    let mut next_seq: HashMap<i64, i64> = HashMap::new();
+    for res in txn
+        .query_all_raw(super::raw(txn, &update, vec![now.into()]))
+        .await?
+    {
+        let id: i64 = res.try_get("", "id")?;
+        let last: i64 = res.try_get("", "last_seq")?;
+        let n = per_room.get(&id).copied().unwrap_or(0);
+        next_seq.insert(id, last - n + 1);
+    }
+    Ok(next_seq)
+}
+
 /// SQLite (one writer at a time): in one transaction, keep the drafts whose author is a
 /// member of the room, advance the counters, insert the rows.
 async fn insert_sqlite(
@@ -464,28 +494,9 @@ async fn insert_sqlite(
     if per_room.is_empty() {
         return Ok(Inserted::default());
     }
-    // One statement whatever the number of rooms. The numbers are ours (ids and counts), so
-    // they are written into the SQL; nothing from a client is.
-    let deltas: Vec<String> = per_room
-        .iter()
-        .map(|(id, n)| format!("SELECT {id} AS id, {n} AS n"))
-        .collect();
-    let update = format!(
-        "UPDATE rooms SET last_seq = rooms.last_seq + d.n, active_at = $1 FROM ({}) AS d WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
-        deltas.join(" UNION ALL ")
-    );
     let now = super::rooms::now_micros();
     // room id → next seq to hand out (rooms that are gone are missing).
-    let mut next_seq: HashMap<i64, i64> = HashMap::new();
-    for res in txn
-        .query_all_raw(super::raw(&txn, &update, vec![now.into()]))
-        .await?
-    {
-        let id: i64 = res.try_get("", "id")?;
-        let last: i64 = res.try_get("", "last_seq")?;
-        let n = per_room.get(&id).copied().unwrap_or(0);
-        next_seq.insert(id, last - n + 1);
-    }
+    let mut next_seq = advance_counters(&txn, &per_room, now).await?;
     let mut models = Vec::with_capacity(new.len());
     // (root, room) → replies stored to it.
     let mut threads: BTreeMap<(i64, i64), i64> = BTreeMap::new();

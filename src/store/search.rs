@@ -36,15 +36,15 @@ const STOP: char = '\u{3}';
 ///
 /// # Errors
 /// The database failed.
-pub(crate) async fn messages(
-    db: &DatabaseConnection,
+/// The search statement and its values (`None`: a query that matches nothing).
+fn search_sql(
+    postgres: bool,
     reader: Reader,
     q: &str,
     room_id: Option<i64>,
     before: Option<i64>,
     limit: u64,
-) -> Result<(Vec<SearchHit>, Option<i64>), StoreError> {
-    let postgres = db.get_database_backend() == DbBackend::Postgres;
+) -> Option<(String, Vec<Value>)> {
     let mut values: Vec<Value> = Vec::new();
     let mut arg = |v: Value| {
         values.push(v);
@@ -67,9 +67,7 @@ pub(crate) async fn messages(
                 WHERE m.deleted_at IS NULL AND ms.tsv @@ tsq"
         )
     } else {
-        let Some(fts) = fts5_query(q) else {
-            return Ok((Vec::new(), None));
-        };
+        let fts = fts5_query(q)?;
         let query = arg(fts.into());
         format!(
             "SELECT m.*, r.name AS room_name, \
@@ -99,6 +97,21 @@ pub(crate) async fn messages(
     if postgres {
         sql.push_str(") AS s ORDER BY s.id DESC");
     }
+    Some((sql, values))
+}
+
+pub(crate) async fn messages(
+    db: &DatabaseConnection,
+    reader: Reader,
+    q: &str,
+    room_id: Option<i64>,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<(Vec<SearchHit>, Option<i64>), StoreError> {
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    let Some((sql, values)) = search_sql(postgres, reader, q, room_id, before, limit) else {
+        return Ok((Vec::new(), None));
+    };
     let rows = db.query_all_raw(super::raw(db, &sql, values)).await?;
     let mut found: Vec<(String, message::Model, String)> = Vec::with_capacity(rows.len());
     for row in rows {

@@ -48,7 +48,7 @@ pub(crate) fn routes() -> Router<Chat> {
 }
 
 fn check_origin(chat: &Chat, headers: &HeaderMap) -> Result<(), Error> {
-    let allowed = &chat.config.allowed_origins;
+    let allowed = &chat.config().allowed_origins;
     if allowed.is_empty() {
         return Ok(());
     }
@@ -70,7 +70,7 @@ async fn authenticate(
         .as_deref()
         .or_else(|| bearer(headers))
         .ok_or_else(Error::unauthenticated)?;
-    chat.authenticate(token).await
+    chat.auth().authenticate(token).await
 }
 
 /// Bytes read from the network per read call (tungstenite's read buffer).
@@ -100,7 +100,7 @@ async fn room_socket(
     let Query(query) = query?;
     check_origin(&chat, &headers)?;
     let user = authenticate(&chat, &query, &headers).await?;
-    let pass = chat.check_room_socket(&user, &name).await?;
+    let pass = chat.sockets().check_room_socket(&user, &name).await?;
     if query.since_seq.is_some_and(|s| s < 0) {
         return Err(Error::bad_request(
             "since_seq must be a non-negative integer",
@@ -109,8 +109,8 @@ async fn room_socket(
     let since = query.since_seq;
     let ws = ws?;
     let ip = client_ip(&chat, &headers, peer);
-    let (permit, room) = chat.admit_room_socket(&user, ip, pass).await?;
-    let tasks = chat.tasks.clone();
+    let (permit, room) = chat.sockets().admit_room_socket(&user, ip, pass).await?;
+    let tasks = chat.tasks().clone();
     Ok(ws.on_upgrade(&tasks, config(), move |socket| {
         let session = session::run(
             chat,
@@ -138,8 +138,8 @@ async fn mux_socket(
     let user = authenticate(&chat, &query, &headers).await?;
     let ws = ws?;
     let ip = client_ip(&chat, &headers, peer);
-    let permit = chat.admit_mux_socket(&user, ip).await?;
-    let tasks = chat.tasks.clone();
+    let permit = chat.sockets().admit_mux_socket(&user, ip).await?;
+    let tasks = chat.tasks().clone();
     Ok(ws.on_upgrade(&tasks, config(), move |socket| {
         holding(
             permit,
@@ -154,7 +154,7 @@ fn client_ip(
     headers: &HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> std::net::IpAddr {
-    crate::chat::limits::client_ip(&chat.config, headers, peer.map(|Extension(c)| c.0))
+    crate::chat::limits::client_ip(chat.config(), headers, peer.map(|Extension(c)| c.0))
 }
 
 /// Run `session` while holding the socket's place in the limits (released when it ends, or

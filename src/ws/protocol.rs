@@ -143,30 +143,8 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         }
     };
     match kind {
-        "message" => {
-            let content = req_string(&obj, "content")?;
-            validate::content(&content).map_err(|m| bad("validation_failed", m))?;
-            let client_id = opt_string(&obj, "client_id")?;
-            if let Some(id) = &client_id {
-                validate::client_id(id).map_err(|m| bad("validation_failed", m))?;
-            }
-            Ok(ClientFrame::Message {
-                room: opt_string(&obj, "room")?,
-                content,
-                client_id,
-                reply_to: opt_id(&obj, "reply_to")?,
-            })
-        }
-        "react" => Ok(ClientFrame::React {
-            room: opt_string(&obj, "room")?,
-            id: opt_id(&obj, "id")?.ok_or_else(|| bad("invalid_frame", "`id` is required"))?,
-            emoji: req_string(&obj, "emoji")?,
-            on: match obj.get("on") {
-                None | Some(Value::Null) => true,
-                Some(Value::Bool(on)) => *on,
-                Some(_) => return Err(bad("invalid_frame", "`on` must be true or false")),
-            },
-        }),
+        "message" => message(&obj),
+        "react" => react(&obj),
         "typing" => Ok(ClientFrame::Typing {
             room: opt_string(&obj, "room")?,
         }),
@@ -174,35 +152,69 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "auth" => Ok(ClientFrame::Auth {
             token: req_string(&obj, "token")?,
         }),
-        "subscribe" => {
-            let room = req_string(&obj, "room")?;
-            let since_seq = match obj.get("since_seq") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
-                    bad(
-                        "invalid_frame",
-                        "`since_seq` must be a non-negative integer",
-                    )
-                })?),
-            };
-            Ok(ClientFrame::Subscribe { room, since_seq })
-        }
-        "read" => {
-            let seq = obj
-                .get("seq")
-                .and_then(Value::as_i64)
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| bad("invalid_frame", "`seq` must be a non-negative integer"))?;
-            Ok(ClientFrame::Read {
-                room: opt_string(&obj, "room")?,
-                seq,
-            })
-        }
+        "subscribe" => subscribe(&obj),
+        "read" => read(&obj),
         "unsubscribe" => Ok(ClientFrame::Unsubscribe {
             room: req_string(&obj, "room")?,
         }),
         other => Err(bad("unknown_type", format!("unknown frame type `{other}`"))),
     }
+}
+
+type Object = serde_json::Map<String, Value>;
+
+fn message(obj: &Object) -> Result<ClientFrame, FrameError> {
+    let content = req_string(obj, "content")?;
+    validate::content(&content).map_err(|m| bad("validation_failed", m))?;
+    let client_id = opt_string(obj, "client_id")?;
+    if let Some(id) = &client_id {
+        validate::client_id(id).map_err(|m| bad("validation_failed", m))?;
+    }
+    Ok(ClientFrame::Message {
+        room: opt_string(obj, "room")?,
+        content,
+        client_id,
+        reply_to: opt_id(obj, "reply_to")?,
+    })
+}
+
+fn react(obj: &Object) -> Result<ClientFrame, FrameError> {
+    Ok(ClientFrame::React {
+        room: opt_string(obj, "room")?,
+        id: opt_id(obj, "id")?.ok_or_else(|| bad("invalid_frame", "`id` is required"))?,
+        emoji: req_string(obj, "emoji")?,
+        on: match obj.get("on") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(on)) => *on,
+            Some(_) => return Err(bad("invalid_frame", "`on` must be true or false")),
+        },
+    })
+}
+
+fn subscribe(obj: &Object) -> Result<ClientFrame, FrameError> {
+    let room = req_string(obj, "room")?;
+    let since_seq = match obj.get("since_seq") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+            bad(
+                "invalid_frame",
+                "`since_seq` must be a non-negative integer",
+            )
+        })?),
+    };
+    Ok(ClientFrame::Subscribe { room, since_seq })
+}
+
+fn read(obj: &Object) -> Result<ClientFrame, FrameError> {
+    let seq = obj
+        .get("seq")
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| bad("invalid_frame", "`seq` must be a non-negative integer"))?;
+    Ok(ClientFrame::Read {
+        room: opt_string(obj, "room")?,
+        seq,
+    })
 }
 
 fn text(value: &impl Serialize) -> Utf8Bytes {
@@ -302,6 +314,10 @@ mod tests {
             Ok(ClientFrame::Typing { room: None })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+    }
+
+    #[test]
+    fn parses_replies_reactions_reads_and_subscriptions() {
         assert_eq!(
             parse(r#"{"type":"message","content":"re","reply_to":7}"#),
             Ok(ClientFrame::Message {

@@ -111,9 +111,9 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
         expires_at,
         ..
     } = user;
-    let ctl = chat.open_socket(id, mux, sid);
-    let flush = Duration::from_millis(chat.config.ws_flush_interval_ms);
-    let writer = chat.tasks.spawn(writer::run(sink, ctl.clone(), flush));
+    let ctl = chat.sockets().open(id, mux, sid);
+    let flush = Duration::from_millis(chat.config().ws_flush_interval_ms);
+    let writer = chat.tasks().spawn(writer::run(sink, ctl.clone(), flush));
     let mut session = Session {
         token_expires: deadline(expires_at),
         user: UserRef { id, username },
@@ -145,7 +145,7 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
             linger(&mut stream).await;
         }
         Box::pin(session.leave_all()).await;
-        session.chat.close_socket(&session.ctl);
+        session.chat.sockets().close(&session.ctl);
         session.ctl.close(CloseReason::Normal); // no-op if a reason is already set
         drop(session);
         let _ = writer.await;
@@ -373,7 +373,7 @@ impl Session {
 
     /// [`Self::admitted`] for a frame under the per-user frame limit.
     async fn frame_admitted(&mut self, room: Option<&str>) -> anyhow::Result<bool> {
-        let verdict = self.chat.admit_frame(self.user.id).await;
+        let verdict = self.chat.limits().admit_frame(self.user.id).await;
         self.admitted(verdict, "too many frames; slow down", room)
             .await
     }
@@ -381,7 +381,10 @@ impl Session {
     /// `typing`: to everyone in the room but the typist (not answered).
     async fn typing(&mut self, room: Option<&str>) -> anyhow::Result<()> {
         if let Some((room_id, room)) = self.target(room).await? {
-            self.chat.typing(room_id, &room, &self.user).await;
+            self.chat
+                .messages()
+                .typing(room_id, &room, &self.user)
+                .await;
         }
         Ok(())
     }
@@ -400,6 +403,7 @@ impl Session {
         };
         if let Err(e) = self
             .chat
+            .messages()
             .react(room_id, &room, &self.user, id, emoji, on)
             .await
         {
@@ -416,6 +420,7 @@ impl Session {
         };
         match self
             .chat
+            .dms()
             .mark_read_in(room_id, &room, &self.user, seq)
             .await
         {
@@ -429,7 +434,7 @@ impl Session {
 
     /// `auth`: a fresh token of the same user replaces the socket's (and its expiry).
     async fn auth(&mut self, token: &str) -> anyhow::Result<()> {
-        let frame = match self.chat.authenticate(token).await {
+        let frame = match self.chat.auth().authenticate(token).await {
             Ok(user) if user.id == self.user.id => {
                 self.ctl.set_sid(user.sid);
                 self.token_expires = deadline(user.expires_at);
@@ -455,13 +460,13 @@ impl Session {
             let frame = protocol::error("already_subscribed", "already subscribed", Some(&room));
             return self.push(frame).await;
         }
-        let max = self.chat.config.ws_max_rooms_per_socket;
+        let max = self.chat.config().ws_max_rooms_per_socket;
         if self.rooms.len() >= max {
             let message = format!("at most {max} rooms per socket; unsubscribe from one first");
             let frame = protocol::error("limit_reached", &message, Some(&room));
             return self.reply(frame).await;
         }
-        match self.chat.subscribe(self.user.id, &room).await {
+        match self.chat.sockets().subscribe(self.user.id, &room).await {
             Ok(entered) => {
                 // `subscribed` and the replay go straight into the queue: answers to earlier
                 // frames go first.
@@ -510,7 +515,12 @@ impl Session {
             return Ok(());
         };
         // Queued now (submission order is commit order); answered when it has committed.
-        let outcome = match self.chat.post(&self.user, room_id, &room, post).await {
+        let outcome = match self
+            .chat
+            .messages()
+            .post(&self.user, room_id, &room, post)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e @ Error::RateLimited(_)) => {
                 self.admitted(Err(e), "too many messages; slow down", Some(&room))
@@ -545,6 +555,7 @@ impl Session {
         let (mux, user) = (self.mux, &self.user);
         let joined = self
             .chat
+            .sockets()
             .join(&self.ctl, user, entered, since, |w| {
                 if mux {
                     protocol::subscribed(w.room, w.online, w.last_seq, w.last_read)
@@ -558,7 +569,10 @@ impl Session {
     }
 
     async fn leave(&self, joined: &Joined) {
-        self.chat.leave(&self.ctl, joined, &self.user).await;
+        self.chat
+            .sockets()
+            .leave(&self.ctl, joined, &self.user)
+            .await;
     }
 
     /// Forget the rooms the fan-out dropped this socket from (removed, or the room deleted):
