@@ -202,7 +202,7 @@ async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
             }
         }));
     }
-    wait_until(30, "sends committed before the signal", || {
+    wait_until("sends committed before the signal", async || {
         pipeline.answered.load(Ordering::SeqCst) >= 20 && acked.lock().unwrap().len() >= 60
     })
     .await;
@@ -245,7 +245,7 @@ async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
     let marker = staying.post_message(&user, "term", "marker").await["seq"]
         .as_i64()
         .unwrap();
-    wait_until(15, "the marker on the staying replica's socket", || {
+    wait_until("the marker on the staying replica's socket", async || {
         seen.lock().unwrap().last() == Some(&marker)
     })
     .await;
@@ -315,7 +315,7 @@ async fn through_nginx_round_robin() {
     ignore = "set TEST_DATABASE_URL: the commit is held by a PostgreSQL row lock"
 )]
 async fn sigterm_sends_the_acks_already_earned_before_1012() {
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    use sea_orm::ConnectionTrait;
     let db = fresh_database(Backend::Postgres).await;
     let mut server = ServerProc::start(&db, &[("RUST_LOG", "info")]).await;
     let user = server.register("earned").await;
@@ -323,11 +323,7 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
     let mut ws = ws_connect(&server.ws_url(""), "earned", &user.access, None).await;
     expect_ready(&mut ws).await;
 
-    let conn = Database::connect(&db).await.expect("db");
-    let lock = conn.begin().await.expect("begin");
-    lock.execute_unprepared("SELECT id FROM rooms WHERE name = 'earned' FOR UPDATE")
-        .await
-        .expect("lock the room");
+    let hold = RoomHold::take(&db, "earned").await;
     for i in 0..5 {
         ws_send(
             &mut ws,
@@ -336,26 +332,14 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
         .await;
     }
     // The group commit is waiting for the lock: the sends are in flight.
-    let watcher = Database::connect(&db).await.expect("db");
-    wait_until_async(15, "the commit waits for the room's lock", || async {
-        let row = watcher
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ))
-            .await
-            .expect("pg_stat_activity")
-            .expect("a row");
-        row.try_get::<i64>("", "n").unwrap_or(0) >= 1
-    })
-    .await;
+    hold.wait_for_a_commit().await;
     server.signal("-TERM");
-    wait_until(15, "the server to start its shutdown", || {
+    wait_until("the server to start its shutdown", async || {
         server.log().contains("shutting down")
     })
     .await;
-    lock.rollback().await.expect("release the lock");
+    let watcher = hold.db().clone();
+    hold.release().await;
 
     // What the server had read is answered (an ack if stored, else an error); what it had
     // not read yet is neither answered nor stored: the client resends it after reconnecting.
@@ -401,20 +385,4 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
         .map(|r| r.try_get::<String>("", "client_id").expect("client_id"))
         .collect();
     assert_eq!(stored, acks, "acked exactly what was stored");
-}
-
-/// [`wait_until`] for a condition that needs a query.
-async fn wait_until_async<F, Fut>(secs: u64, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -15,18 +15,14 @@ async fn app_with(b: Backend, tune: impl FnOnce(&mut chat::Config)) -> TestApp {
     spawn_with(config).await
 }
 
-/// Retry an upgrade for a few seconds until it gets `want` (a closed socket's place is given
-/// back once its session has ended).
-async fn upgrade_until(url: &str, want: u16) -> u16 {
-    let mut got = 0;
-    for _ in 0..50 {
-        got = ws_refused(url).await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    got
+/// Wait until an upgrade gets `want` (a closed socket's place is given back once its session
+/// has ended).
+async fn upgrade_until(url: &str, want: u16) {
+    wait_until(&format!("an upgrade answered {want}"), async || {
+        let got = ws_refused(url).await;
+        if got == want { Ok(()) } else { Err(got) }
+    })
+    .await;
 }
 
 dual_test!(
@@ -72,7 +68,7 @@ dual_test!(
 
         // Closing one gives its place back.
         close_ws(first).await;
-        assert_eq!(upgrade_until(&room_url(&cyd), 101).await, 101);
+        upgrade_until(&room_url(&cyd), 101).await;
         drop((second, b1));
     }
 );
@@ -213,15 +209,7 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
     assert_eq!(ws_refused(&url(&apps[1])).await, 429);
     // A closed socket frees its place on the other replica too.
     close_ws(a).await;
-    let mut got = 0;
-    for _ in 0..50 {
-        got = ws_refused(&url(&apps[1])).await;
-        if got == 101 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got, 101);
+    upgrade_until(&url(&apps[1]), 101).await;
     drop(b);
 }
 
@@ -493,16 +481,8 @@ async fn socket_counts_come_back_after_a_redis_restart() {
     for app in &apps {
         app.wait_ready().await;
     }
-    // Replica 1 refuses again once replica 0's heartbeat has put its socket back (≤ 10 s);
-    // a socket admitted in between is closed at once by the test, so it does not count.
-    let mut got = 0;
-    for _ in 0..150 {
-        got = ws_refused(&url(&apps[1])).await;
-        if got == 429 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got, 429, "the live socket counts again after the restart");
+    // Replica 1 refuses again once replica 0's heartbeat has put its socket back (within
+    // 10 s); a socket admitted in between is closed at once by the test, so it does not count.
+    upgrade_until(&url(&apps[1]), 429).await;
     drop(held);
 }

@@ -527,21 +527,18 @@ async fn search(app: &TestApp, user: &User, query: &str) -> (u16, Value) {
 }
 
 /// Search until `query` finds `n` messages: PostgreSQL indexes new messages in the
-/// background, about a second after their commit (SQLite at once). Panics after 20 s.
+/// background, about a second after their commit (SQLite at once).
 async fn search_until(app: &TestApp, user: &User, query: &str, n: usize) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    wait_until(&format!("{query:?} to find {n} messages"), async || {
         let (status, page) = search(app, user, query).await;
         assert_eq!(status, 200, "{page}");
         if contents(&page).len() == n {
-            return page;
+            Ok(page)
+        } else {
+            Err(page)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{query:?} never found {n} messages: {page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 dual_test!(search_messages, |b| async move {

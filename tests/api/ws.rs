@@ -410,15 +410,13 @@ dual_test!(room_deleted_kicked_and_logout_close_codes, |b| async move {
     assert_eq!(deleted["room"], "closes");
     assert_eq!(close_code(&mut owner, 5).await, Some(4404));
     // Sockets the hub closed itself still release their room: nothing stays subscribed.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while app.state.subscribed_room_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        app.state.subscribed_room_count(),
-        0,
-        "room channels released"
-    );
+    wait_until("room channels released", async || {
+        match app.state.subscribed_room_count() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
 });
 
 dual_test!(presence_typing_edits_and_updates, |b| async move {

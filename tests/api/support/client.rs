@@ -199,24 +199,17 @@ impl Client {
         }
     }
 
-    /// Wait until `/readyz` answers `status`; panics after `secs`.
-    pub async fn wait_readyz(&self, status: u16, secs: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
+    /// Wait until `/readyz` answers `status` ([`super::wait_until`]).
+    pub async fn wait_readyz(&self, status: u16) {
+        let what = format!("{}/readyz to answer {status}", self.base);
+        super::wait_until(&what, async || {
             let got = self.readyz().await;
-            if got == status {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}/readyz never answered {status} (last: {got})",
-                self.base
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if got == status { Ok(()) } else { Err(got) }
+        })
+        .await;
     }
 
     pub async fn wait_ready(&self) {
-        self.wait_readyz(200, 10).await;
+        self.wait_readyz(200).await;
     }
 }
