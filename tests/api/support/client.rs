@@ -213,3 +213,27 @@ impl Client {
         self.wait_readyz(200).await;
     }
 }
+
+/// Seconds since the Unix epoch, the unit of a token's `exp`.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The access token `token`, with every claim as the server issued it (`sub`, `iss`, `aud`,
+/// `sid`, `jti`, `typ`, …) but `exp`, re-signed with `secret` (the server's `JWT_SECRET`): a
+/// token that expires when the test says, instead of one the test waits out.
+pub fn expiring_at(token: &str, secret: &str, exp: i64) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let mut claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["exp"] = exp.into();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signs")
+}
