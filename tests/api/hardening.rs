@@ -594,6 +594,23 @@ dual_test!(
     }
 );
 
+/// A trigger that makes the database refuse any message whose content is `poison`.
+async fn refuse_poison(db_url: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    Database::connect(db_url)
+        .await
+        .expect("db")
+        .execute_unprepared(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned draft'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        )
+        .await
+        .expect("trigger");
+}
+
 /// One draft that the database refuses fails alone; the rest of its group-commit batch
 /// commits. The refusal is a trigger added to the test database (standing in for a constraint
 /// or a foreign key racing a deleted author). The batch is arranged, not hoped for: a row lock
@@ -606,25 +623,13 @@ dual_test!(
     ignore = "set TEST_DATABASE_URL: the refusal is a PostgreSQL trigger"
 )]
 async fn one_refused_draft_fails_alone_and_its_batch_commits() {
-    use sea_orm::{ConnectionTrait, Database};
     let db_url = fresh_database(Backend::Postgres).await;
     let server = ServerProc::start(&db_url, &[]).await;
     let user = server.register("batcher").await;
     let watcher = server.register("batch_watcher").await;
     server.create_room(&user, "batch", "public").await;
     server.join_room(&watcher, "batch").await;
-    Database::connect(&db_url)
-        .await
-        .expect("db")
-        .execute_unprepared(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned draft'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_poison BEFORE INSERT ON messages \
-             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-        )
-        .await
-        .expect("trigger");
+    refuse_poison(&db_url).await;
     let mut watching = ws_connect(&server.ws_url(""), "batch", &watcher.access, None).await;
     expect_ready(&mut watching).await;
     let mut ws = ws_connect(&server.ws_url(""), "batch", &user.access, None).await;
