@@ -2,8 +2,6 @@
 //! `Origin` check and CORS), `TRUST_PROXY_HEADERS` (the auth rate-limit key), `ADMIN_*` (the
 //! first admin at start) and `REFRESH_TOKEN_TTL_SECS` (refresh-token expiry).
 
-use std::time::Duration;
-
 use clap::Parser;
 use reqwest::{Method, header};
 use serde_json::{Value, json};
@@ -717,10 +715,25 @@ dual_test!(
 // ---------------------------------------------------------------------------------------------
 // REFRESH_TOKEN_TTL_SECS
 
+/// The stored session of refresh token `token`, found by its hash as the server finds it.
+async fn session_of(db: &sea_orm::DatabaseConnection, token: &str) -> entity::session::Model {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    entity::session::Entity::find()
+        .filter(entity::session::Column::TokenHash.eq(hash))
+        .one(db)
+        .await
+        .expect("read sessions")
+        .expect("the token's session is stored")
+}
+
 dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
-    let db = fresh_database(b).await;
-    let mut config = chat::Config::for_tests(&db);
-    config.refresh_token_ttl_secs = 2;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    const TTL: i64 = 3_600;
+    let db_url = fresh_database(b).await;
+    let mut config = chat::Config::for_tests(&db_url);
+    config.refresh_token_ttl_secs = TTL.unsigned_abs();
     let app = spawn_with(config).await;
     let user = app.register("shortlived").await;
 
@@ -735,7 +748,26 @@ dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
     assert_eq!(status, 200, "{rotated}");
     let latest = rotated["refresh"].as_str().unwrap().to_owned();
 
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // The option sets the lifetime of the stored session...
+    let db = sea_orm::Database::connect(&db_url).await.expect("db");
+    let session = session_of(&db, &latest).await;
+    assert_eq!(
+        (session.expires_at - session.created_at).num_seconds(),
+        TTL,
+        "REFRESH_TOKEN_TTL_SECS is the session's lifetime"
+    );
+    // ... which is over: the session moved back by its lifetime and a second, as if issued
+    // then (the server reads the clock and the row, nothing is waited out).
+    let shift = chrono::Duration::seconds(TTL + 1);
+    entity::session::ActiveModel {
+        id: Set(session.id),
+        created_at: Set(session.created_at - shift),
+        expires_at: Set(session.expires_at - shift),
+        ..Default::default()
+    }
+    .update(&db)
+    .await
+    .expect("age the session");
 
     // Past it: 401 `invalid_token`, in the error format.
     let (status, body) = app

@@ -1,12 +1,9 @@
 //! Replicas as processes of the built binary: SIGKILL (clients move and miss nothing; presence
 //! expires), SIGTERM (1012, nothing acknowledged is lost, exit 0), and a real load balancer.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use futures::{SinkExt, StreamExt};
@@ -77,11 +74,237 @@ async fn sigkilled_replica_clients_resume_elsewhere_and_presence_expires() {
     assert_eq!(victim_online, false);
 }
 
+/// Every send that got a 201 or an ack, by seq, whichever way it went.
+type Acked = Arc<Mutex<Vec<i64>>>;
+
+/// Frames a pipelined socket may have unanswered.
+const WINDOW: usize = 32;
+
 /// Frames sent and answered on a pipelined socket.
 #[derive(Default)]
 struct Pipeline {
     sent: AtomicUsize,
     answered: AtomicUsize,
+    /// Woken by each answer and by the close.
+    moved: tokio::sync::Notify,
+}
+
+/// Sends into one room through one replica, back to back, until the replica goes: a socket
+/// that keeps up to [`WINDOW`] frames unanswered (`client_id` `w…`), and four REST posters
+/// (`p…`).
+struct Traffic {
+    pipeline: Arc<Pipeline>,
+    posts_started: Arc<AtomicUsize>,
+    acked: Acked,
+    writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<(Vec<Value>, Option<u16>)>,
+    posters: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    async fn start(server: &ServerProc, user: &User, room: &str) -> Self {
+        let acked = Acked::default();
+        let pipeline = Arc::new(Pipeline::default());
+        let mut ws = ws_connect(&server.ws_url(""), room, &user.access, None).await;
+        expect_ready(&mut ws).await;
+        let (sink, stream) = ws.split();
+        let closed = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(write_pipelined(sink, pipeline.clone(), closed.clone()));
+        let reader = tokio::spawn(read_answers(
+            stream,
+            pipeline.clone(),
+            closed,
+            acked.clone(),
+        ));
+        let posts_started = Arc::new(AtomicUsize::new(0));
+        let posters = (0..4)
+            .map(|p| {
+                tokio::spawn(post_until_refused(
+                    server.client.clone(),
+                    user.access.clone(),
+                    format!("/api/v1/rooms/{room}/messages"),
+                    p,
+                    (posts_started.clone(), acked.clone()),
+                ))
+            })
+            .collect();
+        Self {
+            pipeline,
+            posts_started,
+            acked,
+            writer,
+            reader,
+            posters,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Sends of both kinds are held back by `hold`: a commit waits for it, and both the socket
+    /// and the posters have sent more than is stored (nothing of the room commits while the
+    /// hold lasts, so once true this stays true until it ends). Err: the state so far.
+    async fn held_back(&self, hold: &RoomHold) -> Result<(), String> {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let waiting = hold.waiting().await;
+        let row = hold
+            .db()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) FILTER (WHERE client_id LIKE 'w%') AS w, \
+                 count(*) FILTER (WHERE client_id LIKE 'p%') AS p FROM messages",
+            ))
+            .await
+            .expect("count messages")
+            .expect("a row");
+        let stored_w: i64 = row.try_get("", "w").expect("w");
+        let stored_p: i64 = row.try_get("", "p").expect("p");
+        let sent = i64::try_from(self.pipeline.sent.load(Ordering::SeqCst)).unwrap();
+        let posted = i64::try_from(self.posts_started.load(Ordering::SeqCst)).unwrap();
+        if waiting > 0 && sent > stored_w && posted > stored_p {
+            Ok(())
+        } else {
+            Err(format!(
+                "{waiting} waiting; socket {sent} sent, {stored_w} stored; \
+                 REST {posted} sent, {stored_p} stored"
+            ))
+        }
+    }
+
+    /// Once the replica has gone: its sending socket was closed with 1012 after clear
+    /// answers, every poster stopped at a clear refusal; what was acknowledged.
+    async fn finish(self) -> Vec<i64> {
+        let (errors, code) = self.reader.await.unwrap();
+        assert_eq!(
+            code,
+            Some(1012),
+            "the sending socket is closed with 1012 too"
+        );
+        for e in &errors {
+            assert!(e["code"].is_string(), "a clear error: {e}");
+        }
+        self.writer.await.unwrap();
+        for p in self.posters {
+            p.await.unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Message frames (`client_id` `w…`) as fast as the window allows, until the socket closes.
+async fn write_pipelined(
+    mut sink: futures::stream::SplitSink<Ws, WsMessage>,
+    pipeline: Arc<Pipeline>,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    for i in 0.. {
+        loop {
+            // Created before the check: an answer in between still wakes it.
+            let moved = pipeline.moved.notified();
+            if closed.is_cancelled() {
+                return;
+            }
+            let sent = pipeline.sent.load(Ordering::SeqCst);
+            if sent < pipeline.answered.load(Ordering::SeqCst) + WINDOW {
+                break;
+            }
+            moved.await;
+        }
+        let frame =
+            json!({"type": "message", "content": format!("w{i}"), "client_id": format!("w{i}")});
+        if sink
+            .send(WsMessage::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        pipeline.sent.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The pipelined socket's answers, until its close: the errors and the close code.
+async fn read_answers(
+    mut stream: futures::stream::SplitStream<Ws>,
+    pipeline: Arc<Pipeline>,
+    closed: tokio_util::sync::CancellationToken,
+    acked: Acked,
+) -> (Vec<Value>, Option<u16>) {
+    let mut errors = Vec::new();
+    let code = loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "ack" {
+                    acked.lock().unwrap().push(v["seq"].as_i64().expect("seq"));
+                } else if v["type"] == "error" {
+                    errors.push(v);
+                } else {
+                    continue;
+                }
+                pipeline.answered.fetch_add(1, Ordering::SeqCst);
+                pipeline.moved.notify_waiters();
+            }
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    closed.cancel();
+    pipeline.moved.notify_waiters();
+    (errors, code)
+}
+
+/// REST posts back to back (`client_id` `p{p}-{i}`) until one is refused: refused by the
+/// shutdown, with a clear error, never a hang or a wrong answer.
+async fn post_until_refused(
+    client: Client,
+    token: String,
+    path: String,
+    p: usize,
+    (started, acked): (Arc<AtomicUsize>, Acked),
+) {
+    for i in 0.. {
+        let id = format!("p{p}-{i}");
+        started.fetch_add(1, Ordering::SeqCst);
+        let res = client
+            .try_send(
+                reqwest::Method::POST,
+                &path,
+                Some(&token),
+                Some(json!({"content": id, "client_id": id})),
+            )
+            .await;
+        match res {
+            Ok((201, body)) => acked.lock().unwrap().push(body["seq"].as_i64().unwrap()),
+            Ok((status, body)) => {
+                assert!(
+                    status == 503 && body["error"]["code"].is_string(),
+                    "a send cut off by SIGTERM: {status} {body}"
+                );
+                return;
+            }
+            Err(e) => {
+                assert!(!e.is_timeout(), "a send cut off by SIGTERM hung: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The largest `seq` stored so far (0: none).
+async fn last_stored_seq(db: &sea_orm::DatabaseConnection) -> i64 {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    db.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT coalesce(max(seq), 0) AS last FROM messages",
+    ))
+    .await
+    .expect("max seq")
+    .expect("a row")
+    .try_get("", "last")
+    .expect("last")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,7 +315,12 @@ struct Pipeline {
 async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
     let redis = RedisServer::start().await;
     let db = cluster_db().await;
-    let mut leaving = ServerProc::replica(&db, &redis, &[]).await;
+    // `chat::app` logs the start of the shutdown.
+    let env = [
+        ("RUST_LOG", "warn,chat_server=info,chat::app=info"),
+        ("SHUTDOWN_GRACE_SECS", "30"),
+    ];
+    let mut leaving = ServerProc::replica(&db, &redis, &env).await;
     let staying = ServerProc::replica(&db, &redis, &[]).await;
     let user = staying.register("t_user").await;
     staying.create_room(&user, "term", "public").await;
@@ -102,150 +330,64 @@ async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
     expect_ready(&mut on_staying).await;
     let (seen, _recorder) = record(on_staying);
 
-    // Every send that got a 201 or an ack, whichever way it went.
-    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
-
-    // A socket on the leaving replica that keeps up to 32 frames unanswered, so that sends are
-    // in flight when the signal arrives.
-    let pipeline = Arc::new(Pipeline::default());
-    let closed = tokio_util::sync::CancellationToken::new();
-    let sender = ws_connect(&leaving.ws_url(""), "term", &user.access, None).await;
-    let (mut sink, mut stream) = sender.split();
-    match stream.next().await {
-        Some(Ok(WsMessage::Text(t))) => {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            assert_eq!(v["type"], "ready", "{v}");
-        }
-        other => panic!("ready frame expected: {other:?}"),
-    }
-    let writer = {
-        let (pipeline, closed) = (pipeline.clone(), closed.clone());
-        tokio::spawn(async move {
-            for i in 0.. {
-                while pipeline.sent.load(Ordering::SeqCst)
-                    >= pipeline.answered.load(Ordering::SeqCst) + 32
-                {
-                    if closed.is_cancelled() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                let frame = json!({"type": "message", "content": format!("w{i}"), "client_id": format!("w{i}")});
-                if closed.is_cancelled()
-                    || sink
-                        .send(WsMessage::Text(frame.to_string().into()))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                pipeline.sent.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
-    let reader = {
-        let (pipeline, closed, acked) = (pipeline.clone(), closed.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let code = loop {
-                match stream.next().await {
-                    Some(Ok(WsMessage::Text(t))) => {
-                        let v: Value = serde_json::from_str(&t).unwrap();
-                        if v["type"] == "ack" {
-                            acked.lock().unwrap().push(v["seq"].as_i64().expect("seq"));
-                            pipeline.answered.fetch_add(1, Ordering::SeqCst);
-                        } else if v["type"] == "error" {
-                            errors.push(v);
-                            pipeline.answered.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break None,
-                }
-            };
-            closed.cancel();
-            (errors, code)
-        })
-    };
-
-    // REST posts through the leaving replica, back to back, until one is refused.
-    let mut posters = Vec::new();
-    for p in 0..4 {
-        let (client, token, acked) = (leaving.client.clone(), user.access.clone(), acked.clone());
-        posters.push(tokio::spawn(async move {
-            for i in 0.. {
-                let id = format!("p{p}-{i}");
-                let res = client
-                    .try_send(
-                        reqwest::Method::POST,
-                        "/api/v1/rooms/term/messages",
-                        Some(&token),
-                        Some(json!({"content": id, "client_id": id})),
-                    )
-                    .await;
-                match res {
-                    Ok((201, body)) => acked.lock().unwrap().push(body["seq"].as_i64().unwrap()),
-                    // Cut off by the shutdown: a clear error, never a hang or a wrong answer.
-                    Ok((status, body)) => {
-                        assert!(
-                            status == 503 && body["error"]["code"].is_string(),
-                            "a send cut off by SIGTERM: {status} {body}"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        assert!(!e.is_timeout(), "a send cut off by SIGTERM hung: {e}");
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    wait_until(30, "sends committed before the signal", || {
-        pipeline.answered.load(Ordering::SeqCst) >= 20 && acked.lock().unwrap().len() >= 60
+    let traffic = Traffic::start(&leaving, &user, "term").await;
+    wait_until("sends committed before the hold", async || {
+        traffic.pipeline.answered.load(Ordering::SeqCst) >= 20 && traffic.acked() >= 60
     })
     .await;
-
-    let answered_at_signal = pipeline.answered.load(Ordering::SeqCst);
-    let sent_at_signal = pipeline.sent.load(Ordering::SeqCst);
+    // Sends in flight when the signal arrives, arranged rather than hoped for: the room is
+    // held, so a commit waits and both kinds of sends have more sent than stored.
+    let hold = RoomHold::take(&db, "term").await;
+    wait_until("sends of both kinds held back", async || {
+        traffic.held_back(&hold).await
+    })
+    .await;
+    let last_before_signal = last_stored_seq(hold.db()).await;
     leaving.signal("-TERM");
+    wait_until("the leaving replica to start its shutdown", async || {
+        leaving.log().contains("shutting down")
+    })
+    .await;
+    hold.release().await;
+
+    assert_eq!(
+        close_code(&mut on_leaving, WAIT_BOUND.as_secs()).await,
+        Some(1012)
+    );
+    let acked = traffic.finish().await;
     assert!(
-        sent_at_signal > answered_at_signal,
-        "sends were in flight when SIGTERM arrived ({sent_at_signal} sent, {answered_at_signal} answered)"
+        acked.iter().any(|s| *s > last_before_signal),
+        "sends held back at the signal commit and are answered before the replica goes \
+         (acked {acked:?}, stored up to {last_before_signal} at the signal)"
     );
-    assert_eq!(close_code(&mut on_leaving, 10).await, Some(1012));
-    let (errors, code) = reader.await.unwrap();
     assert_eq!(
-        code,
-        Some(1012),
-        "the sending socket is closed with 1012 too"
-    );
-    for e in &errors {
-        assert!(e["code"].is_string(), "a clear error: {e}");
-    }
-    writer.await.unwrap();
-    for p in posters {
-        p.await.unwrap();
-    }
-    assert_eq!(
-        leaving.wait_exit(15).await.and_then(|s| s.code()),
+        leaving
+            .wait_exit(WAIT_BOUND.as_secs())
+            .await
+            .and_then(|s| s.code()),
         Some(0),
         "exits 0 after draining"
     );
+    nothing_acknowledged_is_lost(&staying, &user, &acked, &seen).await;
+}
 
-    // Every acknowledged send is stored.
-    let acked = acked.lock().unwrap().clone();
+/// Every acknowledged send is stored, and every stored message reaches the other replica's
+/// socket once, in order: a marker sent last proves that nothing before it is still on its
+/// way.
+async fn nothing_acknowledged_is_lost(
+    staying: &ServerProc,
+    user: &User,
+    acked: &[i64],
+    seen: &Seen,
+) {
     let stored = staying.history_seqs(&user.access, "term").await;
-    for s in &acked {
+    for s in acked {
         assert!(stored.contains(s), "acknowledged seq {s} is stored");
     }
-    // And every stored message reaches the other replica's socket once, in order: a marker
-    // sent last proves that nothing before it is still on its way.
-    let marker = staying.post_message(&user, "term", "marker").await["seq"]
+    let marker = staying.post_message(user, "term", "marker").await["seq"]
         .as_i64()
         .unwrap();
-    wait_until(15, "the marker on the staying replica's socket", || {
+    wait_until("the marker on the staying replica's socket", async || {
         seen.lock().unwrap().last() == Some(&marker)
     })
     .await;
@@ -315,7 +457,7 @@ async fn through_nginx_round_robin() {
     ignore = "set TEST_DATABASE_URL: the commit is held by a PostgreSQL row lock"
 )]
 async fn sigterm_sends_the_acks_already_earned_before_1012() {
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    use sea_orm::ConnectionTrait;
     let db = fresh_database(Backend::Postgres).await;
     let mut server = ServerProc::start(&db, &[("RUST_LOG", "info")]).await;
     let user = server.register("earned").await;
@@ -323,11 +465,7 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
     let mut ws = ws_connect(&server.ws_url(""), "earned", &user.access, None).await;
     expect_ready(&mut ws).await;
 
-    let conn = Database::connect(&db).await.expect("db");
-    let lock = conn.begin().await.expect("begin");
-    lock.execute_unprepared("SELECT id FROM rooms WHERE name = 'earned' FOR UPDATE")
-        .await
-        .expect("lock the room");
+    let hold = RoomHold::take(&db, "earned").await;
     for i in 0..5 {
         ws_send(
             &mut ws,
@@ -336,26 +474,14 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
         .await;
     }
     // The group commit is waiting for the lock: the sends are in flight.
-    let watcher = Database::connect(&db).await.expect("db");
-    wait_until_async(15, "the commit waits for the room's lock", || async {
-        let row = watcher
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            ))
-            .await
-            .expect("pg_stat_activity")
-            .expect("a row");
-        row.try_get::<i64>("", "n").unwrap_or(0) >= 1
-    })
-    .await;
+    hold.wait_for_a_commit().await;
     server.signal("-TERM");
-    wait_until(15, "the server to start its shutdown", || {
+    wait_until("the server to start its shutdown", async || {
         server.log().contains("shutting down")
     })
     .await;
-    lock.rollback().await.expect("release the lock");
+    let watcher = hold.db().clone();
+    hold.release().await;
 
     // What the server had read is answered (an ack if stored, else an error); what it had
     // not read yet is neither answered nor stored: the client resends it after reconnecting.
@@ -401,20 +527,4 @@ async fn sigterm_sends_the_acks_already_earned_before_1012() {
         .map(|r| r.try_get::<String>("", "client_id").expect("client_id"))
         .collect();
     assert_eq!(stored, acks, "acked exactly what was stored");
-}
-
-/// [`wait_until`] for a condition that needs a query.
-async fn wait_until_async<F, Fut>(secs: u64, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

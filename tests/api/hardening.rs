@@ -20,7 +20,7 @@ async fn mux(app: &TestApp, user: &User, rooms: &[&str]) -> Ws {
     ws
 }
 
-async fn contents(app: &TestApp, token: &str, room: &str) -> Vec<String> {
+async fn contents(app: &Client, token: &str, room: &str) -> Vec<String> {
     let (status, body) = app
         .get(
             &format!("/api/v1/rooms/{room}/messages?limit=200"),
@@ -260,7 +260,8 @@ dual_test!(
         use tokio_tungstenite::tungstenite::Message;
         let db = fresh_database(b).await;
         let mut config = chat::Config::for_tests(&db);
-        config.frame_rate_per_sec = 10;
+        // The slowest refill there is: the burst, not the machine's speed, bounds what passes.
+        config.frame_rate_per_sec = 1;
         config.frame_rate_burst = 20;
         let app = spawn_with(config).await;
         let typist = app.register("flood_typist").await;
@@ -593,76 +594,107 @@ dual_test!(
     }
 );
 
+/// A trigger that makes the database refuse any message whose content is `poison`.
+async fn refuse_poison(db_url: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    Database::connect(db_url)
+        .await
+        .expect("db")
+        .execute_unprepared(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned draft'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON messages \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        )
+        .await
+        .expect("trigger");
+}
+
 /// One draft that the database refuses fails alone; the rest of its group-commit batch
 /// commits. The refusal is a trigger added to the test database (standing in for a constraint
-/// or a foreign key racing a deleted author), and a row lock makes the drafts queue into one
-/// batch.
+/// or a foreign key racing a deleted author). The batch is arranged, not hoped for: a row lock
+/// holds the commit of a first send while ten more queue behind it, then the server's own
+/// `chat_commit_batch_size` histogram (a server process of its own, so no other test's
+/// batches) shows the ten committed as one batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(pg_tests),
     ignore = "set TEST_DATABASE_URL: the refusal is a PostgreSQL trigger"
 )]
 async fn one_refused_draft_fails_alone_and_its_batch_commits() {
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
     let db_url = fresh_database(Backend::Postgres).await;
-    let app = spawn_with(chat::Config::for_tests(&db_url)).await;
-    let user = app.register("batcher").await;
-    app.create_room(&user, "batch", "public").await;
-    let db = Database::connect(&db_url).await.expect("db");
-    db.execute_unprepared(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.content = 'poison' THEN RAISE EXCEPTION 'poisoned draft'; END IF; \
-         RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages \
-         FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-    )
-    .await
-    .expect("trigger");
-    let lock = db.begin().await.expect("begin");
-    lock.execute_unprepared("SELECT id FROM rooms WHERE name = 'batch' FOR UPDATE")
-        .await
-        .expect("lock");
-    let post = |content: String| {
-        let (url, token) = (app.url("/api/v1/rooms/batch/messages"), user.access.clone());
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({ "content": content }))
-                .send()
-                .await
-                .expect("response")
-                .status()
-                .as_u16()
+    let server = ServerProc::start(&db_url, &[]).await;
+    let user = server.register("batcher").await;
+    let watcher = server.register("batch_watcher").await;
+    server.create_room(&user, "batch", "public").await;
+    server.join_room(&watcher, "batch").await;
+    refuse_poison(&db_url).await;
+    let mut watching = ws_connect(&server.ws_url(""), "batch", &watcher.access, None).await;
+    expect_ready(&mut watching).await;
+    let mut ws = ws_connect(&server.ws_url(""), "batch", &user.access, None).await;
+    expect_ready(&mut ws).await;
+
+    let hold = RoomHold::take(&db_url, "batch").await;
+    let send = |content: &str| json!({"type": "message", "content": content, "client_id": content});
+    ws_send(&mut ws, send("first")).await;
+    hold.wait_for_a_commit().await;
+    let drafts: Vec<String> = (0..10)
+        .map(|i| {
+            if i == 5 {
+                "poison".into()
+            } else {
+                format!("ok {i}")
+            }
         })
-    };
-    // The first send takes the lock's wait; the others gather into the next batch.
-    let first = post("first".into());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let mut rest = Vec::new();
-    for i in 0..10 {
-        let content = if i == 5 {
-            "poison".into()
-        } else {
-            format!("ok {i}")
-        };
-        rest.push((content.clone(), post(content)));
+        .collect();
+    for content in &drafts {
+        ws_send(&mut ws, send(content)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    lock.rollback().await.expect("unlock");
-    assert_eq!(first.await.expect("first"), 201);
-    for (content, task) in rest {
-        let status = task.await.expect("post");
+    // The session handles its frames in order and queues each draft before it reads the next
+    // frame; a `typing` frame is published at once: once the watcher sees it, all ten drafts
+    // wait behind the held commit.
+    ws_send(&mut ws, json!({"type": "typing"})).await;
+    next_of(&mut watching, "typing", WAIT_BOUND.as_secs())
+        .await
+        .expect("the typing event");
+    hold.release().await;
+
+    // Answers come in the order of the frames (an error carries no `client_id`).
+    let mut answers = Vec::new();
+    while answers.len() < 11 {
+        let v = next_json(&mut ws, WAIT_BOUND.as_secs())
+            .await
+            .expect("an answer");
+        if v["type"] == "ack" || v["type"] == "error" {
+            answers.push(v);
+        }
+    }
+    for (content, answer) in ["first"]
+        .into_iter()
+        .chain(drafts.iter().map(String::as_str))
+        .zip(&answers)
+    {
         if content == "poison" {
-            assert!(status >= 400, "the refused draft fails: {status}");
+            assert_eq!(answer["type"], "error", "the refused draft fails: {answer}");
         } else {
             assert_eq!(
-                status, 201,
+                (answer["type"].as_str(), answer["client_id"].as_str()),
+                (Some("ack"), Some(content)),
                 "{content} commits although its batch held a bad draft"
             );
         }
     }
-    let stored = contents(&app, &user.access, "batch").await;
+    let m = server.metrics().await;
+    assert_eq!(
+        (
+            m.sum("chat_commit_batch_size_count", &[]),
+            m.sum("chat_commit_batch_size_sum", &[])
+        ),
+        (2.0, 11.0),
+        "two batches: the held first send, then the ten queued behind it as one"
+    );
+    let stored = contents(&server, &user.access, "batch").await;
     assert_eq!(stored.len(), 10, "{stored:?}");
     assert!(!stored.iter().any(|c| c == "poison"));
 }

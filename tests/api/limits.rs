@@ -15,18 +15,14 @@ async fn app_with(b: Backend, tune: impl FnOnce(&mut chat::Config)) -> TestApp {
     spawn_with(config).await
 }
 
-/// Retry an upgrade for a few seconds until it gets `want` (a closed socket's place is given
-/// back once its session has ended).
-async fn upgrade_until(url: &str, want: u16) -> u16 {
-    let mut got = 0;
-    for _ in 0..50 {
-        got = ws_refused(url).await;
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    got
+/// Wait until an upgrade gets `want` (a closed socket's place is given back once its session
+/// has ended).
+async fn upgrade_until(url: &str, want: u16) {
+    wait_until(&format!("an upgrade answered {want}"), async || {
+        let got = ws_refused(url).await;
+        if got == want { Ok(()) } else { Err(got) }
+    })
+    .await;
 }
 
 dual_test!(
@@ -72,7 +68,7 @@ dual_test!(
 
         // Closing one gives its place back.
         close_ws(first).await;
-        assert_eq!(upgrade_until(&room_url(&cyd), 101).await, 101);
+        upgrade_until(&room_url(&cyd), 101).await;
         drop((second, b1));
     }
 );
@@ -180,9 +176,12 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
         assert_eq!(status, 429, "rooms per hour are counted cluster-wide");
     }
 
-    // Messages: a burst of 4 in all, whichever replica they go to.
+    // Messages: a burst of 4 in all, whichever replica they go to. Replica 1 refuses before
+    // it has accepted its own burst: only the cluster-wide count can refuse it then (a refill
+    // only ever admits more, so this holds however slowly the posts go).
+    let mut accepted = [0usize; 2];
     let mut statuses = Vec::new();
-    for k in 0..8 {
+    for k in 0..100 {
         let (status, _) = apps[k % 2]
             .post(
                 "/api/v1/rooms/cl-1/messages",
@@ -191,13 +190,23 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
             )
             .await;
         statuses.push(status);
+        match status {
+            201 => accepted[k % 2] += 1,
+            429 if k % 2 == 1 => break,
+            429 => {}
+            other => panic!("a post answered {other}: {statuses:?}"),
+        }
     }
-    let accepted = statuses.iter().filter(|s| **s == 201).count();
-    assert!(
-        (4..=5).contains(&accepted),
-        "a burst of 4 across two replicas (one more if a second passed): {statuses:?}"
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "replica 1 refuses at last: {statuses:?}"
     );
-    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        accepted[1] < 4,
+        "replica 1 refused after {} of its own: the burst is counted cluster-wide ({statuses:?})",
+        accepted[1]
+    );
 
     // Sockets: two in all.
     let url = |app: &TestApp| format!("{}/ws?token={}", app.ws_url(""), user.access);
@@ -213,15 +222,7 @@ async fn limits_hold_across_the_cluster_not_per_replica() {
     assert_eq!(ws_refused(&url(&apps[1])).await, 429);
     // A closed socket frees its place on the other replica too.
     close_ws(a).await;
-    let mut got = 0;
-    for _ in 0..50 {
-        got = ws_refused(&url(&apps[1])).await;
-        if got == 101 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got, 101);
+    upgrade_until(&url(&apps[1]), 101).await;
     drop(b);
 }
 
@@ -269,8 +270,15 @@ async fn message_limits_lease_cells_instead_of_asking_redis_per_message() {
     let user = apps[0].register("leaser").await;
     apps[0].create_room(&user, "leased", "public").await;
     let before = script_calls(&redis).await;
+    // Alternating replicas until each has refused once. Each refuses before it has accepted
+    // a burst of its own (only the cluster-wide count can refuse it then), and however slowly
+    // the posts go: a refill only ever admits more.
+    let (mut accepted, mut first_refusal) = ([0usize; 2], [None::<usize>; 2]);
     let mut statuses = Vec::new();
-    for k in 0..60 {
+    for k in 0..4 * BURST {
+        if first_refusal.iter().all(Option::is_some) {
+            break;
+        }
         let (status, _) = apps[k % 2]
             .post(
                 "/api/v1/rooms/leased/messages",
@@ -279,18 +287,31 @@ async fn message_limits_lease_cells_instead_of_asking_redis_per_message() {
             )
             .await;
         statuses.push(status);
+        match status {
+            201 => accepted[k % 2] += 1,
+            429 => {
+                first_refusal[k % 2].get_or_insert(accepted[k % 2]);
+            }
+            other => panic!("a post answered {other}: {statuses:?}"),
+        }
     }
     let calls = script_calls(&redis).await - before;
-    let accepted = statuses.iter().filter(|s| **s == 201).count();
-    // Two replicas, leases of 10: at most 9 cells left unspent on each; a few refill.
+    let refused_after = first_refusal.map(|r| r.expect("each replica refuses at last"));
     assert!(
-        (BURST - 18..=BURST + 4).contains(&accepted),
-        "about the burst across both replicas: {accepted} accepted, {statuses:?}"
+        refused_after.iter().all(|n| *n < BURST),
+        "each replica refused before a burst of its own ({refused_after:?}): the burst is \
+         the cluster's; {statuses:?}"
     );
-    assert!(statuses.contains(&429), "{statuses:?}");
+    // Two replicas, leases of 10: at most 9 cells left unspent on each.
+    let total: usize = accepted.iter().sum();
     assert!(
-        calls < 30,
-        "60 messages took {calls} script calls: cells are leased, not asked for one by one"
+        total >= BURST - 18,
+        "about the burst across both replicas: {total} accepted, {statuses:?}"
+    );
+    assert!(
+        calls * 2 < statuses.len() as u64,
+        "{} messages took {calls} script calls: cells are leased, not asked for one by one",
+        statuses.len()
     );
 }
 
@@ -432,15 +453,16 @@ dual_test!(
 );
 
 /// A reconnect storm is spread out: above its upgrade rate a replica answers 503 with
-/// `Retry-After` before the upgrade (the client retries, maybe on another replica).
+/// `Retry-After` before the upgrade (the client retries, maybe on another replica). The rate
+/// is the slowest there is (one a second), so the upgrades outrun it however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
-    let app = app_with(Backend::Sqlite, |c| c.ws_upgrades_per_sec = 2).await;
+    let app = app_with(Backend::Sqlite, |c| c.ws_upgrades_per_sec = 1).await;
     let user = app.register("stormy").await;
     let url = format!("{}/ws?token={}", app.ws_url(""), user.access);
     let mut held = Vec::new();
     let mut refused = None;
-    for _ in 0..10 {
+    for _ in 0..100 {
         match tokio_tungstenite::connect_async(&url).await {
             Ok((ws, _)) => held.push(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
@@ -451,7 +473,7 @@ async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
         }
     }
     let res = refused.expect("an upgrade beyond the rate is refused");
-    assert!(held.len() >= 2, "the burst is admitted: {}", held.len());
+    assert!(!held.is_empty(), "the burst is admitted");
     assert_eq!(res.status().as_u16(), 503);
     assert_eq!(
         res.headers()
@@ -462,9 +484,8 @@ async fn websocket_upgrades_are_admitted_at_a_bounded_rate() {
     let body: serde_json::Value =
         serde_json::from_slice(res.body().as_deref().unwrap_or_default()).expect("json body");
     assert_eq!(body["error"]["code"], "service_unavailable");
-    // A second later the rate admits again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(ws_refused(&url).await, 101);
+    // The rate admits again once it has refilled.
+    upgrade_until(&url, 101).await;
 }
 
 /// Redis keeps nothing on disk: after a restart the replicas put their live sockets back
@@ -493,16 +514,8 @@ async fn socket_counts_come_back_after_a_redis_restart() {
     for app in &apps {
         app.wait_ready().await;
     }
-    // Replica 1 refuses again once replica 0's heartbeat has put its socket back (≤ 10 s);
-    // a socket admitted in between is closed at once by the test, so it does not count.
-    let mut got = 0;
-    for _ in 0..150 {
-        got = ws_refused(&url(&apps[1])).await;
-        if got == 429 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(got, 429, "the live socket counts again after the restart");
+    // Replica 1 refuses again once replica 0's heartbeat has put its socket back (within
+    // 10 s); a socket admitted in between is closed at once by the test, so it does not count.
+    upgrade_until(&url(&apps[1]), 429).await;
     drop(held);
 }

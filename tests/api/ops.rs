@@ -329,9 +329,9 @@ async fn one_trace_follows_a_message_across_replicas() {
         next_of(&mut ws, "message", 10).await.unwrap()["content"],
         "follow me"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        {
+    wait_until(
+        "one trace shared by the commit on a and the delivery on b",
+        async || {
             let spans = spans.lock().unwrap();
             let delivered_on_b: Vec<&Vec<u8>> = spans
                 .iter()
@@ -347,21 +347,16 @@ async fn one_trace_follows_a_message_across_replicas() {
                 .map(|(t, _, _)| t)
                 .collect();
             if delivered_on_b.iter().any(|t| accepted_on_a.contains(t)) {
-                return;
+                Ok(())
+            } else {
+                Err(spans
+                    .iter()
+                    .map(|(_, n, i)| (n.clone(), i.clone()))
+                    .collect::<Vec<_>>())
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no shared trace; spans seen: {:?}",
-            spans
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(_, n, i)| (n.clone(), i.clone()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,7 +429,7 @@ dual_test!(
         ))
         .await
         .expect("record the migration");
-        app.wait_readyz(200, 10).await;
+        app.wait_readyz(200).await;
         assert!(app.state.schema_current());
         app.register("late").await;
     }

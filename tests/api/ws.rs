@@ -410,15 +410,13 @@ dual_test!(room_deleted_kicked_and_logout_close_codes, |b| async move {
     assert_eq!(deleted["room"], "closes");
     assert_eq!(close_code(&mut owner, 5).await, Some(4404));
     // Sockets the hub closed itself still release their room: nothing stays subscribed.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while app.state.subscribed_room_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        app.state.subscribed_room_count(),
-        0,
-        "room channels released"
-    );
+    wait_until("room channels released", async || {
+        match app.state.subscribed_room_count() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
 });
 
 dual_test!(presence_typing_edits_and_updates, |b| async move {
@@ -610,20 +608,63 @@ dual_test!(auth_frame_replaces_the_token, |b| async move {
     assert!(next_of(&mut ws, "pong", 5).await.is_some());
 });
 
+/// The JWT secret of the apps of the expiry tests, to re-sign their tokens with another `exp`.
+const EXPIRY_SECRET: &str = "expiry-secret-expiry-secret-0123";
+
+/// A socket on `room` whose token runs out while it is open: `user`'s token re-signed to
+/// expire a second or two from now. If the upgrade came too late for it (a loaded machine:
+/// the token had expired when the server checked it), again with twice the margin, so the
+/// test does not depend on how fast the upgrade is.
+async fn socket_expiring_soon(app: &TestApp, user: &User, room: &str) -> Ws {
+    let mut margin = 2;
+    loop {
+        let exp = unix_now() + margin;
+        let token = expiring_at(&user.access, EXPIRY_SECRET, exp);
+        let url = format!("{}/ws/rooms/{room}?token={token}", app.ws_url(""));
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => return ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(res))
+                if res.status() == 401 && unix_now() > exp && margin < 64 =>
+            {
+                margin *= 2;
+            }
+            Err(e) => panic!("upgrade with a token valid until {exp}: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_closes_with_4001() {
     let db = fresh_database(Backend::Sqlite).await;
     let mut config = chat::Config::for_tests(&db);
-    config.access_token_ttl_secs = 2;
+    config.jwt_secret = Some(EXPIRY_SECRET.to_owned().into());
     let app = spawn_with(config).await;
     let users = room_with_members(&app, 1, "expiry").await;
-    let mut ws = ws_connect(&app.ws_url(""), "expiry", &users[0].access, None).await;
+    let mut ws = socket_expiring_soon(&app, &users[0], "expiry").await;
     expect_ready(&mut ws).await;
-    assert_eq!(close_code(&mut ws, 15).await, Some(4001));
-    // REST agrees: past `exp` (whole seconds) the token is refused, with no grace period.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let (status, body) = app.get("/api/v1/users/me", Some(&users[0].access)).await;
+    // The close is awaited, however long the machine takes to get there.
+    assert_eq!(close_code(&mut ws, WAIT_BOUND.as_secs()).await, Some(4001));
+    assert_eq!(
+        ws_refused(&format!(
+            "{}/ws/rooms/expiry?token={}",
+            app.ws_url(""),
+            expiring_at(&users[0].access, EXPIRY_SECRET, unix_now() - 1)
+        ))
+        .await,
+        401,
+        "an expired token opens no socket"
+    );
+    // REST agrees: a second past `exp` the token is refused, with no grace period; the same
+    // token with `exp` ahead is accepted (so nothing else about it is wrong).
+    let me = async |exp: i64| {
+        let token = expiring_at(&users[0].access, EXPIRY_SECRET, exp);
+        app.get("/api/v1/users/me", Some(&token)).await
+    };
+    let (status, body) = me(unix_now() + 600).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = me(unix_now() - 1).await;
     assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_token", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

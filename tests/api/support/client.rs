@@ -199,24 +199,41 @@ impl Client {
         }
     }
 
-    /// Wait until `/readyz` answers `status`; panics after `secs`.
-    pub async fn wait_readyz(&self, status: u16, secs: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
+    /// Wait until `/readyz` answers `status` ([`super::wait_until`]).
+    pub async fn wait_readyz(&self, status: u16) {
+        let what = format!("{}/readyz to answer {status}", self.base);
+        super::wait_until(&what, async || {
             let got = self.readyz().await;
-            if got == status {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}/readyz never answered {status} (last: {got})",
-                self.base
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if got == status { Ok(()) } else { Err(got) }
+        })
+        .await;
     }
 
     pub async fn wait_ready(&self) {
-        self.wait_readyz(200, 10).await;
+        self.wait_readyz(200).await;
     }
+}
+
+/// Seconds since the Unix epoch, the unit of a token's `exp`.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The access token `token`, with every claim as the server issued it (`sub`, `iss`, `aud`,
+/// `sid`, `jti`, `typ`, …) but `exp`, re-signed with `secret` (the server's `JWT_SECRET`): a
+/// token that expires when the test says, instead of one the test waits out.
+pub fn expiring_at(token: &str, secret: &str, exp: i64) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let mut claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["exp"] = exp.into();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signs")
 }

@@ -79,3 +79,76 @@ pub async fn fresh_database(backend: Backend) -> String {
         }
     }
 }
+
+/// A row lock on a room, taken by the test's own PostgreSQL connection (`SELECT … FOR UPDATE`
+/// in an open transaction). The group commit locks the rows of its batch's rooms (`FOR NO
+/// KEY UPDATE`), so while the hold lasts no message of the room commits: the batch that
+/// tries waits for it, and the sends behind that batch queue. [`RoomHold::release`] ends it
+/// (so does dropping it: the transaction rolls back).
+pub struct RoomHold {
+    txn: sea_orm::DatabaseTransaction,
+    /// The backend that holds the lock.
+    pid: i32,
+    db: sea_orm::DatabaseConnection,
+}
+
+impl RoomHold {
+    pub async fn take(db_url: &str, room: &str) -> Self {
+        use sea_orm::{DbBackend, Statement, TransactionTrait};
+        let db = Database::connect(db_url).await.expect("connect");
+        let txn = db.begin().await.expect("begin");
+        let pid: i32 = txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_backend_pid() AS pid",
+            ))
+            .await
+            .expect("pg_backend_pid")
+            .expect("a row")
+            .try_get("", "pid")
+            .expect("pid");
+        let locked = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id FROM rooms WHERE name = $1 FOR UPDATE",
+                [room.into()],
+            ))
+            .await
+            .expect("lock the room");
+        assert!(locked.is_some(), "room {room} exists");
+        Self { txn, pid, db }
+    }
+
+    /// A connection of the test's own (not the one holding the lock), for reads.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.db
+    }
+
+    /// How many sessions wait for this hold.
+    pub async fn waiting(&self) -> i64 {
+        use sea_orm::{DbBackend, Statement};
+        self.db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                [self.pid.into()],
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row")
+            .try_get("", "n")
+            .expect("count")
+    }
+
+    /// Wait until a commit waits for the hold: its batch is in flight.
+    pub async fn wait_for_a_commit(&self) {
+        super::wait_until("a commit to wait for the room's lock", async || {
+            self.waiting().await > 0
+        })
+        .await;
+    }
+
+    pub async fn release(self) {
+        self.txn.rollback().await.expect("release the room");
+    }
+}

@@ -136,14 +136,47 @@ pub async fn spawn_with_internal(config: Config) -> (TestApp, Client) {
     (app, Client::new(internal_addr))
 }
 
-/// Wait until `done()` holds; panics with `what` after `secs`. The way to synchronise with
-/// something a test cannot be told about, instead of a fixed sleep.
-pub async fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !done() {
+/// How long [`wait_until`] waits before it gives up: generous, so that only a condition that
+/// never comes reaches it, however loaded the machine.
+pub const WAIT_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a [`wait_until`] probe answers: `bool` (done or not), or `Result<T, E>`: `Ok(T)`
+/// when done (handed back to the caller), `Err(state)` while not (the last state is shown if
+/// the wait gives up).
+pub trait Probe {
+    type Done;
+    /// `Ok` when done; else what to say about the state so far.
+    fn done(self) -> Result<Self::Done, String>;
+}
+
+impl Probe for bool {
+    type Done = ();
+    fn done(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("not yet".into()) }
+    }
+}
+
+impl<T, E: std::fmt::Debug> Probe for Result<T, E> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|state| format!("{state:?}"))
+    }
+}
+
+/// The one way a test waits for something it cannot be told about (instead of a fixed sleep
+/// or a loop of its own): `probe` until it is done, every 20 ms, up to [`WAIT_BOUND`]; then
+/// panic with `what` and the last state the probe reported.
+pub async fn wait_until<P: Probe>(what: &str, mut probe: impl AsyncFnMut() -> P) -> P::Done {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    loop {
+        let state = match probe().await.done() {
+            Ok(done) => return done,
+            Err(state) => state,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
+            "gave up after {} s waiting for {what}; last: {state}",
+            WAIT_BOUND.as_secs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -180,14 +180,17 @@ pub fn record(mut ws: Ws) -> (Seen, tokio::task::JoinHandle<Option<u16>>) {
     (seen, task)
 }
 
-/// Wait until every recorder has seen at least `n` messages (or `secs` pass).
-pub async fn wait_for_counts(recorders: &[&Seen], n: usize, secs: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while recorders.iter().any(|s| s.lock().unwrap().len() < n)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Wait until every recorder has seen at least `n` messages ([`super::wait_until`]).
+pub async fn wait_for_counts(recorders: &[&Seen], n: usize) {
+    super::wait_until(&format!("every recorder to see {n} messages"), async || {
+        let counts: Vec<usize> = recorders.iter().map(|s| s.lock().unwrap().len()).collect();
+        if counts.iter().all(|c| *c >= n) {
+            Ok(())
+        } else {
+            Err(counts)
+        }
+    })
+    .await;
 }
 
 pub fn assert_gap_free(seqs: &[i64], upto: i64, who: &str) {
