@@ -1,6 +1,8 @@
 //! The rules of the service, each in one place, and the services every transport calls:
 //!
 //! * [`auth`]: who the caller is (access token, deny-list, admin role re-checked).
+//! * [`accounts`]: registration, login sessions, profiles, passwords, the directory, admin
+//!   operations on users.
 //! * [`access`]: who may see, enter, write to and manage a room (and open a DM).
 //! * [`dms`]: direct messages, read state and throttled receipts (SPEC §11).
 //! * [`messages`]: reactions, thread roots, search (SPEC §11).
@@ -17,6 +19,7 @@
 //! May import: `fanout`, `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
 
 pub(crate) mod access;
+pub(crate) mod accounts;
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod dms;

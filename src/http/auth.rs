@@ -7,13 +7,16 @@ use validator::Validate;
 
 use super::extract::{ClientAddr, Json, MaybeJson};
 use crate::{
-    chat::{Chat, auth::CurrentUser},
+    chat::{
+        Chat,
+        accounts::{Credentials, LoggedIn, NewAccount, Session},
+        auth::CurrentUser,
+    },
     domain::{
         model::User,
         validate::{self, USERNAME_RE},
     },
     error::{ApiError, ErrorBody, FieldErrors},
-    store::{self, sessions::Rotation},
 };
 
 pub(crate) fn routes() -> Router<Chat> {
@@ -141,30 +144,15 @@ pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<
     }
 }
 
-/// Issue an access token and start (or continue) a refresh family.
-async fn issue(
-    chat: &Chat,
-    user: &User,
-    family: Option<(String, String)>,
-) -> Result<Tokens, ApiError> {
-    let (refresh, family) = match family {
-        Some(pair) => pair,
-        None => {
-            let issued =
-                store::sessions::start(&chat.db, user.id, chat.config.refresh_token_ttl_secs)
-                    .await?;
-            (issued.token, issued.family)
+impl From<Session> for Tokens {
+    fn from(s: Session) -> Self {
+        Self {
+            access: s.access,
+            refresh: s.refresh,
+            token_type: "Bearer",
+            expires_in: s.expires_in,
         }
-    };
-    let access = chat
-        .keys
-        .issue_access(user.id, &user.username, user.roles.clone(), &family)?;
-    Ok(Tokens {
-        access: access.token,
-        refresh,
-        token_type: "Bearer",
-        expires_in: access.expires_in,
-    })
+    }
 }
 
 /// `POST /api/v1/auth/register`: create an account and log it in.
@@ -180,36 +168,8 @@ pub(crate) async fn register(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    chat.admit_credentials(ip, None).await?;
-    let mut extra = FieldErrors::new();
-    if let (Some(p), Some(c)) = (&body.password, &body.password_confirm)
-        && p != c
-    {
-        extra.insert(
-            "password_confirm".into(),
-            vec!["does not match password".into()],
-        );
-    }
-    validate_all(&body, extra)?;
-    let (Some(username), Some(email), Some(password)) = (body.username, body.email, body.password)
-    else {
-        return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
-    };
-    let hash = chat.hasher.hash(password).await?;
-    let user = store::users::create(
-        &chat.db,
-        store::users::NewUser {
-            username,
-            email,
-            password_hash: hash,
-            first_name: body.first_name,
-            last_name: body.last_name,
-            roles: vec!["user".into()],
-        },
-    )
-    .await?;
-    let tokens = issue(&chat, &user, None).await?;
-    tracing::info!(user_id = user.id, "registered");
+    let LoggedIn { user, session } = chat.register(ip, body.into_account()).await?;
+    let tokens = session.into();
     Ok((StatusCode::CREATED, Json(RegisterResponse { user, tokens })))
 }
 
@@ -226,52 +186,8 @@ pub(crate) async fn login(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    chat.admit_credentials(ip, None).await?;
-    let login = body
-        .login
-        .or(body.username)
-        .or(body.email)
-        .filter(|l| !l.is_empty());
-    let mut fields = FieldErrors::new();
-    match login.as_deref().map(validate::plain_text) {
-        None => {
-            fields.insert("login".into(), vec!["is required".into()]);
-        }
-        // The database would refuse NUL; control characters name nobody anyway.
-        Some(Err(m)) => {
-            fields.insert("login".into(), vec![m]);
-        }
-        Some(Ok(())) => {}
-    }
-    if body.password.as_deref().is_none_or(str::is_empty) {
-        fields.insert("password".into(), vec!["is required".into()]);
-    }
-    let (Some(login), Some(password)) = (login, body.password) else {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    };
-    if !fields.is_empty() {
-        return Err(ApiError::Validation {
-            message: "validation failed".into(),
-            fields,
-        });
-    }
-    let found = store::users::find_for_login(&chat.db, &login).await?;
-    if let Some((user, _)) = &found {
-        chat.admit_credentials(ip, Some(user.id)).await?;
-    }
-    let (user, hash) = match found {
-        Some((u, h)) => (Some(u), Some(h)),
-        None => (None, None),
-    };
-    // Unknown users are verified against a dummy hash: same code, about the same time.
-    let ok = chat.hasher.verify(password, hash).await?;
-    let Some(user) = user.filter(|_| ok) else {
-        return Err(ApiError::invalid_credentials());
-    };
-    let tokens = issue(&chat, &user, None).await?;
+    let LoggedIn { user, session } = chat.login(ip, body.into_credentials()).await?;
+    let tokens = session.into();
     Ok(Json(LoginResponse { tokens, user }))
 }
 
@@ -288,29 +204,7 @@ pub(crate) async fn refresh(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<Tokens>, ApiError> {
-    chat.admit_credentials(ip, None).await?;
-    let Some(token) = body.refresh.filter(|t| !t.is_empty()) else {
-        return Err(ApiError::invalid_field("refresh", "is required"));
-    };
-    match store::sessions::rotate(&chat.db, &token, chat.config.refresh_token_ttl_secs).await? {
-        Rotation::Rotated { user_id, issued } => {
-            let user = store::users::find(&chat.db, user_id)
-                .await?
-                .ok_or_else(ApiError::invalid_token)?;
-            Ok(Json(
-                issue(&chat, &user, Some((issued.token, issued.family))).await?,
-            ))
-        }
-        Rotation::Reused { user_id, family } => {
-            tracing::warn!(
-                user_id,
-                "refresh token reuse detected; session family revoked"
-            );
-            chat.revoke_sessions(user_id, &[family], false).await?;
-            Err(ApiError::invalid_token())
-        }
-        Rotation::Invalid => Err(ApiError::invalid_token()),
-    }
+    Ok(Json(chat.refresh(ip, body.refresh).await?.into()))
 }
 
 /// `POST /api/v1/auth/logout`: end this session (or, with `all`, every session).
@@ -322,23 +216,70 @@ pub(crate) async fn logout(
     MaybeJson(body): MaybeJson<LogoutRequest>,
 ) -> Result<StatusCode, ApiError> {
     let body = body.unwrap_or_default();
-    chat.revoke_token(&user.jti).await?;
-    if body.all {
-        let mut families = store::sessions::revoke_all(&chat.db, user.id, None).await?;
-        families.push(user.sid.clone());
-        chat.revoke_sessions(user.id, &families, true).await?;
-    } else {
-        let mut families = vec![user.sid.clone()];
-        if let Some(refresh) = body.refresh.as_deref()
-            && let Some(f) = store::sessions::family_of(&chat.db, refresh, user.id).await?
-            && f != user.sid
-        {
-            families.push(f);
-        }
-        for f in &families {
-            store::sessions::revoke_family(&chat.db, f).await?;
-        }
-        chat.revoke_sessions(user.id, &families, false).await?;
-    }
+    chat.logout(&user, body.refresh.as_deref(), body.all)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl RegisterRequest {
+    /// The account, once every field is valid (every offending field reported at once).
+    fn into_account(self) -> Result<NewAccount, ApiError> {
+        let mut extra = FieldErrors::new();
+        if let (Some(p), Some(c)) = (&self.password, &self.password_confirm)
+            && p != c
+        {
+            extra.insert(
+                "password_confirm".into(),
+                vec!["does not match password".into()],
+            );
+        }
+        validate_all(&self, extra)?;
+        let (Some(username), Some(email), Some(password)) =
+            (self.username, self.email, self.password)
+        else {
+            return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
+        };
+        Ok(NewAccount {
+            username,
+            email,
+            password,
+            first_name: self.first_name,
+            last_name: self.last_name,
+        })
+    }
+}
+
+impl LoginRequest {
+    /// The credentials, once `login` (or `username`/`email`) and `password` are present and
+    /// `login` is plain text.
+    fn into_credentials(self) -> Result<Credentials, ApiError> {
+        let login = self
+            .login
+            .or(self.username)
+            .or(self.email)
+            .filter(|l| !l.is_empty());
+        let mut fields = FieldErrors::new();
+        match login.as_deref().map(validate::plain_text) {
+            None => {
+                fields.insert("login".into(), vec!["is required".into()]);
+            }
+            // The database would refuse NUL; control characters name nobody anyway.
+            Some(Err(m)) => {
+                fields.insert("login".into(), vec![m]);
+            }
+            Some(Ok(())) => {}
+        }
+        if self.password.as_deref().is_none_or(str::is_empty) {
+            fields.insert("password".into(), vec!["is required".into()]);
+        }
+        match (login, self.password) {
+            (Some(login), Some(password)) if fields.is_empty() => {
+                Ok(Credentials { login, password })
+            }
+            _ => Err(ApiError::Validation {
+                message: "validation failed".into(),
+                fields,
+            }),
+        }
+    }
 }

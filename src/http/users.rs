@@ -15,13 +15,12 @@ use super::{
     extract::{ClientAddr, Json, Path, Query},
 };
 use crate::{
-    chat::{Chat, auth::CurrentUser},
+    chat::{Chat, accounts::ProfileChanges, auth::CurrentUser},
     domain::{
         model::{Page, PublicUser, User},
         validate,
     },
     error::{ApiError, ErrorBody, FieldErrors},
-    store,
 };
 
 pub(crate) fn routes() -> Router<Chat> {
@@ -122,11 +121,7 @@ pub(crate) async fn get_me(
     State(chat): State<Chat>,
     me: CurrentUser,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(
-        store::users::find(&chat.db, me.id)
-            .await?
-            .ok_or_else(ApiError::invalid_token)?,
-    ))
+    Ok(Json(chat.me(&me).await?))
 }
 
 /// `PATCH /api/v1/users/me`: `email`, `first_name`, `last_name`, `accept_dms`, `send_receipts`.
@@ -157,20 +152,14 @@ pub(crate) async fn update_me(
         }
     }
     validate_all(&body, extra)?;
-    if body.email.is_some() {
-        // An email change answers whether an address is taken: limited like a login.
-        chat.admit_credentials(ip, Some(me.id)).await?;
-    }
-    let up = store::users::ProfileUpdate {
+    let changes = ProfileChanges {
         email: body.email,
         first_name: body.first_name,
         last_name: body.last_name,
         accept_dms: body.accept_dms,
         send_receipts: body.send_receipts,
     };
-    Ok(Json(
-        store::users::update_profile(&chat.db, me.id, up).await?,
-    ))
+    Ok(Json(chat.update_profile(&me, ip, changes).await?))
 }
 
 /// `PUT /api/v1/users/me/password`: every other session is revoked.
@@ -187,20 +176,10 @@ pub(crate) async fn change_password(
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
     validate_all(&body, FieldErrors::new())?;
-    chat.admit_credentials(ip, Some(me.id)).await?;
     let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
-        return Err(ApiError::bad_request("missing fields"));
+        return Err(ApiError::bad_request("missing fields")); // unreachable: `required` above
     };
-    let hash = store::users::password_hash(&chat.db, me.id)
-        .await?
-        .ok_or_else(ApiError::invalid_token)?;
-    if !chat.hasher.verify(current, Some(hash)).await? {
-        return Err(ApiError::invalid_field("current_password", "is incorrect"));
-    }
-    let new_hash = chat.hasher.hash(new).await?;
-    store::users::set_password(&chat.db, me.id, new_hash).await?;
-    let others = store::sessions::revoke_all(&chat.db, me.id, Some(&me.sid)).await?;
-    chat.revoke_sessions(me.id, &others, false).await?;
+    chat.change_password(&me, ip, current, new).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,23 +199,8 @@ pub(crate) async fn delete_me(
     let Some(password) = body.password.filter(|p| !p.is_empty()) else {
         return Err(ApiError::invalid_field("password", "is required"));
     };
-    chat.admit_credentials(ip, Some(me.id)).await?;
-    let hash = store::users::password_hash(&chat.db, me.id)
-        .await?
-        .ok_or_else(ApiError::invalid_token)?;
-    if !chat.hasher.verify(password, Some(hash)).await? {
-        return Err(ApiError::invalid_field("password", "is incorrect"));
-    }
-    remove_user(&chat, me.id).await?;
+    chat.delete_account(&me, ip, password).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Delete a user everywhere: their tokens stop working and their sockets close (4001).
-async fn remove_user(chat: &Chat, id: i64) -> Result<(), ApiError> {
-    if !store::users::delete(&chat.db, id).await? {
-        return Err(ApiError::NotFound("user"));
-    }
-    chat.revoke_user(id).await
 }
 
 /// `GET /api/v1/users?q=&limit=&cursor=`
@@ -250,7 +214,6 @@ pub(crate) async fn list_users(
     me: CurrentUser,
     Query(q): Query<ListUsersQuery>,
 ) -> Result<Json<Page<PublicUser>>, ApiError> {
-    let limit = q.limit.unwrap_or(20).clamp(1, 100);
     // A well-formed request whose cursor this server did not issue: a 422, like any value
     // the handler refuses (the document calls every string a cursor).
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -260,18 +223,10 @@ pub(crate) async fn list_users(
         None => None,
     };
     super::plain_query("q", q.q.as_deref())?;
-    let (users, next) = store::users::list(&chat.db, q.q.as_deref(), limit, cursor).await?;
-    let items = users
-        .into_iter()
-        .map(|u| {
-            let with_email = me.is_admin() || u.id == me.id;
-            u.public(with_email)
-        })
-        .collect();
-    Ok(Json(Page {
-        items,
-        next_cursor: next.map(|n| n.to_string()),
-    }))
+    Ok(Json(
+        chat.list_users(&me, q.q.as_deref(), q.limit, cursor)
+            .await?,
+    ))
 }
 
 /// `GET /api/v1/users/{id}`
@@ -285,11 +240,7 @@ pub(crate) async fn get_user(
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<Json<PublicUser>, ApiError> {
-    let user = store::users::find(&chat.db, id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    let with_email = me.is_admin() || user.id == me.id;
-    Ok(Json(user.public(with_email)))
+    Ok(Json(chat.user(&me, id).await?))
 }
 
 /// `PATCH /api/v1/users/{id}` (admin): set `roles`.
@@ -306,29 +257,7 @@ pub(crate) async fn update_user(
     Path(id): Path<i64>,
     Json(body): Json<UpdateUserRequest>,
 ) -> Result<Json<PublicUser>, ApiError> {
-    if !me.is_admin() {
-        return Err(ApiError::Forbidden("admin only"));
-    }
-    let Some(mut roles) = body.roles else {
-        return Err(ApiError::invalid_field("roles", "is required"));
-    };
-    if let Some(bad) = roles
-        .iter()
-        .find(|r| !matches!(r.as_str(), "user" | "admin"))
-    {
-        return Err(ApiError::invalid_field(
-            "roles",
-            &format!("unknown role `{bad}`; use `user` or `admin`"),
-        ));
-    }
-    if !roles.iter().any(|r| r == "user") {
-        roles.insert(0, "user".into());
-    }
-    // Each role once, in the order given.
-    let mut seen = std::collections::HashSet::new();
-    roles.retain(|r| seen.insert(r.clone()));
-    let user = store::users::set_roles(&chat.db, id, &roles).await?;
-    Ok(Json(user.public(true)))
+    Ok(Json(chat.set_roles(&me, id, body.roles).await?))
 }
 
 /// `DELETE /api/v1/users/{id}` (admin): their sockets are closed.
@@ -343,9 +272,6 @@ pub(crate) async fn delete_user(
     me: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    if !me.is_admin() {
-        return Err(ApiError::Forbidden("admin only"));
-    }
-    remove_user(&chat, id).await?;
+    chat.delete_user(&me, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
