@@ -414,9 +414,15 @@ mod tests {
             .expect("a connection of its own on PostgreSQL");
 
         let author = crate::store::testing::user(&db, "writer").await;
-        let room = rooms::create(&db, "plans", None, "public", author.id)
-            .await
-            .expect("room");
+        let room = rooms::create(
+            &db,
+            "plans",
+            None,
+            crate::domain::room::Visibility::Public,
+            author.id,
+        )
+        .await
+        .expect("room");
         let draft = NewMessage {
             room_id: room.id,
             room: "plans",

@@ -7,12 +7,13 @@ use super::Error;
 use sea_orm::DatabaseConnection;
 
 use super::auth::CurrentUser;
+use crate::domain::room::RoomInfo;
 use crate::{
-    domain::validate::{self, Visibility},
-    store::{
-        self,
-        rooms::{RoomRow, is_dm},
+    domain::{
+        room::{Role, Visibility},
+        validate,
     },
+    store,
 };
 
 /// What a non-member is told when a private room refuses them. Both are deliberate: a
@@ -25,10 +26,10 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    fn error(self, room: &RoomRow) -> Error {
+    fn error(self, room: &RoomInfo) -> Error {
         match self {
             Self::NotFound => Error::NotFound("room"),
-            Self::NeedsInvitation if is_dm(room) => {
+            Self::NeedsInvitation if room.is_dm() => {
                 Error::Forbidden("nobody can join a direct message")
             }
             Self::NeedsInvitation => Error::Forbidden("this private room needs an invitation"),
@@ -48,8 +49,8 @@ pub(crate) enum Entry {
 /// Who may read a room (its history, its messages in search results): anyone if it is
 /// public, its members, admins. Lists that span rooms apply the same rule in SQL:
 /// [`store::search::messages`] takes [`Reader`] and writes this condition.
-pub(crate) fn may_read(visibility: &str, member: bool, admin: bool) -> bool {
-    Visibility::of(visibility) == Visibility::Public || member || admin
+pub(crate) fn may_read(visibility: Visibility, member: bool, admin: bool) -> bool {
+    visibility == Visibility::Public || member || admin
 }
 
 /// The reader a cross-room query applies [`may_read`] for.
@@ -62,16 +63,16 @@ pub(crate) fn reader(me: &CurrentUser) -> store::search::Reader {
 
 /// The owner or an admin may change, delete, invite to and remove from a room. A direct
 /// message has no owner and nobody manages it (an admin making it public would open it).
-pub(crate) fn may_manage(room: &RoomRow, me: &CurrentUser) -> bool {
-    !is_dm(room) && (me.is_admin() || room.owner_id == Some(me.id))
+pub(crate) fn may_manage(room: &RoomInfo, me: &CurrentUser) -> bool {
+    !room.is_dm() && (me.is_admin() || room.owner_id == Some(me.id))
 }
 
 /// May `me` invite someone into `room`?
 ///
 /// # Errors
 /// 403: a direct message (nobody can be invited into one), or neither owner nor admin.
-pub(crate) fn may_invite(room: &RoomRow, me: &CurrentUser) -> Result<(), Error> {
-    if is_dm(room) {
+pub(crate) fn may_invite(room: &RoomInfo, me: &CurrentUser) -> Result<(), Error> {
+    if room.is_dm() {
         return Err(Error::Forbidden(
             "nobody can be invited into a direct message",
         ));
@@ -116,10 +117,10 @@ impl Access {
         &self,
         name: &str,
         me: &CurrentUser,
-    ) -> Result<(RoomRow, Option<String>), Error> {
+    ) -> Result<(RoomInfo, Option<Role>), Error> {
         let room = self.room_named(name).await?;
         let role = store::rooms::role_of(&self.db, room.id, me.id).await?;
-        if !may_read(&room.visibility, role.is_some(), me.is_admin()) {
+        if !may_read(room.visibility, role.is_some(), me.is_admin()) {
             return Err(Error::NotFound("room"));
         }
         Ok((room, role))
@@ -144,7 +145,7 @@ impl Access {
         &self,
         name: &str,
         me: &CurrentUser,
-    ) -> Result<RoomRow, Error> {
+    ) -> Result<RoomInfo, Error> {
         let (room, role) = self.visible_room(name, me).await?;
         if role.is_none() {
             return Err(Error::Forbidden("join the room to post in it"));
@@ -159,10 +160,10 @@ impl Access {
     /// `refusal` for a private room; 503 if the database is down.
     pub(crate) async fn enter_room(
         &self,
-        room: RoomRow,
+        room: RoomInfo,
         user_id: i64,
         refusal: Refusal,
-    ) -> Result<RoomRow, Error> {
+    ) -> Result<RoomInfo, Error> {
         let entry = self.may_enter(&room, user_id, refusal).await?;
         self.complete_entry(&room, user_id, entry).await?;
         Ok(room)
@@ -175,7 +176,7 @@ impl Access {
     /// As [`Access::enter_room`].
     pub(crate) async fn may_enter(
         &self,
-        room: &RoomRow,
+        room: &RoomInfo,
         user_id: i64,
         refusal: Refusal,
     ) -> Result<Entry, Error> {
@@ -185,7 +186,7 @@ impl Access {
         {
             return Ok(Entry::Member);
         }
-        if is_dm(room) || Visibility::of(&room.visibility) != Visibility::Public {
+        if room.is_dm() || room.visibility != Visibility::Public {
             return Err(refusal.error(room));
         }
         Ok(Entry::Joins)
@@ -197,7 +198,7 @@ impl Access {
     /// 503 if the database is down.
     pub(crate) async fn complete_entry(
         &self,
-        room: &RoomRow,
+        room: &RoomInfo,
         user_id: i64,
         entry: Entry,
     ) -> Result<(), Error> {
@@ -216,7 +217,7 @@ impl Access {
         name: &str,
         user_id: i64,
         refusal: Refusal,
-    ) -> Result<RoomRow, Error> {
+    ) -> Result<RoomInfo, Error> {
         let room = self.room_named(name).await?;
         self.enter_room(room, user_id, refusal).await
     }
@@ -225,7 +226,7 @@ impl Access {
     ///
     /// # Errors
     /// 404 if there is none.
-    pub(crate) async fn room_named(&self, name: &str) -> Result<RoomRow, Error> {
+    pub(crate) async fn room_named(&self, name: &str) -> Result<RoomInfo, Error> {
         // A name no room can have is not looked up (the database would refuse some, NUL).
         if validate::room_name(name).is_err() {
             return Err(Error::NotFound("room"));

@@ -18,6 +18,7 @@ use super::{
     limits::Limits,
     presence::Online,
 };
+use crate::domain::room::RoomInfo;
 use crate::domain::validate::FieldErrors;
 use crate::{
     bus::Bus,
@@ -26,7 +27,7 @@ use crate::{
         event::Event,
         model::{Page, Room, UserRef},
     },
-    store::{self, rooms::RoomRow},
+    store,
 };
 
 /// Most other people in one DM.
@@ -190,7 +191,7 @@ pub(crate) async fn with_read_state(
     db: &DatabaseConnection,
     online: &Online,
     me: &CurrentUser,
-    rows: Vec<RoomRow>,
+    rows: Vec<RoomInfo>,
 ) -> Result<Vec<Room>, Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let online = online.counts(&ids).await;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 
 use super::{Error, events::Events};
+use crate::domain::room::RoomInfo;
 use crate::{
     bus::route,
     domain::{
@@ -81,7 +82,7 @@ impl Online {
     ///
     /// # Errors
     /// When the database fails.
-    pub(crate) async fn room_wire(&self, row: store::rooms::RoomRow) -> Result<Room, Error> {
+    pub(crate) async fn room_wire(&self, row: RoomInfo) -> Result<Room, Error> {
         let online = i64::try_from(self.ids(row.id).await.len()).unwrap_or(0);
         Ok(store::rooms::to_wire(&self.db, row, online).await?)
     }

@@ -14,6 +14,7 @@ use super::{
     limits::Limits,
     presence::Online,
 };
+use crate::domain::room::RoomInfo;
 use crate::domain::validate::FieldErrors;
 use crate::{
     bus::route,
@@ -22,7 +23,7 @@ use crate::{
         model::{Member, Page, Room},
         validate::{self, Visibility},
     },
-    store::{self, rooms::RoomRow},
+    store,
 };
 
 /// Settings of a new room, as given (validated here).
@@ -108,7 +109,7 @@ impl Rooms {
         me: &CurrentUser,
         name: Option<&str>,
         settings: NewRoom,
-    ) -> Result<RoomRow, Error> {
+    ) -> Result<RoomInfo, Error> {
         let mut fields = FieldErrors::new();
         match name.map(validate::room_name) {
             None => {
@@ -134,10 +135,11 @@ impl Rooms {
             return Err(Error::validation(fields));
         };
         self.limits.admit_room_creation(me.id).await?;
+        // Validated above: an unknown value was refused.
         let visibility = settings
             .visibility
             .as_deref()
-            .unwrap_or(Visibility::Public.as_str());
+            .map_or(Visibility::Public, Visibility::of);
         Ok(store::rooms::create(&self.db, name, settings.topic, visibility, me.id).await?)
     }
 
@@ -215,7 +217,7 @@ impl Rooms {
     }
 
     /// The room called `name`, if there is one.
-    async fn existing_room(&self, name: &str) -> Result<Option<RoomRow>, Error> {
+    async fn existing_room(&self, name: &str) -> Result<Option<RoomInfo>, Error> {
         match self.access.room_named(name).await {
             Ok(room) => Ok(Some(room)),
             Err(Error::NotFound(_)) => Ok(None),
@@ -288,7 +290,7 @@ impl Rooms {
         Error::check(fields)?;
         let changes = store::rooms::RoomChanges {
             topic: changes.topic,
-            visibility: changes.visibility,
+            visibility: changes.visibility.as_deref().map(Visibility::of),
             owner_id: changes.owner_id,
         };
         let row = match store::rooms::update(&self.db, room, changes).await {

@@ -19,6 +19,7 @@ use super::{
     presence::Online,
     replay::ReplayReads,
 };
+use crate::domain::room::RoomInfo;
 use crate::{
     bus::route,
     domain::{
@@ -26,7 +27,7 @@ use crate::{
         model::{Room, UserRef},
     },
     fanout::{hub::Hub, socket::SocketCtl},
-    store::{self, rooms::RoomRow},
+    store,
 };
 
 /// Messages per history page when replaying.
@@ -37,13 +38,13 @@ const CATCH_UP_ROUNDS: u32 = 16;
 
 /// A room the caller may enter, checked before the upgrade; nothing changed yet.
 pub(crate) struct RoomPass {
-    room: RoomRow,
+    room: RoomInfo,
     entry: Entry,
 }
 
 /// A room the caller is a member of, ready to join.
 pub(crate) struct Entered {
-    room: RoomRow,
+    room: RoomInfo,
 }
 
 /// A room a socket has joined.
@@ -203,7 +204,7 @@ impl Sockets {
         &self,
         ctl: &Arc<SocketCtl>,
         user: &UserRef,
-        room: RoomRow,
+        room: RoomInfo,
         since: Option<i64>,
         last_seq: i64,
         welcome: impl FnOnce(Welcome<'_>) -> Frame,

@@ -1,10 +1,11 @@
-//! The service's vocabulary, with no I/O: the wire types of SPEC §4–8 ([`model`]), the rules
-//! every path validates input with ([`validate`]), and the events that fan out to sockets
-//! with their one wire form ([`event`]).
+//! The service's vocabulary, with no I/O: the wire types clients see ([`model`]), a room as
+//! the service knows it ([`room`]), the rules every path validates input with ([`validate`]),
+//! and the events that fan out to sockets with their one wire form ([`event`]).
 //!
-//! May import: `config`, `error`, `telemetry` (nothing else of the crate).
+//! May import: `config` (nothing else of the crate).
 
 pub(crate) mod event;
 pub(crate) mod mention;
 pub(crate) mod model;
+pub(crate) mod room;
 pub(crate) mod validate;

@@ -14,27 +14,37 @@ use sea_orm::{
 };
 
 use super::StoreError;
-use crate::domain::model::{Member, ReadState, Room, UserRef};
+use crate::domain::{
+    model::{Member, ReadState, Room, UserRef},
+    room::{Role, RoomInfo, RoomKind, Visibility},
+};
 
-pub(crate) use entity::room::Model as RoomRow;
+/// The row of a room, inside the store only: everything outside sees [`RoomInfo`].
+type RoomRow = entity::room::Model;
 
-/// `rooms.kind` of an ordinary room.
-pub(crate) const KIND_ROOM: &str = "room";
-/// `rooms.kind` of a direct message.
-pub(crate) const KIND_DM: &str = "dm";
-
-pub(crate) fn is_dm(row: &RoomRow) -> bool {
-    row.kind == KIND_DM
+/// A room's record from its row.
+fn info(row: RoomRow) -> RoomInfo {
+    RoomInfo {
+        id: row.id,
+        name: row.name,
+        topic: row.topic,
+        kind: RoomKind::of(&row.kind),
+        visibility: Visibility::of(&row.visibility),
+        owner_id: row.owner_id,
+        last_seq: row.last_seq,
+        created_at: row.created_at,
+    }
 }
 
 pub(crate) async fn find_by_name(
     db: &impl ConnectionTrait,
     name: &str,
-) -> Result<Option<RoomRow>, StoreError> {
+) -> Result<Option<RoomInfo>, StoreError> {
     Ok(room::Entity::find()
         .filter(room::Column::Name.eq(name))
         .one(db)
-        .await?)
+        .await?
+        .map(info))
 }
 
 pub(crate) async fn last_seq(db: &DatabaseConnection, room_id: i64) -> Result<i64, sea_orm::DbErr> {
@@ -144,11 +154,11 @@ pub(crate) async fn role_of(
     db: &impl ConnectionTrait,
     room_id: i64,
     user_id: i64,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Role>, StoreError> {
     Ok(room_member::Entity::find_by_id((room_id, user_id))
         .one(db)
         .await?
-        .map(|m| m.role))
+        .map(|m| Role::of(&m.role)))
 }
 
 /// Create a room with `owner` as its owner and first member.
@@ -159,20 +169,20 @@ pub(crate) async fn create(
     db: &DatabaseConnection,
     name: &str,
     topic: Option<String>,
-    visibility: &str,
+    visibility: Visibility,
     owner: i64,
-) -> Result<RoomRow, StoreError> {
+) -> Result<RoomInfo, StoreError> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let row = room::ActiveModel {
         name: Set(name.to_owned()),
         topic: Set(topic),
-        visibility: Set(visibility.to_owned()),
+        visibility: Set(visibility.as_str().to_owned()),
         owner_id: Set(Some(owner)),
         last_seq: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
-        kind: Set(KIND_ROOM.into()),
+        kind: Set(RoomKind::Room.as_str().into()),
         ..Default::default()
     }
     .insert(&txn)
@@ -181,14 +191,14 @@ pub(crate) async fn create(
     room_member::ActiveModel {
         room_id: Set(row.id),
         user_id: Set(owner),
-        role: Set("owner".into()),
+        role: Set(Role::Owner.as_str().into()),
         joined_at: Set(now),
         last_read_seq: Set(0),
     }
     .insert(&txn)
     .await?;
     txn.commit().await?;
-    Ok(row)
+    Ok(info(row))
 }
 
 /// Add a member (idempotent); `true` if newly added.
@@ -200,7 +210,7 @@ pub(crate) async fn add_member(
     let res = room_member::Entity::insert(room_member::ActiveModel {
         room_id: Set(room_id),
         user_id: Set(user_id),
-        role: Set("member".into()),
+        role: Set(Role::Member.as_str().into()),
         joined_at: Set(Utc::now()),
         last_read_seq: Set(0),
     })
@@ -225,7 +235,7 @@ pub(crate) async fn remove_member(
 #[derive(Debug, Default)]
 pub(crate) struct RoomChanges {
     pub topic: Option<Option<String>>,
-    pub visibility: Option<String>,
+    pub visibility: Option<Visibility>,
     /// The new owner; must already be a member.
     pub owner_id: Option<i64>,
 }
@@ -237,18 +247,21 @@ pub(crate) struct RoomChanges {
 /// [`StoreError::NotMember`] if the new owner is not a member of the room.
 pub(crate) async fn update(
     db: &DatabaseConnection,
-    row: RoomRow,
+    room: RoomInfo,
     changes: RoomChanges,
-) -> Result<RoomRow, StoreError> {
+) -> Result<RoomInfo, StoreError> {
     let txn = db.begin().await?;
-    let room_id = row.id;
-    let old_owner = row.owner_id;
-    let mut am: room::ActiveModel = row.into();
+    let room_id = room.id;
+    let old_owner = room.owner_id;
+    let mut am = room::ActiveModel {
+        id: sea_orm::ActiveValue::Unchanged(room_id),
+        ..Default::default()
+    };
     if let Some(t) = changes.topic {
         am.topic = Set(t);
     }
     if let Some(v) = changes.visibility {
-        am.visibility = Set(v);
+        am.visibility = Set(v.as_str().to_owned());
     }
     if let Some(new_owner) = changes.owner_id.filter(|id| Some(*id) != old_owner) {
         let set_role = |user_id: i64, role: &str| {
@@ -257,18 +270,23 @@ pub(crate) async fn update(
                 .filter(room_member::Column::RoomId.eq(room_id))
                 .filter(room_member::Column::UserId.eq(user_id))
         };
-        if set_role(new_owner, "owner").exec(&txn).await?.rows_affected == 0 {
+        if set_role(new_owner, Role::Owner.as_str())
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 0
+        {
             return Err(StoreError::NotMember);
         }
         if let Some(old) = old_owner {
-            set_role(old, "member").exec(&txn).await?;
+            set_role(old, Role::Member.as_str()).exec(&txn).await?;
         }
         am.owner_id = Set(Some(new_owner));
     }
     am.updated_at = Set(Utc::now());
     let row = am.update(&txn).await?;
     txn.commit().await?;
-    Ok(row)
+    Ok(info(row))
 }
 
 pub(crate) async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), StoreError> {
@@ -290,7 +308,7 @@ pub(crate) async fn delete(db: &DatabaseConnection, room_id: i64) -> Result<(), 
 /// The wire form of a room; `online_count` comes from presence.
 pub(crate) async fn to_wire(
     db: &DatabaseConnection,
-    row: RoomRow,
+    row: RoomInfo,
     online_count: i64,
 ) -> Result<Room, StoreError> {
     let member_count = i64::try_from(
@@ -304,7 +322,7 @@ pub(crate) async fn to_wire(
         Some(id) => super::users::refs(db, &[id]).await?.into_iter().next(),
         None => None,
     };
-    let members = if is_dm(&row) {
+    let members = if row.is_dm() {
         Some(
             dm_members(db, &[row.id])
                 .await?
@@ -318,9 +336,9 @@ pub(crate) async fn to_wire(
         id: row.id,
         name: row.name,
         topic: row.topic,
-        visibility: row.visibility,
+        visibility: row.visibility.as_str().to_owned(),
         members,
-        kind: row.kind,
+        kind: row.kind.as_str().to_owned(),
         owner,
         member_count,
         online_count,
@@ -336,7 +354,7 @@ pub(crate) async fn to_wire(
 /// owners); `online` gives each room's online count.
 pub(crate) async fn to_wire_many(
     db: &DatabaseConnection,
-    rows: Vec<RoomRow>,
+    rows: Vec<RoomInfo>,
     online: &HashMap<i64, i64>,
 ) -> Result<Vec<Room>, StoreError> {
     if rows.is_empty() {
@@ -365,7 +383,7 @@ pub(crate) async fn to_wire_many(
         .into_iter()
         .map(|u| (u.id, u))
         .collect();
-    let dms: Vec<i64> = rows.iter().filter(|r| is_dm(r)).map(|r| r.id).collect();
+    let dms: Vec<i64> = rows.iter().filter(|r| r.is_dm()).map(|r| r.id).collect();
     let mut people = dm_members(db, &dms).await?;
     Ok(rows
         .into_iter()
@@ -374,11 +392,13 @@ pub(crate) async fn to_wire_many(
             member_count: counts.get(&row.id).copied().unwrap_or(0),
             online_count: online.get(&row.id).copied().unwrap_or(0),
             owner: row.owner_id.and_then(|id| owners.get(&id).cloned()),
-            members: is_dm(&row).then(|| people.remove(&row.id).unwrap_or_default()),
-            kind: row.kind,
+            members: row
+                .is_dm()
+                .then(|| people.remove(&row.id).unwrap_or_default()),
+            kind: row.kind.as_str().to_owned(),
             name: row.name,
             topic: row.topic,
-            visibility: row.visibility,
+            visibility: row.visibility.as_str().to_owned(),
             last_seq: row.last_seq,
             created_at: row.created_at,
             last_read_seq: None,
@@ -397,7 +417,7 @@ pub(crate) async fn list(
     joined: bool,
     limit: u64,
     cursor: Option<&str>,
-) -> Result<(Vec<RoomRow>, Option<String>), StoreError> {
+) -> Result<(Vec<RoomInfo>, Option<String>), StoreError> {
     // A subquery, not the caller's room ids as parameters: a user in thousands of rooms
     // would exceed the database's parameter limit.
     let mine = || {
@@ -415,7 +435,7 @@ pub(crate) async fn list(
     } else {
         query.filter(
             Condition::any()
-                .add(room::Column::Visibility.eq("public"))
+                .add(room::Column::Visibility.eq(Visibility::Public.as_str()))
                 .add(room::Column::Id.in_subquery(mine())),
         )
     };
@@ -434,7 +454,7 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok((rows, next))
+    Ok((rows.into_iter().map(info).collect(), next))
 }
 
 /// One member of a room, if they are one.
@@ -554,11 +574,12 @@ fn dm_name(key: &str) -> String {
 pub(crate) async fn find_dm(
     db: &impl ConnectionTrait,
     key: &str,
-) -> Result<Option<RoomRow>, StoreError> {
+) -> Result<Option<RoomInfo>, StoreError> {
     Ok(room::Entity::find()
         .filter(room::Column::DmKey.eq(key))
         .one(db)
-        .await?)
+        .await?
+        .map(info))
 }
 
 /// Now, to the microsecond: what both databases store, so that cursors compare exactly.
@@ -579,14 +600,14 @@ pub(crate) async fn create_or_get_dm(
     db: &DatabaseConnection,
     people: &[i64],
     caller: i64,
-) -> Result<(RoomRow, bool), StoreError> {
+) -> Result<(RoomInfo, bool), StoreError> {
     let key = dm_key(people);
     if let Some(row) = find_dm(db, &key).await? {
         add_member(db, row.id, caller).await?;
         return Ok((row, false));
     }
     match insert_dm(db, &key, people).await {
-        Ok(row) => Ok((row, true)),
+        Ok(row) => Ok((info(row), true)),
         Err(e) if super::unique_violation(&e).is_some() => {
             let row = find_dm(db, &key)
                 .await?
@@ -609,12 +630,12 @@ async fn insert_dm(
     let row = room::ActiveModel {
         name: Set(dm_name(key)),
         topic: Set(None),
-        visibility: Set("private".into()),
+        visibility: Set(Visibility::Private.as_str().into()),
         owner_id: Set(None),
         last_seq: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
-        kind: Set(KIND_DM.into()),
+        kind: Set(RoomKind::Dm.as_str().into()),
         dm_key: Set(Some(key.to_owned())),
         active_at: Set(Some(now)),
         ..Default::default()
@@ -627,7 +648,7 @@ async fn insert_dm(
     room_member::Entity::insert_many(ids.into_iter().map(|user_id| room_member::ActiveModel {
         room_id: Set(row.id),
         user_id: Set(user_id),
-        role: Set("member".into()),
+        role: Set(Role::Member.as_str().into()),
         joined_at: Set(now),
         last_read_seq: Set(0),
     }))
@@ -644,14 +665,14 @@ pub(crate) async fn list_dms(
     caller: i64,
     limit: u64,
     cursor: Option<(chrono::DateTime<Utc>, i64)>,
-) -> Result<(Vec<RoomRow>, Option<String>), StoreError> {
+) -> Result<(Vec<RoomInfo>, Option<String>), StoreError> {
     let mine = sea_orm::sea_query::Query::select()
         .column(room_member::Column::RoomId)
         .from(room_member::Entity)
         .and_where(Expr::col(room_member::Column::UserId).eq(caller))
         .to_owned();
     let mut query = room::Entity::find()
-        .filter(room::Column::Kind.eq(KIND_DM))
+        .filter(room::Column::Kind.eq(RoomKind::Dm.as_str()))
         .filter(room::Column::Id.in_subquery(mine))
         .order_by_desc(room::Column::ActiveAt)
         .order_by_desc(room::Column::Id)
@@ -675,7 +696,7 @@ pub(crate) async fn list_dms(
     } else {
         None
     };
-    Ok((rows, next))
+    Ok((rows.into_iter().map(info).collect(), next))
 }
 
 /// The caller's read state in each of `ids` they are a member of: ONE grouped query per
