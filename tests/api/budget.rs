@@ -79,9 +79,9 @@ const PG_STATEMENTS_PER_MESSAGE: f64 = 1.5 + 10.0 / MESSAGES as f64;
 const PG_ROWS_PER_MESSAGE: f64 = 1.4 + 10.0 / MESSAGES as f64;
 /// Measured 7.50 with the rate limit's pool checkout (PING, UNWATCH), script call and the
 /// script's TIME, GET and SET per message and per reaction (6 × 1.05), the room publish
-/// (1.05), and the publish of a mention on `chat:control` (1 in 7): 7.49. The margin (+0.1) holds
-/// the pool checkouts of the periodic tasks (PING, UNWATCH: ~1.2/s), which `MONITOR` cannot
-/// tell apart: a phase up to ~150 s long.
+/// (1.05), and the publish of a mention on `chat:control` (1 in 7): 7.49. The margin (+0.1)
+/// holds the pool checkouts of the periodic tasks (PING, UNWATCH: ~1.2/s), which `MONITOR`
+/// cannot tell apart: a phase up to ~150 s long.
 const REDIS_COMMANDS_PER_MESSAGE: f64 = 7.6;
 /// Exact: 20 members get each message, the sender its ack, the 20 members each reaction
 /// (1 in 20 messages): 22.
