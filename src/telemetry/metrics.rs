@@ -11,6 +11,8 @@ pub const WS_CONNECTIONS: &str = "chat_ws_connections";
 pub const MESSAGES_ACCEPTED: &str = "chat_messages_accepted_total";
 pub const MESSAGES_COMMITTED: &str = "chat_messages_committed_total";
 pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
+pub const WS_WRITES: &str = "chat_ws_writes_total";
+pub const WS_FRAMES_SENT: &str = "chat_ws_frames_sent_total";
 pub const FANOUT_LATENCY: &str = "chat_fanout_latency_seconds";
 pub const COMMIT_BATCH: &str = "chat_commit_batch_size";
 pub const COMMIT_DURATION: &str = "chat_commit_duration_seconds";
@@ -79,6 +81,11 @@ fn describe() {
         MESSAGES_DELIVERED,
         "Message frames queued to sockets on this replica"
     );
+    metrics::describe_counter!(WS_WRITES, "Write system calls on WebSockets");
+    metrics::describe_counter!(
+        WS_FRAMES_SENT,
+        "Frames written to WebSockets, by kind (data, ping, close)"
+    );
     metrics::describe_histogram!(
         FANOUT_LATENCY,
         metrics::Unit::Seconds,
@@ -136,8 +143,12 @@ fn describe() {
         GAP_FILLS,
         MESSAGES_COMMITTED,
         MESSAGES_DELIVERED,
+        WS_WRITES,
     ] {
         counter!(name).increment(0);
+    }
+    for kind in ["data", "ping", "close"] {
+        counter!(WS_FRAMES_SENT, "kind" => kind).increment(0);
     }
 }
 
@@ -173,6 +184,16 @@ pub fn delivered(n: u64, published_at_micros: i64) {
     #[allow(clippy::cast_precision_loss)]
     let secs = (super::now_micros() - published_at_micros).max(0) as f64 / 1e6;
     histogram!(FANOUT_LATENCY).record(secs);
+}
+
+/// A write system call on a WebSocket wrote (part of) its queued bytes.
+pub fn ws_write() {
+    counter!(WS_WRITES).increment(1);
+}
+
+/// A socket's writer wrote `n` frames of `kind` (`data`, `ping`, `close`).
+pub fn ws_frames_sent(kind: &'static str, n: usize) {
+    counter!(WS_FRAMES_SENT, "kind" => kind).increment(n as u64);
 }
 
 /// A close frame with `code` went out on one of this replica's sockets.

@@ -172,13 +172,15 @@ impl<S> BufIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> BufIo<S> {
-    /// Write out everything gathered, then free the buffer.
+    /// Write out everything gathered, then free the buffer. Each write that wrote is counted
+    /// (`chat_ws_writes_total`): the system calls the sockets cost.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            crate::telemetry::metrics::ws_write();
             self.written += n;
         }
         self.buf = Vec::new();

@@ -201,15 +201,19 @@ pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_inter
     Box::pin(close(sink, batch, &ctl)).await;
 }
 
-/// Write `batch` (emptying it) and flush.
+/// Write `batch` (emptying it) and flush: one write (`chat_ws_frames_sent_total` counts the
+/// frames).
 async fn write_all<W: WsSink>(
     sink: &mut W,
     batch: &mut VecDeque<Frame>,
 ) -> Result<(), tungstenite::Error> {
+    let frames = batch.len();
     while let Some(frame) = batch.pop_front() {
         feed_text(sink, frame).await?;
     }
-    sink.flush().await
+    sink.flush().await?;
+    crate::telemetry::metrics::ws_frames_sent("data", frames);
+    Ok(())
 }
 
 /// The keep-alive timer fired: drop a peer silent for [`DEAD_AFTER`], ping every
@@ -230,6 +234,7 @@ async fn keep_alive<W: WsSink>(
             ctl.close(CloseReason::GoingAway);
             return None;
         }
+        crate::telemetry::metrics::ws_frames_sent("ping", 1);
         *next_ping = now + PING_EVERY;
     }
     Some((*next_ping).min(dead_at))
@@ -246,15 +251,18 @@ async fn close<W: WsSink>(mut sink: W, mut batch: VecDeque<Frame>, ctl: &SocketC
         if !slow {
             // Frames queued before the close (e.g. `room_deleted`) go out first.
             batch.extend(ctl.outbox.take_all());
+            let frames = batch.len();
             for frame in batch {
                 feed_text(&mut sink, frame).await?;
             }
+            crate::telemetry::metrics::ws_frames_sent("data", frames);
         }
         sink.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(text),
         })))
         .await?;
+        crate::telemetry::metrics::ws_frames_sent("close", 1);
         sink.close().await
     })
     .await;

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod budget;
 mod cluster;
 mod config_options;
 mod dms;

@@ -254,6 +254,11 @@ impl ServerProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -407,10 +412,18 @@ pub struct PrivatePostgres {
     bin: PathBuf,
     dir: TempDir,
     running: bool,
+    /// `name=value` server settings, each passed as `-c name=value`.
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with server `settings` (`name=value`, e.g.
+    /// `shared_preload_libraries=pg_stat_statements`).
+    pub async fn start_with(settings: &[&str]) -> Self {
         let bin = postgres_bin_dir().expect("no initdb under /usr/lib/postgresql/*/bin");
         let dir = tempfile::tempdir().expect("temp dir");
         if is_root() {
@@ -438,6 +451,7 @@ impl PrivatePostgres {
             bin,
             dir,
             running: false,
+            settings: settings.iter().map(|s| format!(" -c {s}")).collect(),
         };
         for _ in 0..10 {
             pg.port = free_port();
@@ -461,9 +475,10 @@ impl PrivatePostgres {
 
     fn try_start(&mut self) -> bool {
         let opts = format!(
-            "-p {} -h 127.0.0.1 -k {} -c fsync=off",
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.settings.concat()
         );
         let status = pg_command(&self.bin, "pg_ctl", self.dir.path())
             .arg("-D")
