@@ -1,20 +1,22 @@
 //! # chat-server
 //!
 //! A horizontally scalable chat service: stateless axum replicas, SeaORM storage (SQLite or
-//! PostgreSQL), and fan-out through an in-process bus or Redis pub/sub.
+//! PostgreSQL), and fan-out through an in-process bus or Redis pub/sub. The library is
+//! `chat_server` (the binary is `chat-server`); its service layer is the module `chat`.
 //!
 //! The crate reads top to bottom along a message's path; each layer imports only the layers
-//! below it (`python3 ../shared/tools/modgraph.py` shows the graph):
+//! below it, as `.ci/layers` declares and CI checks:
 //!
 //! 1. `app`: builds the services, assembles the router, owns the lifecycle;
-//! 2. `http` (REST) and `ws` (WebSockets): parse, call a `chat` service, answer; neither
-//!    imports the other;
-//! 3. `chat`: the rules, each in one place — access, the send pipeline (validate, rate limit,
-//!    group commit, publish), revocation, presence;
+//! 2. `http` (REST) and `ws` (WebSockets): parse, call one `chat` use-case, answer; neither
+//!    imports the other, and neither reaches the database, the bus or Redis;
+//! 3. `chat`: the service layer — one use-case per operation, each rule in one place (access,
+//!    the send pipeline, revocation, presence, limits), on sub-services with private fields;
 //! 4. `fanout` (per-room ordering and gap fill into each socket's bounded queue, and why a
-//!    socket closes), `store` (all SQL) and `bus` (bytes between replicas, local or Redis);
-//! 5. `domain`: wire types, validation rules, events; no I/O;
-//! 6. `config`, `error`, `telemetry` at the bottom.
+//!    socket closes), `store` (all SQL), `bus` (bytes between replicas, local or Redis, and the
+//!    routing of events);
+//! 5. `domain`: wire types, a room as the service knows it, validation rules, events; no I/O;
+//! 6. `config`, `telemetry` at the bottom.
 //!
 //! Only what the binary and the tests need is public: [`Config`], [`AppState`], [`run`],
 //! [`run_with_internal`].

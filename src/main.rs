@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chat::{
+use chat_server::{
     AppState,
     config::{AdminCommand, Cli, Command},
 };
@@ -43,12 +43,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     config.validate()?;
-    let _telemetry = chat::telemetry::init(&config.log_format)?;
+    let _telemetry = chat_server::telemetry::init(&config.log_format)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            let db = chat::connect_db(&config).await?;
-            chat::migrate(&db).await?;
+            let db = chat_server::connect_db(&config).await?;
+            chat_server::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -61,14 +61,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let id =
-                chat::create_admin(&config, &username, &email, password.expose_secret()).await?;
+                chat_server::create_admin(&config, &username, &email, password.expose_secret())
+                    .await?;
             println!("admin `{username}` ready (id {id})");
             Ok(())
         }
     }
 }
 
-async fn serve(config: chat::Config) -> anyhow::Result<()> {
+async fn serve(config: chat_server::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let bind = config.bind_addr;
     let internal_addr = config.internal_addr;
@@ -101,8 +102,8 @@ async fn serve(config: chat::Config) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     match internal {
-        Some(internal) => chat::run_with_internal(state, listener, internal).await,
-        None => chat::run(state, listener).await,
+        Some(internal) => chat_server::run_with_internal(state, listener, internal).await,
+        None => chat_server::run(state, listener).await,
     }
 }
 

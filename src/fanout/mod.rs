@@ -7,7 +7,7 @@
 //! * [`socket::SocketCtl`]: one socket's bounded [`outbox::Outbox`] and its
 //!   [`socket::CloseReason`].
 //!
-//! May import: `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
+//! May import: `store`, `bus`, `domain`, `config`, `telemetry`.
 
 pub(crate) mod hub;
 pub(crate) mod outbox;

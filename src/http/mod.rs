@@ -1,9 +1,8 @@
-//! The REST surface (SPEC §4–7, §9): one module per resource, each handler parsing its
-//! input, calling the `chat` services and mapping the result; and the extractors and error
-//! shaping they share.
+//! The REST surface (docs/protocol.md#rest-api, docs/operations.md#probes): one module per
+//! resource, each handler parsing its input, calling one `chat` use-case and mapping the
+//! result; the extractors, and the one mapping of `chat::Error` to HTTP ([`error`]).
 //!
-//! May import: `chat`, `fanout` (ids only), `store`, `domain`, `config`, `error`, `telemetry`
-//! — never `ws`.
+//! May import: `chat`, `domain`, `config`, `telemetry` — never `ws`, `store`, `bus` or `fanout`.
 
 pub(crate) mod auth;
 pub(crate) mod dms;

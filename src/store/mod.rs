@@ -4,7 +4,7 @@
 //! builders; raw statements (the group commit, the idempotency lookup) pick their placeholder
 //! style from the connection's backend through [`raw`].
 //!
-//! May import: `domain`, `config`, `error`, `telemetry`.
+//! May import: `domain`, `config`, `telemetry`.
 
 pub(crate) mod commit;
 pub(crate) mod messages;

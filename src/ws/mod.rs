@@ -1,9 +1,9 @@
-//! WebSocket endpoints (SPEC §8): `GET /ws/rooms/{name}` (one room) and `GET /ws`
-//! (multiplexed). The access token is verified, and the room checked, *before* the upgrade,
-//! so refusals are plain HTTP 401/403/404 in the error format of SPEC §3.
+//! WebSocket endpoints (docs/protocol.md#websocket): `GET /ws/rooms/{name}` (one room) and
+//! `GET /ws` (multiplexed). The access token is verified, and the room checked, *before* the
+//! upgrade, so refusals are plain HTTP 401/403/404 in the error format of docs/protocol.md#errors.
 //!
-//! May import: `chat`, `fanout`, `store`, `domain`, `config`, `error`, `telemetry` — never
-//! `http`.
+//! May import: `chat`, `fanout` (the socket handle, its queue and close reasons), `domain`,
+//! `config`, `telemetry` — never `http`, `store`, `bus` or Redis.
 
 mod protocol;
 mod session;

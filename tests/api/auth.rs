@@ -410,7 +410,7 @@ dual_test!(logout_revokes_session_and_access_token, |b| async move {
 #[tokio::test]
 async fn login_is_rate_limited_per_address() {
     let db = fresh_database(Backend::Sqlite).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.auth_rate_per_min = 3;
     let app = spawn_with(config).await;
     let mut statuses = Vec::new();

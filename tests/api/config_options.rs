@@ -16,9 +16,9 @@ const ADMIN_ORIGIN: &str = "https://admin.example.com";
 /// operator writes it (a comma-separated list).
 async fn app_with_origins(list: &str) -> TestApp {
     let db = fresh_database(Backend::Sqlite).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.allowed_origins =
-        chat::config::Cli::parse_from(["chat-server", "--allowed-origins", list])
+        chat_server::config::Cli::parse_from(["chat-server", "--allowed-origins", list])
             .config
             .allowed_origins;
     spawn_with(config).await
@@ -244,7 +244,7 @@ async fn a_star_allows_any_origin_and_spaces_around_entries_are_ignored() {
 fn origins_that_can_never_match_are_refused_at_start() {
     let check = |list: &str| {
         let mut config =
-            chat::config::Cli::parse_from(["chat-server", "--allowed-origins", list]).config;
+            chat_server::config::Cli::parse_from(["chat-server", "--allowed-origins", list]).config;
         config.database_url = "sqlite://unused.db".to_owned().into();
         config.validate()
     };
@@ -390,8 +390,8 @@ async fn register_from(app: &TestApp, username: &str, xff: Option<&str>) -> u16 
     status
 }
 
-fn rate_limited_app_config(db: &str, trust_proxy_headers: bool) -> chat::Config {
-    let mut config = chat::Config::for_tests(db);
+fn rate_limited_app_config(db: &str, trust_proxy_headers: bool) -> chat_server::Config {
+    let mut config = chat_server::Config::for_tests(db);
     config.auth_rate_per_min = 2;
     config.trust_proxy_headers = trust_proxy_headers;
     config
@@ -484,7 +484,11 @@ async fn untrusted_forwarded_for_cannot_dodge_the_auth_rate_limit() {
 // ---------------------------------------------------------------------------------------------
 // ADMIN_USERNAME / ADMIN_EMAIL / ADMIN_PASSWORD
 
-fn with_admin(mut config: chat::Config, username: &str, password: &str) -> chat::Config {
+fn with_admin(
+    mut config: chat_server::Config,
+    username: &str,
+    password: &str,
+) -> chat_server::Config {
     config.admin_username = Some(username.to_owned());
     config.admin_email = Some(format!("{}@admins.example.com", username.to_lowercase()));
     config.admin_password = Some(password.to_owned().into());
@@ -517,7 +521,7 @@ async fn can_set_roles(app: &TestApp, token: &str, target: i64) -> u16 {
 dual_test!(admin_from_the_environment_exists_at_start, |b| async move {
     let db = fresh_database(b).await;
     let app = spawn_with(with_admin(
-        chat::Config::for_tests(&db),
+        chat_server::Config::for_tests(&db),
         "root_admin",
         "admin-password-1",
     ))
@@ -572,7 +576,7 @@ dual_test!(admin_from_the_environment_exists_at_start, |b| async move {
 dual_test!(a_demoted_admin_loses_the_rights_at_once, |b| async move {
     let db = fresh_database(b).await;
     let app = spawn_with(with_admin(
-        chat::Config::for_tests(&db),
+        chat_server::Config::for_tests(&db),
         "chief",
         "admin-password-2",
     ))
@@ -630,7 +634,7 @@ dual_test!(
     admin_from_the_environment_promotes_an_existing_user_only_with_its_credentials,
     |b| async move {
         let db = fresh_database(b).await;
-        let before = spawn_with(chat::Config::for_tests(&db)).await;
+        let before = spawn_with(chat_server::Config::for_tests(&db)).await;
         let boss = before.register("boss").await;
         let other = before.register("other").await;
         let (status, body) = before.login("boss", PASSWORD).await;
@@ -645,26 +649,27 @@ dual_test!(
             ("boss@admins.example.com", PASSWORD),
             ("boss@example.com", "admin-password-2"),
         ] {
-            let mut config = chat::Config::for_tests(&db);
+            let mut config = chat_server::Config::for_tests(&db);
             config.admin_username = Some("BOSS".into());
             config.admin_email = Some(email.into());
             config.admin_password = Some(password.to_owned().into());
-            let refused = chat::AppState::build(config, tokio_util::sync::CancellationToken::new())
-                .await
-                .err()
-                .expect("start refused");
+            let refused =
+                chat_server::AppState::build(config, tokio_util::sync::CancellationToken::new())
+                    .await
+                    .err()
+                    .expect("start refused");
             assert!(
                 refused.to_string().contains("was not made admin"),
                 "{refused:#}"
             );
         }
-        let app = spawn_with(chat::Config::for_tests(&db)).await;
+        let app = spawn_with(chat_server::Config::for_tests(&db)).await;
         let (_, body) = app.login("boss", PASSWORD).await;
         assert_eq!(roles(&body["user"]), ["user"], "not promoted");
         drop(app);
 
         // The account's own email (any case) and password: promoted, not a new account.
-        let mut config = chat::Config::for_tests(&db);
+        let mut config = chat_server::Config::for_tests(&db);
         config.admin_username = Some("BOSS".into());
         config.admin_email = Some("Boss@Example.com".into());
         config.admin_password = Some(PASSWORD.to_owned().into());
@@ -687,7 +692,7 @@ dual_test!(
     |b| async move {
         let db = fresh_database(b).await;
         let config = with_admin(
-            chat::Config::for_tests(&db),
+            chat_server::Config::for_tests(&db),
             "ops_admin",
             "admin-password-3",
         );
@@ -732,7 +737,7 @@ dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
     use sea_orm::{ActiveModelTrait, ActiveValue::Set};
     const TTL: i64 = 3_600;
     let db_url = fresh_database(b).await;
-    let mut config = chat::Config::for_tests(&db_url);
+    let mut config = chat_server::Config::for_tests(&db_url);
     config.refresh_token_ttl_secs = TTL.unsigned_abs();
     let app = spawn_with(config).await;
     let user = app.register("shortlived").await;
@@ -804,7 +809,7 @@ dual_test!(refresh_token_past_its_lifetime_is_refused, |b| async move {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_create_refuses_a_squatted_name() {
     let db = fresh_database(Backend::Sqlite).await;
-    let app = spawn_with(chat::Config::for_tests(&db)).await;
+    let app = spawn_with(chat_server::Config::for_tests(&db)).await;
     app.register("squat").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let admin_create = |email: &str, password: &str| {

@@ -547,7 +547,7 @@ dual_test!(
         let url = fresh_database(b).await;
         // Data written by a server, then the schema taken back to the version before this
         // migration (its `down`), so the migration runs again over rows it did not create.
-        let app = spawn_with(chat::Config::for_tests(&url)).await;
+        let app = spawn_with(chat_server::Config::for_tests(&url)).await;
         let old = app.register("oldtimer").await;
         let other = app.register("other_old").await;
         app.create_room(&old, "legacy", "public").await;
@@ -565,7 +565,7 @@ dual_test!(
             .await
             .expect("forward over existing data");
         db.close().await.ok();
-        let app = spawn_with(chat::Config::for_tests(&url)).await;
+        let app = spawn_with(chat_server::Config::for_tests(&url)).await;
         let (status, login) = app.login("oldtimer", PASSWORD).await;
         assert_eq!(status, 200, "{login}");
         let token = login["access"].as_str().unwrap().to_owned();

@@ -315,9 +315,9 @@ async fn last_stored_seq(db: &sea_orm::DatabaseConnection) -> i64 {
 async fn sigterm_closes_sockets_with_1012_and_loses_nothing() {
     let redis = RedisServer::start().await;
     let db = cluster_db().await;
-    // `chat::app` logs the start of the shutdown.
+    // `chat_server::app` logs the start of the shutdown.
     let env = [
-        ("RUST_LOG", "warn,chat_server=info,chat::app=info"),
+        ("RUST_LOG", "warn,chat_server=info,chat_server::app=info"),
         ("SHUTDOWN_GRACE_SECS", "30"),
     ];
     let mut leaving = ServerProc::replica(&db, &redis, &env).await;

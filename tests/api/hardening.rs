@@ -259,7 +259,7 @@ dual_test!(
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         let db = fresh_database(b).await;
-        let mut config = chat::Config::for_tests(&db);
+        let mut config = chat_server::Config::for_tests(&db);
         // The slowest refill there is: the burst, not the machine's speed, bounds what passes.
         config.frame_rate_per_sec = 1;
         config.frame_rate_burst = 20;
@@ -316,7 +316,7 @@ dual_test!(
 /// An app whose credential limits are the defaults (tests elsewhere lift them).
 async fn app_with_credential_limits(b: Backend) -> TestApp {
     let db = fresh_database(b).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.account_rate_per_min = 10;
     config.auth_rate_per_min = 30;
     spawn_with(config).await

@@ -34,7 +34,7 @@ dual_test!(
     a_message_whose_publish_was_lost_still_reaches_the_sockets,
     |b| async move {
         let db_url = fresh_database(b).await;
-        let app = spawn_with(chat::Config::for_tests(&db_url)).await;
+        let app = spawn_with(chat_server::Config::for_tests(&db_url)).await;
         let user = app.register("healer").await;
         let room = app.create_room(&user, "heal", "public").await;
         let room_id = room["id"].as_i64().expect("id");
@@ -249,7 +249,7 @@ dual_test!(
         // message on another replica, or in history): when the replica catches up, it must
         // not send that message again.
         let db_url = fresh_database(b).await;
-        let app = spawn_with(chat::Config::for_tests(&db_url)).await;
+        let app = spawn_with(chat_server::Config::for_tests(&db_url)).await;
         let user = app.register("ahead").await;
         let room = app.create_room(&user, "ahead", "public").await;
         let room_id = room["id"].as_i64().expect("id");

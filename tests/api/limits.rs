@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::{dual_test, support::*};
 
-async fn app_with(b: Backend, tune: impl FnOnce(&mut chat::Config)) -> TestApp {
+async fn app_with(b: Backend, tune: impl FnOnce(&mut chat_server::Config)) -> TestApp {
     let db = fresh_database(b).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     tune(&mut config);
     spawn_with(config).await
 }
@@ -374,7 +374,7 @@ dual_test!(
         const STORED: i64 = 20_000;
         const LIVE: i64 = 400;
         let db_url = fresh_database(b).await;
-        let mut config = chat::Config::for_tests(&db_url);
+        let mut config = chat_server::Config::for_tests(&db_url);
         // A small queue, so the live traffic overflows the replaying socket's paused buffer.
         config.ws_queue_capacity = 8;
         config.ws_flush_interval_ms = 0;

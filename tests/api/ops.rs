@@ -389,7 +389,7 @@ dual_test!(
     |backend| async move {
         use sea_orm::ConnectionTrait;
         let (url, newest) = database_without_newest_migration(backend).await;
-        let mut config = chat::Config::for_tests(&url);
+        let mut config = chat_server::Config::for_tests(&url);
         config.auto_migrate = false;
         let app = spawn_with(config).await;
         assert!(!app.state.schema_current());
@@ -438,7 +438,7 @@ dual_test!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_metrics_only_on_the_internal_port() {
     let url = fresh_database(Backend::Sqlite).await;
-    let (app, internal) = spawn_with_internal(chat::Config::for_tests(&url)).await;
+    let (app, internal) = spawn_with_internal(chat_server::Config::for_tests(&url)).await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(internal.get(path, None).await.0, 200, "internal {path}");
         assert_eq!(app.get(path, None).await.0, 404, "public {path}");
@@ -489,7 +489,7 @@ async fn operator_metrics_build_health_process_and_closes_by_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_spreads_socket_closes_over_half_the_grace_period() {
     let url = fresh_database(Backend::Sqlite).await;
-    let mut config = chat::Config::for_tests(&url);
+    let mut config = chat_server::Config::for_tests(&url);
     // 2 s of batches, one every 250 ms: 16 sockets go 2 at a time.
     config.shutdown_grace_secs = 4;
     let app = spawn_with(config).await;

@@ -718,7 +718,7 @@ dual_test!(search_catches_up_on_a_backlog, |b| async move {
     );
 });
 
-/// PostgreSQL indexes in the background, and `chat::SEARCH_INDEX_LOCK` pauses it: while a
+/// PostgreSQL indexes in the background, and `chat_server::SEARCH_INDEX_LOCK` pauses it: while a
 /// session holds the lock nothing is indexed. An edit or a deletion made before the indexer
 /// reached the message wins: once released, the indexer passes both (a later message of the
 /// room is found) and brings back neither the old words nor the deleted message. (The race
@@ -732,7 +732,7 @@ dual_test!(search_catches_up_on_a_backlog, |b| async move {
 async fn an_edit_or_deletion_before_indexing_wins() {
     use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
     let url = fresh_database(Backend::Postgres).await;
-    let app = spawn_with(chat::Config::for_tests(&url)).await;
+    let app = spawn_with(chat_server::Config::for_tests(&url)).await;
     // One connection: the lock belongs to its session.
     let mut opts = ConnectOptions::new(url.clone());
     opts.max_connections(1).sqlx_logging(false);
@@ -740,7 +740,10 @@ async fn an_edit_or_deletion_before_indexing_wins() {
     holder
         .execute_raw(Statement::from_string(
             DbBackend::Postgres,
-            format!("SELECT pg_advisory_lock({})", chat::SEARCH_INDEX_LOCK),
+            format!(
+                "SELECT pg_advisory_lock({})",
+                chat_server::SEARCH_INDEX_LOCK
+            ),
         ))
         .await
         .expect("hold the indexer");
@@ -797,7 +800,7 @@ dual_test!(the_migration_runs_forward_over_v1_data, |b| async move {
     migration::Migrator::down(&db, Some(newer))
         .await
         .expect("down to v1");
-    let mut config = chat::Config::for_tests(&url);
+    let mut config = chat_server::Config::for_tests(&url);
     config.auto_migrate = false;
     {
         let v1 = spawn_with(config.clone()).await;
@@ -899,7 +902,7 @@ dual_test!(
         use futures::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         let db = fresh_database(b).await;
-        let mut config = chat::Config::for_tests(&db);
+        let mut config = chat_server::Config::for_tests(&db);
         // The slowest refill there is: the burst, not the machine's speed, bounds what passes.
         config.frame_rate_per_sec = 1;
         config.frame_rate_burst = 20;

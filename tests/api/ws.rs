@@ -636,7 +636,7 @@ async fn socket_expiring_soon(app: &TestApp, user: &User, room: &str) -> Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_expiry_closes_with_4001() {
     let db = fresh_database(Backend::Sqlite).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.jwt_secret = Some(EXPIRY_SECRET.to_owned().into());
     let app = spawn_with(config).await;
     let users = room_with_members(&app, 1, "expiry").await;
@@ -670,7 +670,7 @@ async fn token_expiry_closes_with_4001() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_flood_gets_errors_then_1008() {
     let db = fresh_database(Backend::Sqlite).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.message_rate_per_sec = 1;
     config.message_rate_burst = 2;
     let app = spawn_with(config).await;
@@ -750,7 +750,7 @@ dual_test!(pipelined_frames_are_answered_in_order, |b| async move {
     // its answers still come back in the order of its frames: acks (with increasing seq),
     // then the rate-limit errors, with an invalid frame's error in its place.
     let db = fresh_database(b).await;
-    let mut config = chat::Config::for_tests(&db);
+    let mut config = chat_server::Config::for_tests(&db);
     config.message_rate_per_sec = 1;
     config.message_rate_burst = 6;
     let app = spawn_with(config).await;

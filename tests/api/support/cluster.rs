@@ -20,9 +20,9 @@ pub async fn replica(db: &str, redis: &RedisServer) -> TestApp {
 pub async fn replica_with(
     db: &str,
     redis: &RedisServer,
-    tune: impl FnOnce(&mut chat::Config),
+    tune: impl FnOnce(&mut chat_server::Config),
 ) -> TestApp {
-    let mut config = chat::Config::for_tests(db);
+    let mut config = chat_server::Config::for_tests(db);
     config.redis_url = Some(redis.url().into());
     config.jwt_secret = Some(SECRET.to_owned().into());
     tune(&mut config);
@@ -38,7 +38,7 @@ pub async fn cluster(n: usize, redis: &RedisServer) -> Vec<TestApp> {
 pub async fn cluster_with(
     n: usize,
     redis: &RedisServer,
-    tune: impl Fn(&mut chat::Config),
+    tune: impl Fn(&mut chat_server::Config),
 ) -> Vec<TestApp> {
     let db = cluster_db().await;
     let mut apps = Vec::new();

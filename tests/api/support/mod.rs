@@ -19,7 +19,7 @@ mod ws;
 
 use std::{ops::Deref, sync::OnceLock};
 
-use chat::{AppState, Config};
+use chat_server::{AppState, Config};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{client::*, cluster::*, db::*, metrics::*, procs::*, ws::*};
@@ -101,7 +101,7 @@ pub async fn spawn_with(config: Config) -> TestApp {
         .await
         .expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(chat::run(state.clone(), listener));
+    tokio::spawn(chat_server::run(state.clone(), listener));
     TestApp {
         client: Client::new(addr),
         state,
@@ -127,7 +127,11 @@ pub async fn spawn_with_internal(config: Config) -> (TestApp, Client) {
         public.local_addr().expect("local addr"),
         internal.local_addr().expect("local addr"),
     );
-    tokio::spawn(chat::run_with_internal(state.clone(), public, internal));
+    tokio::spawn(chat_server::run_with_internal(
+        state.clone(),
+        public,
+        internal,
+    ));
     let app = TestApp {
         client: Client::new(addr),
         state,
