@@ -309,9 +309,8 @@ async fn wait_delivered(rooms: &[Vec<Member>], w: &Workload) {
         })
     };
     wait_until(
-        120,
         "every socket to receive every message and reaction",
-        done,
+        async || done(),
     )
     .await;
     for (r, members) in rooms.iter().enumerate() {
@@ -514,7 +513,7 @@ impl Monitor {
     /// Commands by class between the `ECHO` of `start` and that of `end` (sent by the caller).
     async fn between(&self, start: &str, end: &str) -> BTreeMap<String, u64> {
         let has = |marker: &str| self.lines.lock().iter().any(|l| l.contains(marker));
-        wait_until(30, "the end marker in MONITOR", || has(end)).await;
+        wait_until("the end marker in MONITOR", async || has(end)).await;
         let lines = self.lines.lock();
         let from = lines
             .iter()
