@@ -12,7 +12,9 @@
 //! 3. `chat`: the rules, each in one place — access, the send pipeline (validate, rate limit,
 //!    group commit, publish), revocation, presence;
 //! 4. `fanout` (per-room ordering and gap fill into each socket's bounded queue, and why a
-//!    socket closes), `store` (all SQL) and `bus` (bytes between replicas, local or Redis);
+//!    socket closes), `store` (all SQL), `bus` (bytes between replicas, local or Redis) and
+//!    `kv` (Redis storage: the connections, every key name, presence, deny-list and limit
+//!    entries);
 //! 5. `domain`: wire types, validation rules, events; no I/O;
 //! 6. `config`, `error`, `telemetry` at the bottom.
 //!
@@ -27,6 +29,7 @@ mod domain;
 mod error;
 mod fanout;
 mod http;
+mod kv;
 mod store;
 pub mod telemetry;
 mod ws;

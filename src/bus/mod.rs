@@ -11,7 +11,7 @@
 //! Redis pub/sub is at-most-once, so the bus is not the source of truth: every message carries
 //! its room `seq`, and the receiving side fills any gap from the database.
 //!
-//! May import: `config`, `error`, `telemetry`.
+//! May import: `kv` (channel names, the Redis client), `config`, `error`, `telemetry`.
 
 pub(crate) mod local;
 pub(crate) mod redis;

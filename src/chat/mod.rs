@@ -14,7 +14,7 @@
 //!
 //! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
 //!
-//! May import: `fanout`, `store`, `bus`, `domain`, `config`, `error`, `telemetry`.
+//! May import: `fanout`, `store`, `bus`, `kv`, `domain`, `config`, `error`, `telemetry`.
 
 pub(crate) mod access;
 pub(crate) mod admin;
@@ -32,7 +32,6 @@ pub(crate) mod send;
 
 use std::{net::IpAddr, ops::Deref, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use rand::RngCore;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
@@ -40,9 +39,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::{
     jwt::JwtKeys,
-    limits::{Cluster, RateLimit, SocketQuota},
+    limits::{RateLimit, SocketQuota},
     password::PasswordHasher,
-    presence::{LocalPresence, Presence, RedisPresence},
+    presence::{LocalPresence, Presence},
     revoke::{DbDenyList, DenyList, RedisDenyList},
     send::Sender,
 };
@@ -50,6 +49,7 @@ use crate::{
     bus::{Bus, BusState, Envelope, local::LocalBus, redis::RedisBus},
     config::Config,
     fanout::hub::Hub,
+    kv::{Redis, limits::LimitStore},
 };
 
 /// The services, shared by every request and socket.
@@ -107,7 +107,7 @@ struct ModeParts {
     presence: Arc<dyn Presence>,
     deny: Arc<dyn DenyList>,
     /// Redis, for the cluster-wide half of the limits.
-    cluster: Option<Cluster>,
+    cluster: Option<LimitStore>,
 }
 
 impl Chat {
@@ -306,7 +306,8 @@ fn jwt_keys(config: &Config) -> JwtKeys {
     )
 }
 
-/// Cluster mode: the Redis bus, presence and deny-list over one pool.
+/// Cluster mode: the Redis bus, presence, deny-list and cluster-wide limits, over one
+/// [`Redis`] (the stores share its pool; the bus opens its own connections from it).
 fn cluster_parts(
     url: &str,
     db: &DatabaseConnection,
@@ -314,22 +315,11 @@ fn cluster_parts(
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<ModeParts> {
-    let mut pool_config = deadpool_redis::Config::from_url(url);
-    let mut pc = deadpool_redis::PoolConfig::new(16);
-    pc.timeouts.wait = Some(Duration::from_secs(2));
-    pc.timeouts.create = Some(Duration::from_secs(2));
-    pc.timeouts.recycle = Some(Duration::from_secs(2));
-    pool_config.pool = Some(pc);
-    let pool = pool_config
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("REDIS_URL is not usable")?;
+    let redis = Redis::connect(url)?;
     Ok(ModeParts {
-        bus: Arc::new(RedisBus::start(url, replica_id, tasks, stop)?),
-        presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
-        deny: Arc::new(RedisDenyList::new(pool.clone(), db.clone())),
-        cluster: Some(Cluster {
-            pool,
-            replica: replica_id,
-        }),
+        bus: Arc::new(RedisBus::start(&redis, replica_id, tasks, stop)?),
+        presence: Arc::new(redis.presence(replica_id)),
+        deny: Arc::new(RedisDenyList::new(redis.deny_list(), db.clone())),
+        cluster: Some(redis.limits(replica_id)),
     })
 }
