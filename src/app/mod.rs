@@ -46,7 +46,7 @@ pub struct AppState {
 
 impl AppState {
     /// Build everything the service needs: database (migrated when `AUTO_MIGRATE`), the first
-    /// admin from `ADMIN_*`, the services of the configured mode, and the housekeeping task.
+    /// admin from `ADMIN_*`, the services of the configured mode, and the periodic tasks.
     /// Everything stops when `shutdown` is cancelled.
     ///
     /// # Errors
@@ -66,8 +66,7 @@ impl AppState {
         if current {
             state.ensure_admin_from_env().await?;
         }
-        let chat = state.chat.clone();
-        state.chat.tasks.spawn(chat.housekeeping());
+        state.chat.spawn_periodic_tasks();
         state.chat.tasks.spawn(state.chat.clone().search_indexer());
         if !current {
             state

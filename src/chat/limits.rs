@@ -488,15 +488,18 @@ impl Chat {
         self.sockets.acquire(user, ip, self.bus.state()).await
     }
 
-    /// Forget idle rate-limit keys (memory); refresh this replica's socket entries in Redis.
-    pub(crate) async fn limits_housekeeping(&self, prune: bool) {
-        if prune {
-            self.msg_limiter.retain_recent();
-            self.frame_limiter.retain_recent();
-            self.auth_limiter.retain_recent();
-            self.account_limiter.retain_recent();
-            self.room_limiter.retain_recent();
-        }
+    /// Forget the rate-limit keys that are back to a full bucket, and expired leases
+    /// (memory).
+    pub(crate) fn prune_rate_limits(&self) {
+        self.msg_limiter.retain_recent();
+        self.frame_limiter.retain_recent();
+        self.auth_limiter.retain_recent();
+        self.account_limiter.retain_recent();
+        self.room_limiter.retain_recent();
+    }
+
+    /// Refresh this replica's live-socket entries in Redis (cluster mode).
+    pub(crate) async fn socket_quota_heartbeat(&self) {
         if let Err(e) = self.sockets.heartbeat().await {
             tracing::debug!(error = %e, "socket quota heartbeat failed");
         }

@@ -11,6 +11,7 @@
 //! * [`presence`]: who is online where, cluster-wide.
 //! * [`replay`]: history replays on join, identical reads coalesced.
 //! * [`admin`]: the first admin.
+//! * [`tasks`]: the periodic jobs (reconciliation, audits, heartbeats, sweeps, purges).
 //!
 //! [`Chat`] holds the services; `http` and `ws` handlers take it as their state.
 //!
@@ -29,6 +30,7 @@ pub(crate) mod presence;
 pub(crate) mod replay;
 pub(crate) mod revoke;
 pub(crate) mod send;
+pub(crate) mod tasks;
 
 use std::{net::IpAddr, ops::Deref, sync::Arc, time::Duration};
 
@@ -46,7 +48,7 @@ use self::{
     send::Sender,
 };
 use crate::{
-    bus::{Bus, BusState, Envelope, local::LocalBus, redis::RedisBus},
+    bus::{Bus, Envelope, local::LocalBus, redis::RedisBus},
     config::Config,
     fanout::hub::Hub,
     kv::{Redis, limits::LimitStore},
@@ -233,58 +235,7 @@ impl Chat {
             tracing::warn!(error = %e, "event not published");
         }
     }
-
-    /// Periodic work until shutdown: reconciliation of the active rooms with the database,
-    /// rate-limiter pruning, presence and socket-quota heartbeats, presence expiry sweeps.
-    pub(crate) async fn housekeeping(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut reconcile = tokio::time::interval(crate::fanout::hub::RECONCILE_EVERY);
-        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n: u64 = 0;
-        let (mut audit_in, mut audited_at) = (AUDIT_EVERY_TICKS, 0);
-        loop {
-            tokio::select! {
-                () = self.stop.cancelled() => return,
-                _ = reconcile.tick() => {
-                    // The database is the source of truth: rooms behind it catch up.
-                    if let Err(e) = self.hub.reconcile().await {
-                        tracing::debug!(error = %e, "reconciliation failed");
-                    }
-                    // Sockets are audited when the bus comes back (events may have been
-                    // lost while it was down) and every 30 s.
-                    audit_in = audit_in.saturating_sub(1);
-                    let reconnects = self.hub.reconnects();
-                    if self.bus.state() != BusState::Down
-                        && (audit_in == 0 || reconnects != audited_at)
-                    {
-                        audit_in = AUDIT_EVERY_TICKS;
-                        match self.audit_sockets().await {
-                            Ok(()) => audited_at = reconnects,
-                            Err(e) => tracing::debug!(error = %e, "socket audit failed"),
-                        }
-                    }
-                    continue;
-                }
-                _ = tick.tick() => {}
-            }
-            n += 1;
-            if n.is_multiple_of(60) {
-                // Deny-list entries outlive the tokens they deny by a minute only.
-                if let Err(e) = crate::store::revoked::purge_expired(&self.db).await {
-                    tracing::debug!(error = %e, "purging expired revocations failed");
-                }
-            }
-            if n.is_multiple_of(2) {
-                self.presence_heartbeat().await;
-                self.limits_housekeeping(n.is_multiple_of(12)).await;
-            }
-            self.presence_sweep().await;
-        }
-    }
 }
-
-/// Reconciliation ticks between socket audits (2 s each: 30 s).
-const AUDIT_EVERY_TICKS: u32 = 15;
 
 /// The token keys: `JWT_SECRET`, or a random key (embedded mode only).
 fn jwt_keys(config: &Config) -> JwtKeys {

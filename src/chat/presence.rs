@@ -7,7 +7,8 @@
 //! * [`LocalPresence`]: one replica is the whole cluster.
 //! * [`PresenceStore`] (cluster mode, stored by [`crate::kv::presence`]): per room and user,
 //!   one entry per replica holding a socket, with a 30 s TTL; a user is online while any entry
-//!   is live. Replicas refresh their entries every 10 s and sweep expired ones every 5 s, so the users of a crashed replica go offline (with one `leave` event)
+//!   is live. Replicas refresh their entries every 10 s and sweep expired ones every 5 s (see
+//!   [`super::tasks`]), so the users of a crashed replica go offline (with one `leave` event)
 //!   within about 30 s.
 
 use std::collections::{HashMap, HashSet};
@@ -40,7 +41,7 @@ pub(crate) trait Presence: Send + Sync {
     async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>>;
     /// Expired entries (crashed replicas): `(room, user)` pairs that just went offline.
     async fn sweep(&self) -> anyhow::Result<Vec<(i64, i64)>>;
-    /// Refresh this replica's entries (every 10 s).
+    /// Refresh this replica's entries (every [`super::tasks::PRESENCE_HEARTBEAT_EVERY`]).
     async fn heartbeat(&self) -> anyhow::Result<()> {
         Ok(())
     }
