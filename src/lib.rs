@@ -14,7 +14,8 @@
 //!    the send pipeline, revocation, presence, limits), on sub-services with private fields;
 //! 4. `fanout` (per-room ordering and gap fill into each socket's bounded queue, and why a
 //!    socket closes), `store` (all SQL), `bus` (bytes between replicas, local or Redis, and the
-//!    routing of events);
+//!    routing of events) and `kv` (Redis storage: the connections, every key name, presence,
+//!    deny-list and limit entries);
 //! 5. `domain`: wire types, a room as the service knows it, validation rules, events; no I/O;
 //! 6. `config`, `telemetry` at the bottom.
 //!
@@ -28,6 +29,7 @@ pub mod config;
 mod domain;
 mod fanout;
 mod http;
+mod kv;
 mod store;
 pub mod telemetry;
 mod ws;

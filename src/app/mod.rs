@@ -48,7 +48,7 @@ pub struct AppState {
 
 impl AppState {
     /// Build everything the service needs: database (migrated when `AUTO_MIGRATE`), the first
-    /// admin from `ADMIN_*`, the services of the configured mode, and the housekeeping task.
+    /// admin from `ADMIN_*`, the services of the configured mode, and the periodic tasks.
     /// Everything stops when `shutdown` is cancelled.
     ///
     /// # Errors
@@ -68,13 +68,9 @@ impl AppState {
         if current {
             state.ensure_admin_from_env().await?;
         }
-        let tasks = state.chat.tasks();
-        let chat = state.chat.clone();
-        tasks.spawn(async move { chat.upkeep().housekeeping().await });
-        let chat = state.chat.clone();
-        tasks.spawn(async move { chat.upkeep().search_indexer().await });
+        state.chat.spawn_periodic_tasks();
         if !current {
-            tasks.spawn(watch_schema(state.clone()));
+            state.chat.tasks().spawn(watch_schema(state.clone()));
         }
         Ok(state)
     }

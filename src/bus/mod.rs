@@ -13,7 +13,7 @@
 //!
 //! [`route`] builds the envelope of each kind of event (who gets it, what happens after).
 //!
-//! May import: `domain`, `config`, `telemetry`.
+//! May import: `kv` (channel names, the Redis client), `domain`, `config`, `telemetry`.
 
 pub(crate) mod local;
 pub(crate) mod redis;

@@ -1,9 +1,10 @@
 //! The Redis bus of cluster mode.
 //!
-//! * **Subscriptions**: one dedicated pub/sub connection per replica, owned by one task. A room's
-//!   channel (`chat:room:{id}`) is SUBSCRIBEd when its first local socket appears and
+//! * **Subscriptions**: one dedicated pub/sub connection per replica, owned by one task. A
+//!   room's channel (`chat:room:{id}`) is SUBSCRIBEd when its first local socket appears and
 //!   UNSUBSCRIBEd (batched) when its last one goes; `chat:control` carries revocations; the
-//!   replica's own `chat:probe:{origin}` carries its liveness probe. The reader hands each
+//!   replica's own `chat:probe:{origin}` carries its liveness probe (names spelled in
+//!   [`crate::kv::keys`]). The reader hands each
 //!   envelope to the fan-out's per-room inbox and never waits on a socket or the database.
 //! * **Publishes**: on one multiplexed connection that reconnects by itself
 //!   (`redis::aio::ConnectionManager`), pipelined per batch; the pool's checkout would cost a
@@ -34,9 +35,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{Bus, BusState, Envelope, Inbound, InboundSlot, Kind};
-use crate::telemetry::{metrics, now_micros};
+use crate::{
+    kv::{
+        Redis,
+        keys::{control_channel, probe_channel, room_channel},
+    },
+    telemetry::{metrics, now_micros},
+};
 
-const CONTROL: &str = "chat:control";
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_STALE_MICROS: i64 = 5_000_000;
 const PROBE_DEAD_MICROS: i64 = 10_000_000;
@@ -105,10 +111,6 @@ impl RetryQueue {
     }
 }
 
-fn room_channel(room: i64) -> String {
-    format!("chat:room:{room}")
-}
-
 enum SubCmd {
     Subscribe(i64, oneshot::Sender<()>),
     Unsubscribe(i64),
@@ -141,20 +143,23 @@ impl RedisBus {
     /// once: the bus reports `down` until the first probe comes back, and keeps reconnecting
     /// in the background.
     ///
+    /// Its connections are its own (a subscription cannot share the pool, and publishes
+    /// pipeline on one multiplexed connection), opened from `redis`'s client.
+    ///
     /// # Errors
-    /// If `url` is not a valid Redis URL.
+    /// If the publish connection cannot be set up.
     pub(crate) fn start(
-        url: &str,
+        redis: &Redis,
         origin: u64,
         tasks: &TaskTracker,
         stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        let client = redis.client().clone();
         let shared = Arc::new(Shared {
             inbound: InboundSlot::default(),
             publisher: Mutex::new(publisher(&client)?),
             origin,
-            probe_channel: format!("chat:probe:{origin}"),
+            probe_channel: probe_channel(origin),
             last_probe: AtomicI64::new(0),
             connected: AtomicBool::new(false),
             retry: Mutex::default(),
@@ -169,7 +174,7 @@ impl RedisBus {
 impl Shared {
     fn channel_of(env: &Envelope) -> String {
         if matches!(env.header.kind, Kind::Revoke | Kind::User) {
-            CONTROL.to_owned()
+            control_channel().to_owned()
         } else {
             room_channel(env.header.room)
         }
@@ -391,7 +396,8 @@ async fn connect(client: &redis::Client, shared: &Shared) -> anyhow::Result<Conn
     let pubsub = tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await??;
     let (mut sink, stream) = pubsub.split();
     let rooms = shared.active_rooms();
-    let mut channels: Vec<String> = vec![CONTROL.to_owned(), shared.probe_channel.clone()];
+    let mut channels: Vec<String> =
+        vec![control_channel().to_owned(), shared.probe_channel.clone()];
     channels.extend(rooms.iter().map(|r| room_channel(*r)));
     tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&channels)).await??;
     Ok(Connection {
@@ -525,9 +531,13 @@ mod tests {
         let dropped_before = metric("chat_bus_retry_dropped_total");
         let mut q = RetryQueue::default();
         let big = Bytes::from(vec![b'x'; RETRY_BYTES / 4]);
-        q.push("chat:control".into(), Bytes::from_static(b"revoke"), true);
+        q.push(
+            control_channel().into(),
+            Bytes::from_static(b"revoke"),
+            true,
+        );
         for _ in 0..6 {
-            q.push("chat:room:1".into(), big.clone(), false);
+            q.push(room_channel(1), big.clone(), false);
         }
         assert!(q.bytes <= RETRY_BYTES, "bounded by bytes: {}", q.bytes);
         // Every drop is counted, and the gauge shows the bytes held (no other test of this

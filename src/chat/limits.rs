@@ -6,8 +6,8 @@
 //!   multiplexed socket is a plain count in the socket's session.
 //!
 //! Each limit holds per replica (governor's keyed GCRA, in memory) and, in cluster mode, across
-//! the cluster through Redis: a GCRA script per rate, a sorted set of live sockets per
-//! concurrency key. The per-replica check comes first: it is free, and a replica alone can
+//! the cluster through Redis ([`crate::kv::limits`]): a GCRA bucket per rate, a sorted set of
+//! live sockets per concurrency key. The per-replica check comes first: it is free, and a replica alone can
 //! never let more through than the whole cluster may. When Redis is down (or slow) the
 //! per-replica limits still hold, and the cluster-wide part is skipped rather than refusing
 //! everyone: a limit is not worth an outage.
@@ -37,10 +37,13 @@ use std::{
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use parking_lot::Mutex;
-use redis::Script;
 
 use super::{Error, events::Events};
-use crate::{bus::BusState, config::Config};
+use crate::{
+    bus::BusState,
+    config::Config,
+    kv::{keys, limits::LimitStore},
+};
 
 /// How long a cluster-wide check may take before it is skipped (Redis slow or down).
 const REDIS_BUDGET: Duration = Duration::from_millis(250);
@@ -79,14 +82,6 @@ pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Redis connections and liveness, for the cluster-wide half of each limit.
-#[derive(Clone)]
-pub(crate) struct Cluster {
-    pub(crate) pool: deadpool_redis::Pool,
-    /// This replica's id (its sockets' entries carry it).
-    pub(crate) replica: u64,
-}
-
 /// How long a replica may spend cells it leased from the cluster-wide bucket.
 const LEASE_TTL: Duration = Duration::from_secs(1);
 /// The largest lease (cells per script call).
@@ -94,12 +89,12 @@ const MAX_LEASE: u64 = 64;
 
 /// A keyed rate (GCRA): `burst` at once, then one per `interval`.
 pub(crate) struct RateLimit<K: Hash + Eq + Clone> {
-    /// Names the Redis keys: `chat:rl:{name}:{key}`.
+    /// Names the limit (and its cluster-wide buckets, see [`keys::rate`]).
     name: &'static str,
     local: DefaultKeyedRateLimiter<K>,
     interval_us: u64,
     burst: u64,
-    cluster: Option<Cluster>,
+    cluster: Option<LimitStore>,
     /// Cells taken from Redis per call (1: every check asks Redis).
     lease: u64,
     /// Cells leased from Redis and not spent yet, per key (only when `lease` > 1).
@@ -115,32 +110,8 @@ struct Lease {
     refused_until: Option<tokio::time::Instant>,
 }
 
-/// GCRA in one atomic step, taking up to `want` cells: KEYS[1] holds the theoretical arrival
-/// time (µs, Redis clock). ARGV: interval µs, burst, want. Returns {cells taken, µs to wait}:
-/// {n ≥ 1, 0} when admitted, {0, wait} when not.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tau = interval * (tonumber(ARGV[2]) - 1)
-local want = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local room = tau - (tat - now)
-if room < 0 then return {0, tat - tau - now} end
-local n = math.min(want, math.floor(room / interval) + 1)
-local new_tat = tat + n * interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
-return {n, 0}
-";
-
-fn gcra_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(GCRA))
-}
-
 impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
-    pub(crate) fn new(name: &'static str, quota: Quota, cluster: Option<Cluster>) -> Self {
+    pub(crate) fn new(name: &'static str, quota: Quota, cluster: Option<LimitStore>) -> Self {
         let interval_us = u64::try_from(quota.replenish_interval().as_micros()).unwrap_or(u64::MAX);
         Self {
             name,
@@ -184,18 +155,7 @@ impl<K: Hash + Eq + Clone + Display> RateLimit<K> {
         if self.lease > 1 && self.spend_leased(key)? {
             return Ok(());
         }
-        let redis_key = format!("chat:rl:{}:{key}", self.name);
-        let call = async {
-            let mut conn = cluster.pool.get().await?;
-            let taken: (u64, u64) = gcra_script()
-                .key(&redis_key)
-                .arg(self.interval_us)
-                .arg(self.burst)
-                .arg(self.lease)
-                .invoke_async(&mut *conn)
-                .await?;
-            anyhow::Ok(taken)
-        };
+        let call = cluster.take(self.name, key, self.interval_us, self.burst, self.lease);
         match tokio::time::timeout(REDIS_BUDGET, call).await {
             Ok(Ok((0, wait_us))) => {
                 if self.lease > 1 {
@@ -291,52 +251,15 @@ pub(crate) enum SocketKey {
 impl SocketKey {
     fn redis_key(self) -> String {
         match self {
-            Self::User(id) => format!("chat:sockets:{{user:{id}}}"),
-            Self::Address(ip) => format!("chat:sockets:{{addr:{ip}}}"),
+            Self::User(id) => keys::user_sockets(id),
+            Self::Address(ip) => keys::address_sockets(ip),
         }
     }
 }
 
-/// How long a socket's cluster-wide entry lives without a heartbeat (a crashed replica's
-/// sockets stop counting after this).
-const SOCKET_TTL_MS: u64 = 30_000;
-
-/// Admit a socket if fewer than the limit are live: KEYS[1] is a sorted set of
-/// `replica:socket` scored by expiry (ms, Redis clock). ARGV: member, limit, ttl ms.
-/// Returns 1 (admitted) or 0.
-const SOCKET_ACQUIRE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
-   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-return 1
-";
-
-/// Refresh live entries: KEYS are sorted sets, ARGV[1] the ttl ms, then one member per key.
-const SOCKET_REFRESH: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl)
-end
-return 0
-";
-
-fn acquire_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(SOCKET_ACQUIRE))
-}
-
 /// Open sockets per user and per client address: counted on this replica, and in cluster
 /// mode in Redis, where each socket is an entry that its replica refreshes (so a crashed
-/// replica's sockets stop counting within [`SOCKET_TTL_MS`], and a restarted Redis is
+/// replica's sockets stop counting within [`keys::SOCKET_ENTRY_TTL`], and a restarted Redis is
 /// refilled by the next heartbeat).
 pub(crate) struct SocketQuota {
     per_user: u32,
@@ -345,7 +268,7 @@ pub(crate) struct SocketQuota {
     /// This replica's live sockets: id → its keys (for the heartbeat).
     live: Mutex<HashMap<u64, [SocketKey; 2]>>,
     next_id: std::sync::atomic::AtomicU64,
-    cluster: Option<Cluster>,
+    cluster: Option<LimitStore>,
 }
 
 /// An admitted socket; dropping it releases the socket's place.
@@ -357,7 +280,7 @@ pub(crate) struct SocketPermit {
 
 impl SocketQuota {
     /// `0` means unlimited.
-    pub(crate) fn new(per_user: u32, per_address: u32, cluster: Option<Cluster>) -> Self {
+    pub(crate) fn new(per_user: u32, per_address: u32, cluster: Option<LimitStore>) -> Self {
         Self {
             per_user,
             per_address,
@@ -414,17 +337,8 @@ impl SocketQuota {
                 if limit == 0 {
                     continue;
                 }
-                let call = async {
-                    let mut conn = cluster.pool.get().await?;
-                    let ok: i64 = acquire_script()
-                        .key(key.redis_key())
-                        .arg(format!("{}:{id}", cluster.replica))
-                        .arg(limit)
-                        .arg(SOCKET_TTL_MS)
-                        .invoke_async(&mut *conn)
-                        .await?;
-                    anyhow::Ok(ok == 1)
-                };
+                let set = key.redis_key();
+                let call = cluster.acquire_socket(&set, id, limit);
                 match tokio::time::timeout(REDIS_BUDGET, call).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => return Err(refused(key)),
@@ -443,41 +357,17 @@ impl SocketQuota {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
-        let entries: Vec<(String, String)> = self
+        let entries: Vec<(String, u64)> = self
             .live
             .lock()
             .iter()
             .flat_map(|(id, keys)| {
                 keys.iter()
                     .filter(|k| self.limit(**k) != 0)
-                    .map(move |k| (k.redis_key(), format!("{}:{id}", cluster.replica)))
+                    .map(move |k| (k.redis_key(), *id))
             })
             .collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut conn = cluster.pool.get().await?;
-        // Loaded once per heartbeat (idempotent), then called by its hash: one call per key
-        // keeps every script within one hash slot.
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(SOCKET_REFRESH)
-            .query_async(&mut *conn)
-            .await?;
-        for chunk in entries.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for (key, member) in chunk {
-                pipe.cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(key)
-                    .arg(SOCKET_TTL_MS)
-                    .arg(member)
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut *conn).await?;
-        }
-        Ok(())
+        cluster.refresh_sockets(&entries).await
     }
 
     fn release(&self, id: u64, keys: [SocketKey; 2]) {
@@ -494,26 +384,18 @@ impl SocketQuota {
         }
         self.live.lock().remove(&id);
         if let Some(cluster) = self.cluster.clone() {
-            let member = format!("{}:{id}", cluster.replica);
-            let keys: Vec<String> = keys
+            let sets: Vec<String> = keys
                 .iter()
                 .filter(|k| self.limit(**k) != 0)
                 .map(|k| k.redis_key())
                 .collect();
-            if keys.is_empty() {
+            if sets.is_empty() {
                 return;
             }
             // Best effort: an entry left behind expires with its TTL.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    let Ok(mut conn) = cluster.pool.get().await else {
-                        return;
-                    };
-                    let mut pipe = redis::pipe();
-                    for key in keys {
-                        pipe.cmd("ZREM").arg(key).arg(&member).ignore();
-                    }
-                    let _ = pipe.query_async::<()>(&mut *conn).await;
+                    let _ = cluster.release_socket(&sets, id).await;
                 });
             }
         }
@@ -558,7 +440,7 @@ struct LimitSet {
 
 impl Limits {
     /// The limits of `config`, cluster-wide over `cluster` (Redis) when given.
-    pub(crate) fn new(config: &Config, cluster: Option<Cluster>, events: Events) -> Self {
+    pub(crate) fn new(config: &Config, cluster: Option<LimitStore>, events: Events) -> Self {
         let second = Duration::from_secs(1);
         let minute = Duration::from_secs(60);
         let limit = |name, per, period, burst| {
@@ -666,17 +548,20 @@ impl Limits {
             .await
     }
 
-    /// Forget idle rate-limit keys (memory); refresh this replica's socket entries in Redis.
-    pub(crate) async fn housekeeping(&self, prune: bool) {
+    /// Forget the rate-limit keys that are back to a full bucket, and expired leases
+    /// (memory).
+    pub(crate) fn prune_rate_limits(&self) {
         let set = &self.0;
-        if prune {
-            set.msg.retain_recent();
-            set.frame.retain_recent();
-            set.auth.retain_recent();
-            set.account.retain_recent();
-            set.rooms.retain_recent();
-        }
-        if let Err(e) = set.sockets.heartbeat().await {
+        set.msg.retain_recent();
+        set.frame.retain_recent();
+        set.auth.retain_recent();
+        set.account.retain_recent();
+        set.rooms.retain_recent();
+    }
+
+    /// Refresh this replica's live-socket entries in Redis (cluster mode).
+    pub(crate) async fn socket_quota_heartbeat(&self) {
+        if let Err(e) = self.0.sockets.heartbeat().await {
             tracing::debug!(error = %e, "socket quota heartbeat failed");
         }
     }

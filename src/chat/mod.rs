@@ -43,11 +43,11 @@ pub(crate) mod revoke;
 pub(crate) mod rooms;
 pub(crate) mod send;
 pub(crate) mod sockets;
+pub(crate) mod tasks;
 mod upkeep;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use anyhow::Context;
 use rand::RngCore;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
@@ -62,11 +62,11 @@ use self::{
     dms::{Dms, Receipts},
     events::Events,
     jwt::JwtKeys,
-    limits::{Cluster, Limits},
+    limits::Limits,
     messages::Messages,
     ops::Ops,
     password::PasswordHasher,
-    presence::{LocalPresence, Online, Presence, RedisPresence},
+    presence::{LocalPresence, Online, Presence},
     revoke::{DbDenyList, DenyList, RedisDenyList, Revocation},
     rooms::Rooms,
     send::Sender,
@@ -76,6 +76,7 @@ use crate::{
     bus::{Bus, local::LocalBus, redis::RedisBus},
     config::Config,
     fanout::hub::Hub,
+    kv::{Redis, limits::LimitStore},
 };
 
 /// Cheap-to-clone handle on the service layer; `http` and `ws` handlers take it as their
@@ -107,7 +108,7 @@ struct ModeParts {
     presence: Arc<dyn Presence>,
     deny: Arc<dyn DenyList>,
     /// Redis, for the cluster-wide half of the limits.
-    cluster: Option<Cluster>,
+    cluster: Option<LimitStore>,
 }
 
 /// The parts the sub-services share, built once.
@@ -315,7 +316,8 @@ fn jwt_keys(config: &Config) -> JwtKeys {
     )
 }
 
-/// Cluster mode: the Redis bus, presence and deny-list over one pool.
+/// Cluster mode: the Redis bus, presence, deny-list and cluster-wide limits, over one
+/// [`Redis`] (the stores share its pool; the bus opens its own connections from it).
 fn cluster_parts(
     url: &str,
     db: &DatabaseConnection,
@@ -323,22 +325,11 @@ fn cluster_parts(
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<ModeParts> {
-    let mut pool_config = deadpool_redis::Config::from_url(url);
-    let mut pc = deadpool_redis::PoolConfig::new(16);
-    pc.timeouts.wait = Some(Duration::from_secs(2));
-    pc.timeouts.create = Some(Duration::from_secs(2));
-    pc.timeouts.recycle = Some(Duration::from_secs(2));
-    pool_config.pool = Some(pc);
-    let pool = pool_config
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("REDIS_URL is not usable")?;
+    let redis = Redis::connect(url)?;
     Ok(ModeParts {
-        bus: Arc::new(RedisBus::start(url, replica_id, tasks, stop)?),
-        presence: Arc::new(RedisPresence::new(pool.clone(), replica_id.to_string())),
-        deny: Arc::new(RedisDenyList::new(pool.clone(), db.clone())),
-        cluster: Some(Cluster {
-            pool,
-            replica: replica_id,
-        }),
+        bus: Arc::new(RedisBus::start(&redis, replica_id, tasks, stop)?),
+        presence: Arc::new(redis.presence(replica_id)),
+        deny: Arc::new(RedisDenyList::new(redis.deny_list(), db.clone())),
+        cluster: Some(redis.limits(replica_id)),
     })
 }

@@ -5,17 +5,16 @@
 //! in the whole cluster, so `join`/`leave` events fire once per user, not per socket or replica.
 //!
 //! * [`LocalPresence`]: one replica is the whole cluster.
-//! * [`RedisPresence`]: per room and user, a sorted set of replicas scored by heartbeat expiry
-//!   (`chat:presence:{room}:{user}`), and per room a sorted set of online users scored by their
-//!   latest expiry (`chat:online:{room}`). Lua scripts make each transition atomic. Replicas
-//!   refresh their entries every 10 s with a 30 s TTL, and sweep expired ones, so the users of
-//!   a crashed replica go offline (with one `leave` event) within about 30 s.
+//! * [`PresenceStore`] (cluster mode, stored by [`crate::kv::presence`]): per room and user,
+//!   one entry per replica holding a socket, with a 30 s TTL; a user is online while any entry
+//!   is live. Replicas refresh their entries every 10 s and sweep expired ones every 5 s (see
+//!   [`super::tasks`]), so the users of a crashed replica go offline (with one `leave` event)
+//!   within about 30 s.
 
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::Script;
 
 use std::sync::Arc;
 
@@ -30,6 +29,7 @@ use crate::{
         model::{Room, UserRef},
     },
     fanout::hub::Hub,
+    kv::presence::PresenceStore,
     store,
 };
 
@@ -47,7 +47,7 @@ pub(crate) trait Presence: Send + Sync {
     async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>>;
     /// Expired entries (crashed replicas): `(room, user)` pairs that just went offline.
     async fn sweep(&self) -> anyhow::Result<Vec<(i64, i64)>>;
-    /// Refresh this replica's entries (every 10 s).
+    /// Refresh this replica's entries (every [`super::tasks::PRESENCE_HEARTBEAT_EVERY`]).
     async fn heartbeat(&self) -> anyhow::Result<()> {
         Ok(())
     }
@@ -228,201 +228,31 @@ impl Presence for LocalPresence {
     }
 }
 
-/// Heartbeat TTL of a replica's presence entries.
-const PRESENCE_TTL_MS: i64 = 30_000;
-
-pub(crate) struct RedisPresence {
-    pool: deadpool_redis::Pool,
-    replica: String,
-    /// (room, user) pairs this replica holds, refreshed by [`RedisPresence::heartbeat`].
-    local: Mutex<HashSet<(i64, i64)>>,
-    join_script: Script,
-    leave_script: Script,
-    sweep_script: Script,
-}
-
-const ROOMS_KEY: &str = "chat:presence:rooms";
-
-fn user_key(room: i64, user: i64) -> String {
-    format!("chat:presence:{room}:{user}")
-}
-
-fn online_key(room: i64) -> String {
-    format!("chat:online:{room}")
-}
-
-impl RedisPresence {
-    async fn refresh(&self) -> anyhow::Result<()> {
-        self.heartbeat_inner().await
-    }
-
-    pub(crate) fn new(pool: deadpool_redis::Pool, replica: String) -> Self {
-        // KEYS: user key, online key, rooms key. ARGV: replica, now ms, expiry ms, user, room.
-        let join_script = Script::new(
-            r"
-            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-            local before = redis.call('ZCARD', KEYS[1])
-            redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-            redis.call('PEXPIRE', KEYS[1], 120000)
-            redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[4])
-            redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
-            redis.call('SADD', KEYS[3], ARGV[5])
-            if before == 0 then return 1 else return 0 end
-            ",
-        );
-        let leave_script = Script::new(
-            r"
-            redis.call('ZREM', KEYS[1], ARGV[1])
-            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-            if redis.call('ZCARD', KEYS[1]) == 0 then
-              redis.call('ZREM', KEYS[2], ARGV[4])
-              return 1
-            end
-            return 0
-            ",
-        );
-        // KEYS: rooms key. ARGV: now ms. Returns a flat list room, user, room, user, …
-        let sweep_script = Script::new(
-            r"
-            local out = {}
-            local rooms = redis.call('SMEMBERS', KEYS[1])
-            for _, room in ipairs(rooms) do
-              local okey = 'chat:online:' .. room
-              local expired = redis.call('ZRANGEBYSCORE', okey, '-inf', ARGV[1])
-              for _, user in ipairs(expired) do
-                local ukey = 'chat:presence:' .. room .. ':' .. user
-                redis.call('ZREMRANGEBYSCORE', ukey, '-inf', ARGV[1])
-                if redis.call('ZCARD', ukey) == 0 then
-                  redis.call('ZREM', okey, user)
-                  table.insert(out, room)
-                  table.insert(out, user)
-                end
-              end
-              if redis.call('ZCARD', okey) == 0 then
-                redis.call('SREM', KEYS[1], room)
-              end
-            end
-            return out
-            ",
-        );
-        Self {
-            pool,
-            replica,
-            local: Mutex::default(),
-            join_script,
-            leave_script,
-            sweep_script,
-        }
-    }
-
-    /// Refresh this replica's entries (every 10 s).
-    ///
-    /// # Errors
-    /// If Redis cannot be reached.
-    async fn heartbeat_inner(&self) -> anyhow::Result<()> {
-        let pairs: Vec<(i64, i64)> = self.local.lock().iter().copied().collect();
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        let exp = chrono::Utc::now().timestamp_millis() + PRESENCE_TTL_MS;
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for (room, user) in pairs {
-            pipe.zadd(user_key(room, user), &self.replica, exp).ignore();
-            pipe.pexpire(user_key(room, user), 120_000).ignore();
-            pipe.cmd("ZADD")
-                .arg(online_key(room))
-                .arg("GT")
-                .arg(exp)
-                .arg(user)
-                .ignore();
-            pipe.sadd(ROOMS_KEY, room).ignore();
-        }
-        pipe.query_async::<()>(&mut *conn).await?;
-        Ok(())
-    }
-}
-
+/// Cluster mode: the entries live in Redis, one per replica holding a socket, refreshed by
+/// the heartbeat and expired by the sweep; a user is online while any replica's entry is.
 #[async_trait]
-impl Presence for RedisPresence {
+impl Presence for PresenceStore {
     async fn join(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        self.local.lock().insert((room, user));
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.pool.get().await?;
-        let first: i64 = self
-            .join_script
-            .key(user_key(room, user))
-            .key(online_key(room))
-            .key(ROOMS_KEY)
-            .arg(&self.replica)
-            .arg(now)
-            .arg(now + PRESENCE_TTL_MS)
-            .arg(user)
-            .arg(room)
-            .invoke_async(&mut *conn)
-            .await?;
-        Ok(first == 1)
+        PresenceStore::join(self, room, user).await
     }
 
     async fn leave(&self, room: i64, user: i64) -> anyhow::Result<bool> {
-        self.local.lock().remove(&(room, user));
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.pool.get().await?;
-        let last: i64 = self
-            .leave_script
-            .key(user_key(room, user))
-            .key(online_key(room))
-            .arg(&self.replica)
-            .arg(now)
-            .arg(0)
-            .arg(user)
-            .invoke_async(&mut *conn)
-            .await?;
-        Ok(last == 1)
+        PresenceStore::leave(self, room, user).await
     }
 
     async fn online(&self, room: i64) -> anyhow::Result<Vec<i64>> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.pool.get().await?;
-        let users: Vec<i64> = redis::cmd("ZRANGEBYSCORE")
-            .arg(online_key(room))
-            .arg(now)
-            .arg("+inf")
-            .query_async(&mut *conn)
-            .await?;
-        Ok(users)
+        PresenceStore::online(self, room).await
     }
 
     async fn online_counts(&self, rooms: &[i64]) -> anyhow::Result<Vec<i64>> {
-        // Redis refuses an empty pipeline.
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for room in rooms {
-            pipe.cmd("ZCOUNT")
-                .arg(online_key(*room))
-                .arg(now)
-                .arg("+inf");
-        }
-        Ok(pipe.query_async(&mut *conn).await?)
+        PresenceStore::online_counts(self, rooms).await
     }
 
     async fn sweep(&self) -> anyhow::Result<Vec<(i64, i64)>> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut conn = self.pool.get().await?;
-        let flat: Vec<i64> = self
-            .sweep_script
-            .key(ROOMS_KEY)
-            .arg(now)
-            .invoke_async(&mut *conn)
-            .await?;
-        Ok(flat.chunks_exact(2).map(|c| (c[0], c[1])).collect())
+        PresenceStore::sweep(self).await
     }
 
     async fn heartbeat(&self) -> anyhow::Result<()> {
-        self.refresh().await
+        PresenceStore::heartbeat(self).await
     }
 }

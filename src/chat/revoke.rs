@@ -1,17 +1,18 @@
 //! Revocation: what logout, password changes and account deletion end before the tokens
 //! expire on their own, and the sockets those tokens opened.
 //!
-//! The deny-list keys are spelled in one place, [`DenyKey`]: `jti:<id>` (one token),
+//! The deny-list entries are spelled in one place, [`DenyKey`]: `jti:<id>` (one token),
 //! `sid:<family>` (every access token of one login session) and `user:<id>` (every token of a
-//! user). Two deny-lists sit behind one trait:
+//! user); they are the rows of `revoked_tokens` and, in cluster mode, the suffixes of the
+//! Redis keys. Two deny-lists sit behind one trait:
 //! * [`DbDenyList`] (embedded mode): an in-process set, written through to the
 //!   `revoked_tokens` table and loaded from it at start, so revocations survive a restart.
 //! * [`RedisDenyList`] (cluster mode): written to the same table first (the database is the
-//!   source of truth), then `SET key 1 EX ttl` in Redis, checked with one `EXISTS` per
-//!   request, so every replica agrees at once. Redis keeps nothing on disk: a marker key
-//!   tells whether it still holds the deny-list; when a restart emptied it, the check reads
-//!   the database and the unexpired entries are loaded back into Redis, so a revoked token
-//!   never works again. While Redis is unreachable, checks read the database, so clients
+//!   source of truth), then to Redis ([`DenyStore`]: one key per entry that expires with the
+//!   tokens it denies), checked with one `EXISTS` per request, so every replica agrees at
+//!   once. Redis keeps nothing on disk: a marker key tells whether it still holds the
+//!   deny-list; when a restart emptied it, the check reads the database and the unexpired
+//!   entries are loaded back into Redis, so a revoked token never works again. While Redis is unreachable, checks read the database, so clients
 //!   keep authenticating (and reconnecting) through a Redis outage.
 //!
 //! A failed check is an error, never "not revoked": the caller answers 503 (fail closed).
@@ -28,7 +29,7 @@ use sea_orm::DatabaseConnection;
 
 use super::Error;
 use super::events::Events;
-use crate::{bus::route, store};
+use crate::{bus::route, kv::deny::DenyStore, store};
 
 /// One deny-list entry.
 #[derive(Debug, Clone, Copy)]
@@ -222,96 +223,57 @@ impl DenyList for DbDenyList {
     }
 }
 
+/// The deny-list of cluster mode: the database is the source of truth, Redis
+/// ([`DenyStore`]) answers the checks.
 pub(crate) struct RedisDenyList {
-    pool: deadpool_redis::Pool,
+    redis: DenyStore,
     db: DatabaseConnection,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
 
-/// Present while Redis holds the whole deny-list (set by [`RedisDenyList::reload`]).
-const LOADED_MARKER: &str = "chat:deny:loaded";
-
 impl RedisDenyList {
-    pub(crate) fn new(pool: deadpool_redis::Pool, db: DatabaseConnection) -> Self {
+    pub(crate) fn new(redis: DenyStore, db: DatabaseConnection) -> Self {
         Self {
-            pool,
+            redis,
             db,
             reloading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Copy the unexpired entries of the database into Redis, then set the marker.
+    /// Copy the unexpired entries of the database into Redis, unless it holds them already.
     async fn reload(&self) -> anyhow::Result<()> {
         let _one = self.reloading.lock().await;
-        let mut conn = self.pool.get().await?;
-        let loaded: bool = redis::cmd("EXISTS")
-            .arg(LOADED_MARKER)
-            .query_async(&mut *conn)
-            .await?;
-        if loaded {
+        if self.redis.is_loaded().await? {
             return Ok(());
         }
         let entries = store::revoked::load_unexpired(&self.db).await?;
-        let now = Utc::now();
-        let mut pipe = redis::pipe();
-        for (k, until) in &entries {
-            let ttl = (*until - now).num_seconds().max(1);
-            pipe.set_ex(redis_key(k), 1, ttl.unsigned_abs()).ignore();
-        }
-        pipe.set(LOADED_MARKER, 1).ignore();
-        pipe.query_async::<()>(&mut *conn).await?;
+        self.redis.load(&entries).await?;
         tracing::info!(
             entries = entries.len(),
             "deny-list loaded into Redis from the database"
         );
         Ok(())
     }
-
-    /// How many of `keys` Redis denies, and whether it still holds the deny-list at all (one
-    /// round trip).
-    async fn check_redis(&self, keys: &[String]) -> anyhow::Result<(i64, bool)> {
-        let mut conn = self.pool.get().await?;
-        let redis_keys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
-        Ok(redis::pipe()
-            .cmd("EXISTS")
-            .arg(&redis_keys)
-            .cmd("EXISTS")
-            .arg(LOADED_MARKER)
-            .query_async(&mut *conn)
-            .await?)
-    }
-}
-
-fn redis_key(k: &str) -> String {
-    format!("chat:deny:{k}")
 }
 
 #[async_trait]
 impl DenyList for RedisDenyList {
     async fn deny(&self, keys: &[String], until: DateTime<Utc>) -> anyhow::Result<()> {
-        // Nothing to deny (a password change with no other session): an empty pipeline would
-        // be refused by Redis.
+        // Nothing to deny (a password change with no other session).
         if keys.is_empty() {
             return Ok(());
         }
         // The database first: it is what a Redis emptied by a restart is refilled from.
         store::revoked::insert(&self.db, keys, until).await?;
-        let ttl = (until - Utc::now()).num_seconds().max(1);
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.set_ex(redis_key(k), 1, ttl.unsigned_abs()).ignore();
-        }
-        pipe.query_async::<()>(&mut *conn).await?;
-        Ok(())
+        self.redis.deny(keys, until).await
     }
 
     async fn any_denied(&self, keys: &[String]) -> anyhow::Result<bool> {
         if keys.is_empty() {
             return Ok(false);
         }
-        let (n, loaded) = match self.check_redis(keys).await {
+        let (n, loaded) = match self.redis.count_denied(keys).await {
             Ok(found) => found,
             Err(e) => {
                 // Redis is down: the database holds every entry (written first), so it answers
@@ -340,12 +302,7 @@ impl DenyList for RedisDenyList {
         }
         // Refilled first if a restart emptied Redis.
         self.reload().await?;
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.exists(redis_key(k));
-        }
-        let found: Vec<bool> = pipe.query_async(&mut *conn).await?;
+        let found = self.redis.denied(keys).await?;
         Ok(keys
             .iter()
             .zip(found)
