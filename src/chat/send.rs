@@ -319,6 +319,7 @@ fn clone_err(e: &StoreError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::room::Visibility;
     use std::sync::Weak;
 
     use async_trait::async_trait;
@@ -363,15 +364,9 @@ mod tests {
     async fn batches_for(turns: &[usize]) -> Vec<usize> {
         let db = testing::sqlite().await;
         let author = testing::user(&db, "author").await;
-        let room = store::rooms::create(
-            &db,
-            "r",
-            None,
-            crate::domain::room::Visibility::Public,
-            author.id,
-        )
-        .await
-        .expect("room");
+        let room = store::rooms::create(&db, "r", None, Visibility::Public, author.id)
+            .await
+            .expect("room");
         let bus = Arc::new(Batches::default());
         let sender = Sender::new(db, bus.clone(), TaskTracker::new());
         let draft = |content: String| Draft {

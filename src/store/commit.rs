@@ -588,6 +588,7 @@ async fn members_of(
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::room::Visibility;
     use sea_orm::Database;
 
     use super::*;
@@ -639,15 +640,9 @@ mod tests {
     async fn replies_in_a_batch(db: DatabaseConnection) {
         let m = super::super::testing::user(&db, "member").await;
         let o = super::super::testing::user(&db, "outsider").await;
-        let room = super::super::rooms::create(
-            &db,
-            "t",
-            None,
-            crate::domain::room::Visibility::Public,
-            m.id,
-        )
-        .await
-        .expect("room");
+        let room = super::super::rooms::create(&db, "t", None, Visibility::Public, m.id)
+            .await
+            .expect("room");
         let draft = |author, content, reply_to| NewMessage {
             room_id: room.id,
             room: "t",
@@ -706,15 +701,9 @@ mod tests {
     async fn refused_alone(db: DatabaseConnection) {
         let m = super::super::testing::user(&db, "member").await;
         let o = super::super::testing::user(&db, "outsider").await;
-        let room = super::super::rooms::create(
-            &db,
-            "r",
-            None,
-            crate::domain::room::Visibility::Public,
-            m.id,
-        )
-        .await
-        .expect("room");
+        let room = super::super::rooms::create(&db, "r", None, Visibility::Public, m.id)
+            .await
+            .expect("room");
         let draft = |author, content| NewMessage {
             room_id: room.id,
             room: "r",
@@ -740,15 +729,9 @@ mod tests {
         // A room where every draft is refused (it is locked for the statement all the same)
         // leaves the other rooms of the batch alone, and so does a room that is gone. One
         // draft with an `@` makes the whole batch take the full form: its mention is stored.
-        let other = super::super::rooms::create(
-            &db,
-            "o",
-            None,
-            crate::domain::room::Visibility::Public,
-            o.id,
-        )
-        .await
-        .expect("room");
+        let other = super::super::rooms::create(&db, "o", None, Visibility::Public, o.id)
+            .await
+            .expect("room");
         let only_intruder = NewMessage {
             room_id: other.id,
             room: "o",

@@ -55,6 +55,7 @@ pub fn install() {
         // Another recorder may already be installed (a test harness); then ours only renders.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        initial_series();
         handle
     });
 }
@@ -115,8 +116,13 @@ fn describe() {
     metrics::describe_gauge!(DB_POOL, "Database pool connections by state");
     metrics::describe_counter!(
         WS_CLOSES,
-        "WebSocket closes sent by this replica, by close code (SPEC §8)"
+        "WebSocket closes sent by this replica, by close code"
     );
+    describe_health();
+}
+
+/// The descriptions of the health, build and process gauges.
+fn describe_health() {
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the labels say which build runs");
     metrics::describe_gauge!(
         BUS_LIVE,
@@ -134,6 +140,10 @@ fn describe() {
     );
     metrics::describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process");
     metrics::describe_gauge!(PROCESS_MAX_FDS, "File descriptor limit of the process");
+}
+
+/// The series that exist from the start.
+fn initial_series() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Counters of rare events are exported from the start, at 0: an alert on their rate needs
     // the series to exist before the first event.
