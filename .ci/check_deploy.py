@@ -2,7 +2,7 @@
 """Structure and policy checks for the deployment material, run by .ci/check-deploy.
 
 Schema validation is done by kubernetes-validate, lint by yamllint and hadolint; this file
-checks what no schema can: that the pieces agree with each other and with SPEC.md §9
+checks what no schema can: that the pieces agree with each other and with docs/operations.md#probes
 (probes, drain timing, hardening, the compose topology, the dashboard's metric names).
 
     check_deploy.py k8s FLAVOR RENDERED   policy checks on a rendered bundle (FLAVOR: dev, production,
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
 
-# The metric names the server exposes (README "Observe"); the dashboard may use only these.
+# The metric names the server exposes (docs/operations.md, "Metrics"); the dashboard may use only these.
 METRICS = {
     "chat_ws_connections": "gauge",
     "chat_messages_accepted_total": "counter",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's performance scenarios, end to end: builds release binaries, starts the
+# The performance scenarios of docs/performance.md, end to end: builds release binaries, starts the
 # server(s), runs chat-bench, stops everything. Usage:
 #   bench/scenarios.sh embedded   # 1 replica, SQLite, in-process fan-out
 #   bench/scenarios.sh cluster    # 2 replicas + Redis (127.0.0.1:6379) + PostgreSQL (127.0.0.1:5432, db chat_bench)

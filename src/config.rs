@@ -1,5 +1,5 @@
-//! Configuration from the environment (SPEC §2). Names and defaults are fixed by the spec;
-//! every variable is listed in the README. Secrets are `SecretString`s so they never reach
+//! Configuration from the environment (docs/configuration.md). Names and defaults are fixed by the spec;
+//! every variable is listed in docs/configuration.md. Secrets are `SecretString`s so they never reach
 //! `Debug` output, logs or traces.
 //!
 //! At the bottom of the crate: imports nothing of it; anyone may import it.

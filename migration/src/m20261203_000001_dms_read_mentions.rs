@@ -1,4 +1,4 @@
-//! Conversations, part A (SPEC §11): direct messages, read state and mentions.
+//! Conversations, part A (docs/protocol.md#conversations): direct messages, read state and mentions.
 //!
 //! * `rooms.kind` (`room` or `dm`), `rooms.dm_key` (the sorted member ids of a DM, unique:
 //!   the same set of people always finds the same room, even when two of them create it at

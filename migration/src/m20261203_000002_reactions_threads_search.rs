@@ -1,4 +1,4 @@
-//! Conversations, part B (SPEC §11): reactions, replies and threads, full-text search.
+//! Conversations, part B (docs/protocol.md#conversations): reactions, replies and threads, full-text search.
 //!
 //! * `messages.reply_to` (the thread's root, or null), `reply_count` and `last_reply_at` (kept
 //!   on a root by the commit that stores its replies). No foreign key: a column added to an

@@ -1,4 +1,4 @@
-//! The send path's cost (issue 16): two indexes that every group commit updated come off it.
+//! The send path's cost: two indexes that every group commit updated come off it.
 //!
 //! * `ix_rooms_kind_active` goes. The commit advances `rooms.active_at` with `last_seq`; while
 //!   an index covered `active_at`, PostgreSQL could not update the room's row in place (a HOT

@@ -5,7 +5,7 @@
 //! URI has the `token` query parameter redacted and whose `Authorization` header is marked
 //! sensitive, HTTP metrics, panic catching, CORS, a timeout for REST requests, the 64 KiB body
 //! limit, and finally [`http::json_errors`], which gives the few responses produced outside
-//! our handlers (405, 408, 413, panics) the error shape of SPEC §3.
+//! our handlers (405, 408, 413, panics) the error shape of docs/protocol.md#errors.
 
 use std::time::Duration;
 
@@ -103,7 +103,7 @@ pub(super) fn internal_router(chat: Chat, schema: SchemaGate) -> Router {
 const ALWAYS_SERVED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// A replica whose database lacks some of its migrations serves nothing but its probes and
-/// metrics: every other request gets 503 `service_unavailable` (SPEC §3 error shape), a
+/// metrics: every other request gets 503 `service_unavailable` (docs/protocol.md#errors error shape), a
 /// WebSocket upgrade included.
 async fn require_schema(State(schema): State<SchemaGate>, req: Request, next: Next) -> Response {
     if schema.is_current() || ALWAYS_SERVED.contains(&req.uri().path()) {

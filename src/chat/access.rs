@@ -1,5 +1,5 @@
 //! Who may see, enter, write to and manage a room: the access rule, written once and called
-//! by REST, by both socket endpoints and by the send path. Direct messages (SPEC §11) are
+//! by REST, by both socket endpoints and by the send path. Direct messages (docs/protocol.md#conversations) are
 //! private rooms nobody can join, be invited into or manage; opening one with someone who
 //! refuses DMs is forbidden.
 

@@ -6,7 +6,7 @@ use super::password::PasswordHasher;
 use crate::store;
 
 /// Create `username` as an admin, or grant `admin` to the existing user of that name when the
-/// email matches theirs and the password verifies (SPEC §10: whoever registers the name first
+/// email matches theirs and the password verifies (docs/protocol.md#limits: whoever registers the name first
 /// must not become admin at the next start).
 ///
 /// # Errors

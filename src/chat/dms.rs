@@ -1,4 +1,4 @@
-//! Direct messages and read state (SPEC §11), with the throttled
+//! Direct messages and read state (docs/protocol.md#conversations), with the throttled
 //! `receipt` events. The rules (who may open a DM, who may read) are in [`super::access`];
 //! mentions are resolved where messages are committed (`store::commit`) and announced by the
 //! send path ([`super::send`]).

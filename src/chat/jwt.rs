@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The claims of an access token (SPEC §4), plus `sid`, the refresh-token family it belongs to,
+/// The claims of an access token (docs/protocol.md#authentication), plus `sid`, the refresh-token family it belongs to,
 /// so that logging out a session can revoke every access token issued to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Claims {
@@ -56,7 +56,7 @@ impl JwtKeys {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        // `exp` means what it says: no grace period (SPEC §4).
+        // `exp` means what it says: no grace period (docs/protocol.md#authentication).
         validation.leeway = 0;
         Self {
             encoding: EncodingKey::from_secret(secret),

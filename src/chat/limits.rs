@@ -1,4 +1,4 @@
-//! Every abuse limit of SPEC §10, each written once and called by every path it covers:
+//! Every abuse limit of docs/protocol.md#limits, each written once and called by every path it covers:
 //!
 //! * rates ([`RateLimit`]): messages per user, other socket frames per user, credential checks
 //!   per client address and per account, rooms created per user per hour;

@@ -1,4 +1,4 @@
-//! Who is online in which room, cluster-wide (SPEC §8 `presence`, §6 `online`).
+//! Who is online in which room, cluster-wide (docs/protocol.md#websocket `presence`, §6 `online`).
 //!
 //! The fan-out counts a user's sockets per room on this replica; only the transitions 0→1 and
 //! 1→0 reach a [`Presence`], which answers whether the user just came online (or went offline)

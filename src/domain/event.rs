@@ -21,7 +21,7 @@ pub(crate) enum PresenceChange {
     Leave,
 }
 
-/// A room event of SPEC §8, as its clients see it.
+/// A room event of docs/protocol.md#websocket, as its clients see it.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum Event<'a> {

@@ -1,4 +1,4 @@
-//! `@username` in message content (SPEC §11): which names a message may mention. Whether
+//! `@username` in message content (docs/protocol.md#conversations): which names a message may mention. Whether
 //! a name is a member of the room is decided where the message is committed.
 
 /// Most distinct names one message resolves (more are ignored: a message cannot ping the

@@ -1,4 +1,4 @@
-//! Wire types shared by REST responses and WebSocket frames (SPEC §4–8). Entities never leave
+//! Wire types shared by REST responses and WebSocket frames (docs/protocol.md#objects). Entities never leave
 //! `store`; these do. Timestamps are RFC 3339 UTC with milliseconds.
 
 use chrono::{DateTime, SecondsFormat, Utc};

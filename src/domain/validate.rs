@@ -8,7 +8,7 @@ use regex::Regex;
 /// Field name → messages, as in `"fields": {"username": ["is already taken"]}`.
 pub(crate) type FieldErrors = std::collections::BTreeMap<String, Vec<String>>;
 
-/// Content limits of SPEC §7.
+/// Content limits of docs/protocol.md#messages.
 pub(crate) const MAX_CONTENT_CHARS: usize = 4000;
 pub(crate) const MAX_CLIENT_ID_CHARS: usize = 64;
 /// Longest room topic.
@@ -52,7 +52,7 @@ pub(crate) fn content(content: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Most distinct emoji on one message (SPEC §11).
+/// Most distinct emoji on one message (docs/protocol.md#conversations).
 pub(crate) const MAX_REACTIONS_PER_MESSAGE: i64 = 20;
 
 static SHORT_NAME_RE: LazyLock<Regex> =

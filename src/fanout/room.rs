@@ -1,4 +1,4 @@
-//! One room on this replica: its subscribers and the ordering rule (SPEC §8).
+//! One room on this replica: its subscribers and the ordering rule (docs/protocol.md#websocket).
 //!
 //! Items for a room go into its channel's inbox and are processed by one task per room, which
 //! keeps the invariant: `message` events leave in strictly increasing `seq`, with no gap. An

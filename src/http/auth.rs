@@ -1,4 +1,4 @@
-//! `/api/v1/auth/*` (SPEC §4): register, login, refresh, logout.
+//! `/api/v1/auth/*` (docs/protocol.md#authentication): register, login, refresh, logout.
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! `/api/v1/dms` (SPEC §11): direct messages, the private rooms of a fixed set of people.
+//! `/api/v1/dms` (docs/protocol.md#conversations): direct messages, the private rooms of a fixed set of people.
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
 use serde::Deserialize;

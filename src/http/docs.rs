@@ -2,7 +2,7 @@
 //! `/docs`, Swagger UI served from assets embedded in the binary (no CDN).
 //!
 //! The document must tell the truth: every status an operation can answer is listed, with
-//! the error schema of SPEC §3 ([`ErrorBody`]) for every error. Statuses that follow from an
+//! the error schema of docs/protocol.md#errors ([`ErrorBody`]) for every error. Statuses that follow from an
 //! operation's *shape* (it takes a token, a JSON body, path or query parameters) are added by
 //! [`CommonErrors`], so that rule lives here once; each `#[utoipa::path]` lists only what its
 //! handler decides itself (403, 404, 409, 422, 429). `.ci/run` checks the result with
@@ -27,7 +27,7 @@ use crate::{chat::Chat, domain::model};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "chat-server API", description = "REST API of the chat service. WebSocket frames are documented in the README."),
+    info(title = "chat-server API", description = "REST API of the chat service. WebSocket frames are documented in docs/protocol.md."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout,
         users::get_me, users::update_me, users::change_password, users::delete_me,

@@ -1,4 +1,4 @@
-//! Request extractors with rejections in the error shape of SPEC §3: our [`Json`] (a type
+//! Request extractors with rejections in the error shape of docs/protocol.md#errors: our [`Json`] (a type
 //! error names the offending field), [`MaybeJson`] (an optional body), [`Path`] and
 //! [`Query`]; and the caller, [`CurrentUser`], from `Authorization: Bearer`.
 

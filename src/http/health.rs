@@ -1,4 +1,4 @@
-//! Probes and metrics (SPEC §9): `/healthz` (the process serves), `/readyz` (database answers,
+//! Probes and metrics (docs/operations.md#probes): `/healthz` (the process serves), `/readyz` (database answers,
 //! its schema has every migration of this binary, bus live, not draining), `/metrics`
 //! (Prometheus text). With `INTERNAL_ADDR` set they are served on that port only.
 

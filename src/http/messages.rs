@@ -1,4 +1,4 @@
-//! `/api/v1/rooms/{name}/messages*` (SPEC §7, §11): history and threads, send (and reply),
+//! `/api/v1/rooms/{name}/messages*` (docs/protocol.md#messages, §11): history and threads, send (and reply),
 //! edit, delete, reactions.
 
 use axum::{

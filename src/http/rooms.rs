@@ -1,4 +1,4 @@
-//! `/api/v1/rooms*` (SPEC §6): rooms, membership, invitations and kicks. Private rooms are
+//! `/api/v1/rooms*` (docs/protocol.md#rooms): rooms, membership, invitations and kicks. Private rooms are
 //! invisible (404) to non-members.
 
 use axum::{

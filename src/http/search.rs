@@ -1,4 +1,4 @@
-//! `/api/v1/search/messages` (SPEC §11): full-text search in the rooms the caller may read.
+//! `/api/v1/search/messages` (docs/protocol.md#conversations): full-text search in the rooms the caller may read.
 
 use axum::{Router, extract::State, routing::get};
 use serde::Deserialize;

@@ -1,4 +1,4 @@
-//! `/api/v1/users*` (SPEC §5): the caller's profile, the directory, and admin operations.
+//! `/api/v1/users*` (docs/protocol.md#users): the caller's profile, the directory, and admin operations.
 
 use axum::{
     Router,

@@ -1,4 +1,4 @@
-//! Reactions (SPEC §11): one row per (message, emoji, user). A page of messages gets its
+//! Reactions (docs/protocol.md#conversations): one row per (message, emoji, user). A page of messages gets its
 //! reactions in one grouped query; adding one is checked against the per-message limit of
 //! distinct emoji under a lock on the message, so racing adds cannot exceed it.
 

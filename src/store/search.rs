@@ -1,4 +1,4 @@
-//! Full-text search over messages (SPEC §11), newest first, only live messages of rooms the
+//! Full-text search over messages (docs/protocol.md#conversations), newest first, only live messages of rooms the
 //! reader may read.
 //!
 //! * PostgreSQL: `websearch_to_tsquery` against `message_search` (a tsvector per message, GIN

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9). Names are constants of the dashboard in
+//! Prometheus metrics (docs/operations.md#probes). Names are constants of the dashboard in
 //! `deploy/grafana/chat-dashboard.json`; labels never carry user input, tokens or passwords.
 
 use std::{sync::OnceLock, time::Instant};

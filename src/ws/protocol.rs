@@ -1,4 +1,4 @@
-//! The WebSocket protocol (SPEC §8): client frames in, per-socket frames out, and the close
+//! The WebSocket protocol (docs/protocol.md#websocket): client frames in, per-socket frames out, and the close
 //! code of each close reason.
 //!
 //! Client frames are parsed by hand from a `serde_json::Value` so that every bad frame gets a
@@ -19,7 +19,7 @@ use crate::{
     fanout::socket::CloseReason,
 };
 
-/// The close code and reason of a [`CloseReason`] (SPEC §8).
+/// The close code and reason of a [`CloseReason`] (docs/protocol.md#websocket).
 pub(crate) fn close_code(reason: CloseReason) -> (u16, &'static str) {
     match reason {
         CloseReason::Normal => (1000, ""),
@@ -64,7 +64,7 @@ pub(crate) enum ClientFrame {
     Unsubscribe {
         room: String,
     },
-    /// Read up to `seq` (SPEC §11).
+    /// Read up to `seq` (docs/protocol.md#conversations).
     Read {
         room: Option<String>,
         seq: i64,

@@ -1,4 +1,4 @@
-//! SPEC §4: register, login, refresh, logout, and token validation.
+//! docs/protocol.md#authentication: register, login, refresh, logout, and token validation.
 
 use base64::Engine;
 use serde_json::{Value, json};

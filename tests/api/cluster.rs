@@ -1,4 +1,4 @@
-//! Cluster mode (SPEC §1, §7–9): several replicas on one Redis and one PostgreSQL database,
+//! Cluster mode (docs/architecture.md#overview, §7–9): several replicas on one Redis and one PostgreSQL database,
 //! losing nothing. Each test starts its own `redis-server`. Without `TEST_DATABASE_URL` these
 //! tests are reported as ignored: replicas on a shared SQLite file would prove little.
 

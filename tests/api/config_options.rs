@@ -1,4 +1,4 @@
-//! Configuration options of the README's table, end to end: `ALLOWED_ORIGINS` (WebSocket
+//! Configuration options of docs/configuration.md, end to end: `ALLOWED_ORIGINS` (WebSocket
 //! `Origin` check and CORS), `TRUST_PROXY_HEADERS` (the auth rate-limit key), `ADMIN_*` (the
 //! first admin at start) and `REFRESH_TOKEN_TTL_SECS` (refresh-token expiry).
 
@@ -122,7 +122,7 @@ async fn ws_upgrade_from_an_unlisted_origin_is_refused_with_403() {
         );
     }
 
-    // The refusal is plain HTTP in the error format of SPEC §3.
+    // The refusal is plain HTTP in the error format of docs/protocol.md#errors.
     for path in [
         format!("/ws/rooms/lobby?token={}", outsider.access),
         format!("/ws?token={}", outsider.access),

@@ -1,4 +1,4 @@
-//! SPEC §11, part A: direct messages, read state (unread and mention counts, receipts) and
+//! docs/protocol.md#conversations, part A: direct messages, read state (unread and mention counts, receipts) and
 //! mentions, over real HTTP and WebSocket, on SQLite and PostgreSQL; the cross-replica
 //! events and the DM race in cluster mode.
 

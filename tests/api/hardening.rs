@@ -1,4 +1,4 @@
-//! SPEC §10: a hostile member or a careless client cannot get past a rule. Each test here
+//! docs/protocol.md#limits: a hostile member or a careless client cannot get past a rule. Each test here
 //! failed on the code before its fix.
 
 use serde_json::{Value, json};

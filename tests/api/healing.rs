@@ -1,4 +1,4 @@
-//! Self-healing delivery (issue 15): the database is the source of truth, the bus only the
+//! Self-healing delivery: the database is the source of truth, the bus only the
 //! fast path. A message committed and acknowledged whose publish never happened still reaches
 //! every connected socket, found by the periodic reconciliation of the active rooms.
 

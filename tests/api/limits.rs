@@ -1,4 +1,4 @@
-//! SPEC §10 limits: open sockets per user and per address, rooms per multiplexed socket, rooms
+//! docs/protocol.md#limits limits: open sockets per user and per address, rooms per multiplexed socket, rooms
 //! created per user per hour; in cluster mode each holds across the replicas, not once per
 //! replica.
 

@@ -1,4 +1,4 @@
-//! SPEC §7: history, idempotent sends, edits and deletes.
+//! docs/protocol.md#messages: history, idempotent sends, edits and deletes.
 
 use serde_json::json;
 

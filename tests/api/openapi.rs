@@ -1,4 +1,4 @@
-//! What the OpenAPI document calls valid, the server accepts (issue 14, "The API document tells
+//! What the OpenAPI document calls valid, the server accepts ("the API document tells
 //! the truth"). Each test here is a request schemathesis (`tests/openapi/run.sh`, check
 //! `positive_data_acceptance`) found refused as malformed (400) although the document allows
 //! it; each failed before its fix.

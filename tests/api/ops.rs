@@ -1,4 +1,4 @@
-//! Operations (SPEC §9): probes, metrics that move, logs without secrets, and one trace across
+//! Operations (docs/operations.md#probes): probes, metrics that move, logs without secrets, and one trace across
 //! two replicas through Redis, received by an OTLP/HTTP endpoint inside the test.
 
 use std::{
@@ -360,7 +360,7 @@ async fn one_trace_follows_a_message_across_replicas() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deployment (issue 18): the schema gate, the internal port, the operator metrics.
+// Deployment: the schema gate, the internal port, the operator metrics.
 
 /// The name of the binary's newest migration, forgotten by the database: as if this image
 /// were rolled out before its migration ran.

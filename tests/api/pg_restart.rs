@@ -1,5 +1,5 @@
 //! PostgreSQL restarted under traffic, on a private PostgreSQL (initdb + pg_ctl on a free port):
-//! while it is down every send is refused with the retryable 503 (SPEC §3) and nothing is
+//! while it is down every send is refused with the retryable 503 (docs/protocol.md#errors) and nothing is
 //! acknowledged; once it is back the same replica (never restarted) accepts sends again, the
 //! retried `client_id`s are stored once, and every acknowledged message is in history and on
 //! the socket, in order, with no gap and no duplicate.

@@ -1,4 +1,4 @@
-//! SPEC §11, part B: reactions, replies and threads, search — over REST and both socket
+//! docs/protocol.md#conversations, part B: reactions, replies and threads, search — over REST and both socket
 //! endpoints, on SQLite and PostgreSQL.
 
 use reqwest::Method;

@@ -1,4 +1,4 @@
-//! SPEC §6: rooms, private rooms, invitations, kicks, join-or-create, members.
+//! docs/protocol.md#rooms: rooms, private rooms, invitations, kicks, join-or-create, members.
 
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! SPEC §5: profile, password change, account deletion, directory, admin operations.
+//! docs/protocol.md#users: profile, password change, account deletion, directory, admin operations.
 
 use serde_json::json;
 

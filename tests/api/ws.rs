@@ -1,4 +1,4 @@
-//! SPEC §8 and §10 over real WebSockets: ordering under concurrency, resume, bad frames, close
+//! docs/protocol.md#websocket and §10 over real WebSockets: ordering under concurrency, resume, bad frames, close
 //! codes, idempotency, slow consumers, presence, typing, the multiplexed endpoint.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The OpenAPI document against the running server (issue 14, "The API document tells the truth").
+# The OpenAPI document against the running server ("the API document tells the truth").
 #
 #   cargo build --bin chat-server && bash tests/openapi/run.sh [validate] [client] [fuzz]
 #
