@@ -16,7 +16,9 @@
 # sees the end of its input and stops all the same.
 #
 # CHAT_BENCH_BIN: the chat-bench binary (default: `cargo build -p chat-bench --bin chat-bench`,
-# target/debug/chat-bench). CLUSTER_START_SECS: how long the start may take (default 300).
+# target/debug/chat-bench). CLUSTER_START_SECS: how long the start may take (default 300);
+# CLUSTER_STOP_SECS: how long the stop may take (default 300: dropping the database waits for
+# a checkpoint of the whole server, slow on a busy one).
 
 CLUSTER_PID=""
 CLUSTER_LOG=""
@@ -57,13 +59,16 @@ cluster_up() {
 cluster_down() {
   [[ -n "$CLUSTER_PID" ]] || return 0
   kill -TERM "$CLUSTER_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 1 300); do
-    kill -0 "$CLUSTER_PID" 2>/dev/null || break
+  local limit=$((SECONDS + ${CLUSTER_STOP_SECS:-300})) noted=$((SECONDS + 15))
+  while kill -0 "$CLUSTER_PID" 2>/dev/null && ((SECONDS < limit)); do
+    if ((noted && SECONDS >= noted)); then
+      echo "waiting for chat-bench cluster to stop: $(tail -n 1 "$CLUSTER_LOG")" >&2
+      noted=0
+    fi
     sleep 0.2
   done
   if kill -0 "$CLUSTER_PID" 2>/dev/null; then
-    echo "chat-bench cluster (pid $CLUSTER_PID) did not stop within 60 s: SIGKILL" >&2
+    echo "chat-bench cluster (pid $CLUSTER_PID) did not stop within ${CLUSTER_STOP_SECS:-300} s: SIGKILL" >&2
     kill -KILL "$CLUSTER_PID" 2>/dev/null || true
   fi
   wait "$CLUSTER_PID" 2>/dev/null || true

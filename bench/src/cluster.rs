@@ -155,7 +155,20 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     if let Some(path) = &args.env_out {
         let _ = std::fs::remove_file(path);
     }
-    cluster.shutdown(args.grace).await
+    let stopped = cluster.stop_replicas(args.grace).await;
+    eprintln!(
+        "cluster: replicas stopped; stopping the rest{}",
+        match &cluster.database {
+            chat_testkit::ClusterDatabase::Fresh(db) => format!(
+                " and dropping database {} (waits for a checkpoint)",
+                db.name()
+            ),
+            _ => String::new(),
+        }
+    );
+    drop(cluster);
+    eprintln!("cluster: stopped");
+    stopped
 }
 
 /// Wait for the end, meanwhile reaping replicas that exit (a test may stop one itself): a
@@ -171,7 +184,8 @@ async fn watch(cluster: &mut Cluster, stop: &mut Stop) -> &'static str {
         for (r, seen) in cluster.replicas.iter_mut().zip(&mut reported) {
             if let (Some(status), false) = (r.exited(), *seen) {
                 *seen = true;
-                eprintln!("cluster: {} (pid {:?}) exited: {status}", r.name(), r.pid());
+                let pid = r.pid().map_or_else(String::new, |p| format!(" (pid {p})"));
+                eprintln!("cluster: {}{pid} exited: {status}", r.name());
             }
         }
     }

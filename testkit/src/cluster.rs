@@ -361,9 +361,9 @@ impl Cluster {
             .collect()
     }
 
-    /// SIGTERM every replica and wait up to `grace` for each to exit (SIGKILL after), then
-    /// stop the rest. Dropping the cluster instead SIGKILLs the replicas.
-    pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
+    /// SIGTERM every replica (and stop nginx first, so that no new client arrives), wait up
+    /// to `grace` for each to exit, SIGKILL one that did not (an error then).
+    pub async fn stop_replicas(&mut self, grace: Duration) -> Result<()> {
         drop(self.nginx.take());
         for r in &mut self.replicas {
             if r.is_running() {
@@ -381,5 +381,11 @@ impl Cluster {
             }
         }
         result
+    }
+
+    /// [`Cluster::stop_replicas`], then the rest. Dropping the cluster instead SIGKILLs the
+    /// replicas.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
+        self.stop_replicas(grace).await
     }
 }
