@@ -8,7 +8,7 @@
 #
 # Stages:
 #   chef     Rust toolchain + cargo-chef
-#   planner  turns the workspace manifests (root, entity, migration, bench) into recipe.json
+#   planner  turns the workspace manifests (root, entity, migration, bench, testkit) into recipe.json
 #   builder  cooks the dependencies from recipe.json (a layer that is reused until a
 #            Cargo.toml / Cargo.lock changes), then builds the real chat-server binary
 #   runtime  debian slim, no toolchain, non-root uid 10001

@@ -2,6 +2,7 @@
 //! throughput, end-to-end latency, exactly-once/in-order delivery checks, idle memory
 //! per socket). See bench/README.md.
 
+mod cluster;
 mod report;
 mod setup;
 mod soak;
@@ -53,6 +54,9 @@ enum Cmd {
     /// Chaos soak: a private cluster (PostgreSQL, Redis, replicas, nginx) under traffic while
     /// Redis, the replicas and PostgreSQL are restarted; checks that nothing acked is lost.
     Soak(soak::SoakArgs),
+    /// A local cluster (database, Redis, N replicas, nginx if asked) until SIGTERM, SIGINT or
+    /// the end of stdin; prints its endpoints (and writes them with --env-out).
+    Cluster(cluster::ClusterArgs),
     /// One generator process of `soak` (started by it).
     #[command(hide = true)]
     SoakWorker(soak::WorkerArgs),
@@ -184,7 +188,7 @@ fn main() -> Result<()> {
     let threads = match &cli.cmd {
         Cmd::Run(a) => a.common.threads,
         Cmd::Idle(a) => a.common.threads,
-        Cmd::Soak(_) | Cmd::SoakWorker(_) => 1,
+        Cmd::Soak(_) | Cmd::SoakWorker(_) | Cmd::Cluster(_) => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -200,6 +204,7 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
+            Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::SoakWorker(a) => soak::worker::run(a.plan, a.worker, a.out).await,
         }
     })

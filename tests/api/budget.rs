@@ -703,7 +703,7 @@ async fn measure(
     rooms: &mut [Vec<Member>],
     w: &mut Workload,
 ) -> Measured {
-    let monitor = Monitor::start(redis.port).await;
+    let monitor = Monitor::start(redis.port()).await;
     let mut con = redis::Client::open(redis.url())
         .expect("redis url")
         .get_multiplexed_async_connection()

@@ -3,10 +3,10 @@
 #
 #   cargo build --bin chat-server && bash tests/openapi/run.sh [validate] [client] [fuzz]
 #
-# With no argument, all three steps run, against one server (debug build, a free port) in
-# embedded mode (a temp SQLite database) or, with OPENAPI_MODE=cluster, in cluster mode (a
-# temp PostgreSQL database and a private redis-server), where revocation and the limits go
-# through Redis:
+# With no argument, all three steps run, against one server (debug build, a free port,
+# started by `chat-bench cluster`, testkit/cluster.sh) in embedded mode (a temp SQLite
+# database) or, with OPENAPI_MODE=cluster, in cluster mode (a temp PostgreSQL database and a
+# private redis-server), where revocation and the limits go through Redis:
 #   validate  openapi-spec-validator accepts GET /api/v1/openapi.json.
 #   client    openapi-python-client generates a client from that document into a temp dir;
 #             client_flow.py drives register → login → create room → post → history →
@@ -25,6 +25,7 @@
 #
 # Environment:
 #   CHAT_SERVER_BIN     server binary (default target/debug/chat-server)
+#   CHAT_BENCH_BIN      chat-bench binary, which starts the server (default: built by cargo)
 #   OPENAPI_MODE        embedded (default) or cluster
 #   PG_ADMIN_URL        cluster mode: the PostgreSQL server for the temp database
 #                       (default postgres://postgres@127.0.0.1:5432)
@@ -40,6 +41,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
+# shellcheck source=../../testkit/cluster.sh
+. "$ROOT/testkit/cluster.sh"
 
 BIN="${CHAT_SERVER_BIN:-target/debug/chat-server}"
 TOOLS_DIR="${CI_TOOLS_DIR:-$HOME/.cache/chat-ci-tools}"
@@ -78,31 +81,20 @@ PY="$VENV/bin/python"
 
 # ---- one server on a free port ------------------------------------------------------------
 WORK="$(mktemp -d)"
-SERVER_PID=""
-REDIS_PID=""
-DB_NAME=""
+SERVER_LOG="$WORK/cluster/replica1.log"
 cleanup() {
   local rc=$?
   set +e
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
-  fi
-  if [[ -n "$REDIS_PID" ]]; then
-    kill -TERM "$REDIS_PID" 2>/dev/null
-    wait "$REDIS_PID" 2>/dev/null
-  fi
-  if [[ -n "$DB_NAME" ]]; then
-    psql "$PG_ADMIN_URL/postgres" -q -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
-      || say "warning: could not drop database $DB_NAME"
-  fi
-  if [[ "$rc" != 0 || -n "${KEEP_LOGS:-}" ]] && [[ -f "$WORK/server.log" ]]; then
+  cluster_down   # stops the server and Redis, drops the temp database
+  if [[ "$rc" != 0 || -n "${KEEP_LOGS:-}" ]] && [[ -f "$SERVER_LOG" ]]; then
     echo "----- last lines of the server log -----"
-    tail -n 40 "$WORK/server.log" | sed -E 's/(token=)[^& "]+/\1<redacted>/g'
+    tail -n 40 "$SERVER_LOG" | sed -E 's/(token=)[^& "]+/\1<redacted>/g'
   fi
-  if [[ -n "${OPENAPI_KEEP_REPORTS:-}" ]]; then rm -rf "$OPENAPI_KEEP_REPORTS"; mkdir -p "$OPENAPI_KEEP_REPORTS"; cp -r "$WORK"/report* "$WORK/server.log" "$OPENAPI_KEEP_REPORTS"/ 2>/dev/null; fi
+  if [[ -n "${OPENAPI_KEEP_REPORTS:-}" ]]; then
+    rm -rf "$OPENAPI_KEEP_REPORTS"; mkdir -p "$OPENAPI_KEEP_REPORTS"
+    cp -r "$WORK"/report* "$OPENAPI_KEEP_REPORTS"/ 2>/dev/null
+    cp "$SERVER_LOG" "$OPENAPI_KEEP_REPORTS/server.log" 2>/dev/null
+  fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -110,47 +102,33 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 rand_hex() { "$PYTHON" -c "import secrets; print(secrets.token_hex($1))"; }
 
-SERVER_ENV=(-u REDIS_URL -u REDIS_CLUSTER_URLS -u ALLOWED_ORIGINS)
 if [[ "$MODE" == cluster ]]; then
-  REDIS_PORT="$(free_port)"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
-    --loglevel warning >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG || die "redis-server did not start"
-  DB_NAME="chat_openapi_$(rand_hex 6)"
-  psql "$PG_ADMIN_URL/postgres" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$DB_NAME\"" >/dev/null \
-    || die "could not create database $DB_NAME on $PG_ADMIN_URL"
-  SERVER_ENV+=(DATABASE_URL="$PG_ADMIN_URL/$DB_NAME" REDIS_URL="redis://127.0.0.1:$REDIS_PORT")
-  WHERE="cluster mode: PostgreSQL $DB_NAME, redis-server :$REDIS_PORT"
+  WHERE=(--bus redis --db postgres --database-url "$PG_ADMIN_URL" --db-prefix chat_openapi)
+  WHAT="cluster mode: a temp PostgreSQL database on $PG_ADMIN_URL, a private redis-server"
 else
-  SERVER_ENV+=(DATABASE_URL="sqlite://$WORK/chat.db?mode=rwc")
-  WHERE="embedded mode: SQLite in $WORK"
+  WHERE=(--bus embedded --db sqlite)
+  WHAT="embedded mode: SQLite in a temp dir"
 fi
 
-PORT="$(free_port)"
-BASE="http://127.0.0.1:$PORT"
 # The credential limits are raised (pass 2 registers a user per test case, all from
 # 127.0.0.1); the room-creation limit is met within a run, so its 429 is exercised too.
 ADMIN_PASSWORD="$(rand_hex 12)"
 export ADMIN_USERNAME="fuzz-admin" ADMIN_EMAIL="fuzz-admin@example.com" ADMIN_PASSWORD
-say "starting $BIN on $BASE ($WHERE)"
-env "${SERVER_ENV[@]}" \
-  BIND_ADDR="127.0.0.1:$PORT" \
-  JWT_SECRET="$(rand_hex 32)" \
-  ACCESS_TOKEN_TTL_SECS=3600 \
-  AUTH_RATE_PER_MIN=100000 ACCOUNT_RATE_PER_MIN=100000 ROOMS_PER_HOUR=100 \
-  LOG_FORMAT=pretty RUST_LOG="${RUST_LOG:-warn}" \
-  "$BIN" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-  kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited"
-  [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/readyz" || true)" == 200 ]] && break
-  sleep 0.2
-done
+JWT_SECRET="$(rand_hex 32)" RUST_LOG="${RUST_LOG:-warn}"
+export JWT_SECRET RUST_LOG
+unset ALLOWED_ORIGINS || true
+say "starting $BIN ($WHAT)"
+# The server gets this environment (--inherit-env; the cluster sets DATABASE_URL and
+# REDIS_URL, and none without Redis), then the settings here.
+cluster_up "$WORK" --server-bin "$BIN" --replicas 1 "${WHERE[@]}" --inherit-env \
+  --env ACCESS_TOKEN_TTL_SECS=3600 --env AUTH_RATE_PER_MIN=100000 \
+  --env ACCOUNT_RATE_PER_MIN=100000 --env ROOMS_PER_HOUR=100 --env LOG_FORMAT=pretty \
+  || die "the server did not start"
+BASE="$BASE_URL"
+SERVER_PID="$REPLICA_PIDS"
+say "server ready on $BASE"
 curl -sf -o "$WORK/openapi.json" "$BASE/api/v1/openapi.json" || die "GET /api/v1/openapi.json"
 
 server_alive() { kill -0 "$SERVER_PID" 2>/dev/null || die "the server died (see its log below)"; }
@@ -204,8 +182,8 @@ if wants fuzz; then
 fi
 
 # No 500 may hide behind a check that passed: the server logs every one.
-if grep -q 'request failed' "$WORK/server.log"; then
-  grep 'request failed' "$WORK/server.log" | head -n 5
+if grep -q 'request failed' "$SERVER_LOG"; then
+  grep 'request failed' "$SERVER_LOG" | head -n 5
   die "the server logged internal errors"
 fi
 say "ok: ${STEPS[*]}"

@@ -25,8 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use crate::setup::{Setup, SetupReport, room_name, validate_prefix};
 use crate::stats::parse_duration;
 use crate::sys::{cpu_seconds, loadavg, rss_kib};
+use chat_testkit::{Cluster, Replica, ready};
 use check::{FaultKind, quantile, room_sizes, schedule};
-use infra::{Nginx, Postgres, Redis, Replica, ready};
 use worker::{Plan, Role, SocketPlan, WorkerResult};
 
 #[derive(Args, Debug, Clone)]
@@ -111,15 +111,6 @@ pub struct WorkerArgs {
     pub worker: usize,
     #[arg(long)]
     pub out: PathBuf,
-}
-
-/// The replicas and their dependencies, all stopped when dropped.
-struct Cluster {
-    // dropped in this order: clients' way in first, the database last
-    nginx: Option<Nginx>,
-    replicas: Vec<Replica>,
-    redis: Redis,
-    pg: Postgres,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -239,25 +230,8 @@ pub async fn soak(args: SoakArgs) -> Result<bool> {
     res
 }
 
-fn server_binary(args: &SoakArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.server_bin {
-        // The replicas start in the soak's working directory: a relative path must not
-        // depend on it.
-        return std::fs::canonicalize(p).with_context(|| format!("--server-bin {}", p.display()));
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name("chat-server");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release -p chat-server) or pass --server-bin",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 async fn soak_in(args: &SoakArgs, dir: &Path) -> Result<bool> {
-    let server = server_binary(args)?;
+    let server = crate::cluster::server_binary(args.server_bin.as_deref())?;
     let rooms = args
         .rooms
         .unwrap_or_else(|| args.sockets.div_ceil(98).max(1));
@@ -273,69 +247,8 @@ async fn soak_in(args: &SoakArgs, dir: &Path) -> Result<bool> {
         .build()?;
 
     // --- the cluster
-    eprintln!(
-        "soak: starting PostgreSQL, Redis, {} replicas, nginx",
-        args.replicas
-    );
-    let pg = Postgres::start(dir).await?;
-    let redis = Redis::start(dir).await?;
-    let mut env: Vec<(String, String)> = [
-        ("DATABASE_URL", pg.url()),
-        ("REDIS_URL", redis.url()),
-        ("JWT_SECRET", "soak-secret-soak-secret-soak-secret".into()),
-        ("SHUTDOWN_GRACE_SECS", args.grace_secs.to_string()),
-        ("ACCESS_TOKEN_TTL_SECS", "86400".into()),
-        ("MESSAGE_RATE_PER_SEC", "1000000".into()),
-        ("MESSAGE_RATE_BURST", "1000000".into()),
-        ("AUTH_RATE_PER_MIN", "1000000".into()),
-        ("ACCOUNT_RATE_PER_MIN", "1000000".into()),
-        ("ROOMS_PER_HOUR", "1000000".into()),
-        ("WS_MAX_SOCKETS_PER_USER", "0".into()),
-        ("WS_MAX_SOCKETS_PER_ADDRESS", "0".into()),
-        ("DB_MAX_CONNECTIONS", "20".into()),
-        ("LOG_FORMAT", "json".into()),
-        (
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    if let Some(u) = args.upgrades_per_sec {
-        env.push(("WS_UPGRADES_PER_SEC".into(), u.to_string()));
-    }
-    let mut cluster = Cluster {
-        nginx: None,
-        replicas: Vec::new(),
-        redis,
-        pg,
-    };
-    for i in 0..args.replicas.max(1) {
-        let mut r = Replica::new(i, &server, dir, env.clone())?;
-        r.start(&http, Duration::from_secs(60)).await?;
-        cluster.replicas.push(r);
-    }
-    let ports: Vec<u16> = cluster.replicas.iter().map(|r| r.port).collect();
-    // each client socket costs nginx two connections; 4 processes keep each under the limit
-    let nginx_workers = if args.sockets > 4000 { 4 } else { 2 };
-    let conns = (args.sockets * 2 / nginx_workers + 2000).min(18_000);
-    cluster.nginx = Some(Nginx::start(dir, &ports, nginx_workers, conns).await?);
-    let lb = cluster.nginx.as_ref().map(Nginx::base).unwrap_or_default();
-    eprintln!(
-        "soak: PostgreSQL :{} (pid {:?}), Redis :{} (pid {:?}), replicas {:?} (pids {:?}), nginx {lb} (pid {:?})",
-        cluster.pg.port,
-        cluster.pg.pid(),
-        cluster.redis.port,
-        cluster.redis.pid(),
-        ports,
-        cluster
-            .replicas
-            .iter()
-            .map(Replica::pid)
-            .collect::<Vec<_>>(),
-        cluster.nginx.as_ref().map(Nginx::pid),
-    );
+    let mut cluster = infra::start(args, &server, dir).await?;
+    let lb = cluster.base_url();
 
     // --- users, rooms, memberships (through the load balancer)
     let mut setup_report = SetupReport::default();
@@ -585,8 +498,7 @@ async fn soak_in(args: &SoakArgs, dir: &Path) -> Result<bool> {
         let start_ms = now_ms();
         let at_s = t0.elapsed().as_secs_f64();
         eprintln!("soak: t={at_s:.0}s fault: {}", kind.label());
-        let (detail, result) =
-            run_fault(kind, &mut cluster, &http, args, &mut kill_target, &pids).await;
+        let (detail, result) = run_fault(kind, &mut cluster, args, &mut kill_target, &pids).await;
         let error = result.err().map(|e| format!("{e:#}"));
         if let Some(e) = &error {
             eprintln!("soak: fault {} FAILED: {e}", kind.label());
@@ -694,7 +606,7 @@ async fn soak_in(args: &SoakArgs, dir: &Path) -> Result<bool> {
     let replicas_ready_at_end = {
         let mut out = Vec::new();
         for r in &cluster.replicas {
-            out.push(r.proc.is_some() && ready(&http, &r.base()).await);
+            out.push(r.pid().is_some() && ready(&http, &r.base_url()).await);
         }
         out
     };
@@ -739,7 +651,6 @@ async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Result<serd
 async fn run_fault(
     kind: FaultKind,
     c: &mut Cluster,
-    http: &reqwest::Client,
     args: &SoakArgs,
     kill_target: &mut usize,
     pids: &Mutex<Vec<Option<u32>>>,
@@ -750,15 +661,20 @@ async fn run_fault(
         }
     };
     let grace = Duration::from_secs(args.grace_secs + 10);
-    let start_limit = Duration::from_secs(60);
     match kind {
         FaultKind::RedisRestart => (
             "redis-server SIGTERM, restarted".into(),
-            c.redis.restart(args.down).await,
+            match c.redis.as_mut() {
+                Some(redis) => redis.restart(args.down).await,
+                None => Err(anyhow::anyhow!("no Redis in this cluster")),
+            },
         ),
         FaultKind::PostgresRestart => (
             "pg_ctl stop -m fast, start".into(),
-            c.pg.restart(args.down).await,
+            match c.private_postgres_mut() {
+                Some(pg) => pg.restart(args.down).await,
+                None => Err(anyhow::anyhow!("no private PostgreSQL in this cluster")),
+            },
         ),
         FaultKind::ReplicaKill => {
             let i = *kill_target % c.replicas.len();
@@ -768,11 +684,11 @@ async fn run_fault(
                 r.stop("-KILL", Duration::from_secs(10)).await?;
                 set_pid(i, None);
                 tokio::time::sleep(args.down).await;
-                r.start(http, start_limit).await
+                r.start().await
             }
             .await;
             set_pid(i, r.pid());
-            (format!("replica {i} SIGKILLed, restarted"), res)
+            (format!("{} SIGKILLed, restarted", r.name()), res)
         }
         FaultKind::RollingRestart => {
             let mut res = Ok(());
@@ -782,11 +698,12 @@ async fn run_fault(
                     let t = Instant::now();
                     r.stop("-TERM", grace).await?;
                     eprintln!(
-                        "  replica {i} exited {:.1}s after SIGTERM",
+                        "  {} exited {:.1}s after SIGTERM",
+                        r.name(),
                         t.elapsed().as_secs_f64()
                     );
                     set_pid(i, None);
-                    r.start(http, start_limit).await
+                    r.start().await
                 }
                 .await;
                 set_pid(i, r.pid());
