@@ -1,8 +1,9 @@
 //! `/api/v1/auth/*` (SPEC §4): register, login, refresh, logout.
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use validator::Validate;
 
 use super::error::ErrorBody;
@@ -21,12 +22,13 @@ use crate::{
     },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
+/// The routes, each declared by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]

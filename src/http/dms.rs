@@ -1,8 +1,9 @@
 //! `/api/v1/dms` (SPEC §11): direct messages, the private rooms of a fixed set of people.
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
@@ -12,8 +13,9 @@ use crate::{
     domain::model::{Page, Room},
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new().route("/dms", post(open_dm).get(list_dms))
+/// The routes, each declared by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new().routes(routes!(open_dm, list_dms))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,15 +1,10 @@
 //! `/api/v1/rooms*` (SPEC §6): rooms, membership, invitations and kicks. Private rooms are
 //! invisible (404) to non-members.
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{delete, get, post},
-};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::{
@@ -29,24 +24,21 @@ use crate::{
     },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/rooms", post(create_room).get(list_rooms))
-        .route(
-            "/rooms/{name}",
-            get(get_room)
-                .put(join_or_create_room)
-                .patch(update_room)
-                .delete(delete_room),
-        )
-        .route("/rooms/{name}/join", post(join_room))
-        .route("/rooms/{name}/leave", post(leave_room))
-        .route("/rooms/{name}/read", post(mark_read))
-        .route(
-            "/rooms/{name}/members",
-            get(list_members).post(invite_member),
-        )
-        .route("/rooms/{name}/members/{user_id}", delete(remove_member))
+/// The routes, each declared by its handler's `#[utoipa::path]` (one `routes!` per path).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(create_room, list_rooms))
+        .routes(routes!(
+            get_room,
+            join_or_create_room,
+            update_room,
+            delete_room
+        ))
+        .routes(routes!(join_room))
+        .routes(routes!(leave_room))
+        .routes(routes!(mark_read))
+        .routes(routes!(list_members, invite_member))
+        .routes(routes!(remove_member))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -1,13 +1,9 @@
 //! `/api/v1/users*` (SPEC §5): the caller's profile, the directory, and admin operations.
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    routing::{get, put},
-};
+use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use validator::Validate;
 
 use super::error::ErrorBody;
@@ -25,15 +21,13 @@ use crate::{
     },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/users/me", get(get_me).patch(update_me).delete(delete_me))
-        .route("/users/me/password", put(change_password))
-        .route("/users", get(list_users))
-        .route(
-            "/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
+/// The routes, each declared by its handler's `#[utoipa::path]` (one `routes!` per path).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, update_me, delete_me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_users))
+        .routes(routes!(get_user, update_user, delete_user))
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
