@@ -1,10 +1,11 @@
 //! The service's vocabulary, with no I/O: the wire types of SPEC §4–8 ([`model`]), the rules
-//! every path validates input with ([`validate`]), and the events that fan out to sockets
-//! with their one wire form ([`event`]).
+//! every path validates input with ([`validate`]) and the typed inputs parsed with them
+//! ([`input`]), and the events that fan out to sockets with their one wire form ([`event`]).
 //!
 //! May import: `config`, `error`, `telemetry` (nothing else of the crate).
 
 pub(crate) mod event;
+pub(crate) mod input;
 pub(crate) mod mention;
 pub(crate) mod model;
 pub(crate) mod validate;

@@ -10,7 +10,10 @@ use super::extract::{Json, Query};
 use crate::chat::Error;
 use crate::{
     chat::{Chat, auth::CurrentUser},
-    domain::model::{Page, Room},
+    domain::{
+        input,
+        model::{Page, Room},
+    },
 };
 
 /// The routes, each declared by its handler's `#[utoipa::path]`.
@@ -48,9 +51,7 @@ pub(crate) async fn open_dm(
     me: CurrentUser,
     Json(body): Json<OpenDmRequest>,
 ) -> Result<impl IntoResponse, Error> {
-    let Some(ids) = body.user_ids else {
-        return Err(Error::invalid_field("user_ids", "is required"));
-    };
+    let ids = input::required("user_ids", body.user_ids).map_err(Error::validation)?;
     let (room, created) = chat.dms().open(&me, &ids).await?;
     let status = if created {
         StatusCode::CREATED

@@ -19,6 +19,7 @@ use crate::{
         rooms::{NewRoom, Outcome, RoomChanges, RoomQuery},
     },
     domain::{
+        input,
         model::{Member, Page, Room},
         validate::Visibility,
     },
@@ -352,9 +353,7 @@ pub(crate) async fn mark_read(
     Path(name): Path<String>,
     Json(body): Json<ReadRequest>,
 ) -> Result<StatusCode, Error> {
-    let Some(seq) = body.seq else {
-        return Err(Error::invalid_field("seq", "is required"));
-    };
+    let seq = input::required("seq", body.seq).map_err(Error::validation)?;
     chat.dms().mark_read(&me, &name, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
