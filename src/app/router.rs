@@ -41,18 +41,20 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The public router. `with_probes`: `/healthz`, `/readyz` and `/metrics` are served here too
 /// (no `INTERNAL_ADDR`).
 pub(super) fn router(chat: Chat, schema: SchemaGate, with_probes: bool) -> Router {
-    let api = http::api_routes().layer(TimeoutLayer::with_status_code(
+    let http::Surface {
+        api,
+        probes,
+        openapi,
+    } = http::surface();
+    let api = api.layer(TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_secs(chat.config().request_timeout_secs),
     ));
     let cors = cors(chat.config());
-    let ops = if with_probes {
-        http::ops_routes()
-    } else {
-        http::docs::routes()
-    };
+    let ops = http::docs::routes(openapi);
+    let ops = if with_probes { ops.merge(probes) } else { ops };
     Router::new()
-        .nest("/api/v1", api)
+        .merge(api)
         .merge(ws::routes())
         .merge(ops)
         .route("/", get(http::index))
@@ -88,7 +90,7 @@ pub(super) fn router(chat: Chat, schema: SchemaGate, with_probes: bool) -> Route
 /// The internal router (`INTERNAL_ADDR`): probes and metrics only, for the kubelet and
 /// Prometheus.
 pub(super) fn internal_router(chat: Chat, schema: SchemaGate) -> Router {
-    http::health::routes()
+    Router::from(http::health::routes())
         .fallback(http::extract::not_found_fallback)
         .layer(
             ServiceBuilder::new()

@@ -176,21 +176,3 @@ impl From<anyhow::Error> for Error {
         }
     }
 }
-
-impl From<validator::ValidationErrors> for Error {
-    fn from(errors: validator::ValidationErrors) -> Self {
-        let mut fields = FieldErrors::new();
-        for (field, errs) in errors.field_errors() {
-            let messages = errs
-                .iter()
-                .map(|e| {
-                    e.message
-                        .as_ref()
-                        .map_or_else(|| e.code.to_string(), ToString::to_string)
-                })
-                .collect();
-            fields.insert(field.to_string(), messages);
-        }
-        Self::validation(fields)
-    }
-}

@@ -1,7 +1,8 @@
 //! Validation rules, each written once and called by every path that takes the input (REST
-//! bodies, WebSocket frames, the admin command).
+//! bodies, WebSocket frames, the admin command). A rule checks one value and gives the
+//! human-readable reason it breaks; [`super::input`] parses whole inputs with them.
 
-use std::sync::LazyLock;
+use std::{net::IpAddr, sync::LazyLock};
 
 use regex::Regex;
 
@@ -14,8 +15,8 @@ pub(crate) const MAX_CLIENT_ID_CHARS: usize = 64;
 /// Longest room topic.
 pub(crate) const MAX_TOPIC_CHARS: usize = 512;
 
-/// Usernames: letters, digits, `_`, `.` and `-` (length is checked by the request's derive).
-pub(crate) static USERNAME_RE: LazyLock<Regex> =
+/// Usernames: letters, digits, `_`, `.` and `-` (the length is [`username_length`]).
+static USERNAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_.\-]+$").expect("literal regex"));
 
 static ROOM_NAME_RE: LazyLock<Regex> =
@@ -34,6 +35,132 @@ pub(crate) fn plain_text(s: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A rule on one text value: the reason it breaks the rule, if it does.
+pub(crate) type Rule = fn(&str) -> Result<(), String>;
+
+/// `Err(message)` when `ok` is false.
+fn holds(ok: bool, message: &str) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(message.to_owned()) }
+}
+
+/// A username is 3 to 32 characters.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn username_length(s: &str) -> Result<(), String> {
+    holds(
+        (3..=32).contains(&s.chars().count()),
+        "must be 3 to 32 characters",
+    )
+}
+
+/// A username has only letters, digits, `_`, `.` and `-`.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn username_chars(s: &str) -> Result<(), String> {
+    holds(
+        USERNAME_RE.is_match(s),
+        "may contain only letters, digits, `_`, `.` and `-`",
+    )
+}
+
+/// An email address is at most 254 characters.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn email_length(s: &str) -> Result<(), String> {
+    holds(s.chars().count() <= 254, "is too long")
+}
+
+/// An email address in the HTML form's sense: a local part of at most 64 of
+/// ``[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]``, `@`, and a domain of at most 255 characters that is a
+/// host name (an internationalised one in its ASCII form) or an IP address literal in `[…]`.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn email_address(s: &str) -> Result<(), String> {
+    holds(is_email(s), "is not a valid email address")
+}
+
+static EMAIL_USER_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+\z").expect("literal regex"));
+static EMAIL_DOMAIN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$",
+    )
+    .expect("literal regex")
+});
+static EMAIL_LITERAL_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[([a-fA-F0-9:\.]+)\]\z").expect("literal regex"));
+
+fn is_email(s: &str) -> bool {
+    let Some((user, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    if user.chars().count() > 64 || domain.chars().count() > 255 {
+        return false;
+    }
+    EMAIL_USER_RE.is_match(user)
+        && (email_domain(domain)
+            || idna::domain_to_ascii(domain).is_ok_and(|ascii| email_domain(&ascii)))
+}
+
+/// A host name, or an IP address literal in brackets.
+fn email_domain(domain: &str) -> bool {
+    EMAIL_DOMAIN_RE.is_match(domain)
+        || EMAIL_LITERAL_RE
+            .captures(domain)
+            .and_then(|c| c.get(1))
+            .is_some_and(|ip| ip.as_str().parse::<IpAddr>().is_ok())
+}
+
+/// A password is 8 to 128 characters.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn password_length(s: &str) -> Result<(), String> {
+    holds(
+        (8..=128).contains(&s.chars().count()),
+        "must be 8 to 128 characters",
+    )
+}
+
+/// A first or last name is at most 100 characters.
+///
+/// # Errors
+/// A human-readable reason.
+pub(crate) fn name_length(s: &str) -> Result<(), String> {
+    holds(s.chars().count() <= 100, "must be at most 100 characters")
+}
+
+/// A rule on an integer: at least `min`. `check` takes the value as an integer, `None` when
+/// it is not one (a string, a fraction, out of range), which breaks the rule too.
+pub(crate) struct IntRule {
+    min: i64,
+    message: &'static str,
+}
+
+impl IntRule {
+    /// # Errors
+    /// The rule's message.
+    pub(crate) fn check(&self, n: Option<i64>) -> Result<i64, &'static str> {
+        n.filter(|n| *n >= self.min).ok_or(self.message)
+    }
+}
+
+/// A message id: a positive integer.
+pub(crate) const MESSAGE_ID: IntRule = IntRule {
+    min: 1,
+    message: "must be a message id",
+};
+
+/// A sequence number (`seq`, `since_seq`): a non-negative integer.
+pub(crate) const SEQ: IntRule = IntRule {
+    min: 0,
+    message: "must be a non-negative integer",
+};
 
 /// Message content: 1–4000 characters, not blank, [`plain_text`].
 ///

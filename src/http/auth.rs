@@ -1,75 +1,51 @@
 //! `/api/v1/auth/*` (docs/protocol.md#authentication): register, login, refresh, logout.
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use validator::Validate;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::extract::{ClientAddr, Json, MaybeJson};
 use crate::chat::Error;
-use crate::domain::validate::FieldErrors;
 use crate::{
     chat::{
         Chat,
         accounts::{Credentials, LoggedIn, NewAccount, Session},
         auth::CurrentUser,
     },
-    domain::{
-        model::User,
-        validate::{self, USERNAME_RE},
-    },
+    domain::{input, model::User},
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
+/// The routes, each declared by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
 }
 
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+// Checked by `input::NewAccount::parse`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct RegisterRequest {
     /// 3–32 of `[A-Za-z0-9_.-]`, unique case-insensitively.
     #[schema(value_type = String, required = true, min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.\-]+$")]
-    #[validate(
-        required(message = "is required"),
-        length(min = 3, max = 32, message = "must be 3 to 32 characters"),
-        regex(path = *USERNAME_RE, message = "may contain only letters, digits, `_`, `.` and `-`")
-    )]
     pub username: Option<String>,
     /// Unique case-insensitively.
     #[schema(value_type = String, required = true, format = Email, max_length = 254)]
-    #[validate(
-        required(message = "is required"),
-        email(message = "is not a valid email address"),
-        length(max = 254, message = "is too long"),
-        custom(function = "plain_text")
-    )]
     pub email: Option<String>,
     #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
-    #[validate(
-        required(message = "is required"),
-        length(min = 8, max = 128, message = "must be 8 to 128 characters")
-    )]
     pub password: Option<String>,
     /// When given, must equal `password`.
     pub password_confirm: Option<String>,
     #[schema(max_length = 100)]
-    #[validate(
-        length(max = 100, message = "must be at most 100 characters"),
-        custom(function = "plain_text")
-    )]
     pub first_name: Option<String>,
     #[schema(max_length = 100)]
-    #[validate(
-        length(max = 100, message = "must be at most 100 characters"),
-        custom(function = "plain_text")
-    )]
     pub last_name: Option<String>,
 }
 
+// Checked by `input::Credentials::parse`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct LoginRequest {
     /// Username or email (one of `login`, `username`, `email` is required).
@@ -118,32 +94,6 @@ pub(crate) struct LoginResponse {
     #[serde(flatten)]
     pub tokens: Tokens,
     pub user: User,
-}
-
-/// The `validator` hook for [`validate::plain_text`].
-pub(crate) fn plain_text(value: &str) -> Result<(), validator::ValidationError> {
-    validate::plain_text(value).map_err(|m| {
-        validator::ValidationError::new("plain_text").with_message(std::borrow::Cow::Owned(m))
-    })
-}
-
-/// Run the derive validation and extra checks, reporting every offending field at once.
-pub(crate) fn validate_all(v: &impl Validate, mut extra: FieldErrors) -> Result<(), Error> {
-    if let Err(errors) = v.validate()
-        && let Error::Validation { fields, .. } = Error::from(errors)
-    {
-        for (k, mut msgs) in fields {
-            extra.entry(k).or_default().append(&mut msgs);
-        }
-    }
-    if extra.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Validation {
-            message: "validation failed".into(),
-            fields: extra,
-        })
-    }
 }
 
 impl From<Session> for Tokens {
@@ -227,64 +177,36 @@ pub(crate) async fn logout(
 }
 
 impl RegisterRequest {
-    /// The account, once every field is valid (every offending field reported at once).
+    /// The account, once every field is valid (every field at fault reported at once).
     fn into_account(self) -> Result<NewAccount, Error> {
-        let mut extra = FieldErrors::new();
-        if let (Some(p), Some(c)) = (&self.password, &self.password_confirm)
-            && p != c
-        {
-            extra.insert(
-                "password_confirm".into(),
-                vec!["does not match password".into()],
-            );
-        }
-        validate_all(&self, extra)?;
-        let (Some(username), Some(email), Some(password)) =
-            (self.username, self.email, self.password)
-        else {
-            return Err(Error::bad_request("missing fields")); // unreachable: `required` above
-        };
-        Ok(NewAccount {
-            username,
-            email,
-            password,
-            first_name: self.first_name,
-            last_name: self.last_name,
+        input::NewAccount::parse(
+            self.username,
+            self.email,
+            self.password,
+            self.password_confirm,
+            self.first_name,
+            self.last_name,
+        )
+        .map(|a| NewAccount {
+            username: a.username,
+            email: a.email,
+            password: a.password,
+            first_name: a.first_name,
+            last_name: a.last_name,
         })
+        .map_err(Error::validation)
     }
 }
 
 impl LoginRequest {
-    /// The credentials, once `login` (or `username`/`email`) and `password` are present and
-    /// `login` is plain text.
+    /// The credentials: `login`, else `username`, else `email`; and `password`.
     fn into_credentials(self) -> Result<Credentials, Error> {
-        let login = self
-            .login
-            .or(self.username)
-            .or(self.email)
-            .filter(|l| !l.is_empty());
-        let mut fields = FieldErrors::new();
-        match login.as_deref().map(validate::plain_text) {
-            None => {
-                fields.insert("login".into(), vec!["is required".into()]);
-            }
-            // The database would refuse NUL; control characters name nobody anyway.
-            Some(Err(m)) => {
-                fields.insert("login".into(), vec![m]);
-            }
-            Some(Ok(())) => {}
-        }
-        if self.password.as_deref().is_none_or(str::is_empty) {
-            fields.insert("password".into(), vec!["is required".into()]);
-        }
-        match (login, self.password) {
-            (Some(login), Some(password)) if fields.is_empty() => {
-                Ok(Credentials { login, password })
-            }
-            _ => Err(Error::Validation {
-                message: "validation failed".into(),
-                fields,
-            }),
-        }
+        let login = self.login.or(self.username).or(self.email);
+        input::Credentials::parse(login, self.password)
+            .map(|c| Credentials {
+                login: c.login,
+                password: c.password,
+            })
+            .map_err(Error::validation)
     }
 }

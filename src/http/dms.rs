@@ -1,19 +1,24 @@
 //! `/api/v1/dms` (docs/protocol.md#conversations): direct messages, the private rooms of a fixed set of people.
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
 use crate::chat::Error;
 use crate::{
     chat::{Chat, auth::CurrentUser},
-    domain::model::{Page, Room},
+    domain::{
+        input,
+        model::{Page, Room},
+    },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new().route("/dms", post(open_dm).get(list_dms))
+/// The routes, each declared by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new().routes(routes!(open_dm, list_dms))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -46,9 +51,7 @@ pub(crate) async fn open_dm(
     me: CurrentUser,
     Json(body): Json<OpenDmRequest>,
 ) -> Result<impl IntoResponse, Error> {
-    let Some(ids) = body.user_ids else {
-        return Err(Error::invalid_field("user_ids", "is required"));
-    };
+    let ids = input::required("user_ids", body.user_ids).map_err(Error::validation)?;
     let (room, created) = chat.dms().open(&me, &ids).await?;
     let status = if created {
         StatusCode::CREATED

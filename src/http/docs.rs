@@ -1,5 +1,8 @@
-//! `/api/v1/openapi.json` (generated from the handlers' `#[utoipa::path]` annotations) and
-//! `/docs`, Swagger UI served from assets embedded in the binary (no CDN).
+//! `/api/v1/openapi.json` and `/docs`, Swagger UI served from assets embedded in the binary
+//! (no CDN). The document's paths are what the routers collected from the handlers'
+//! `#[utoipa::path]` annotations (`utoipa_axum::routes!`: a route and its entry are declared
+//! once); [`ApiDoc`] adds the info, the tags and the shared schemas, [`document`] the bearer
+//! scheme and the common errors.
 //!
 //! The document must tell the truth: every status an operation can answer is listed, with
 //! the error schema of docs/protocol.md#errors ([`ErrorBody`]) for every error. Statuses that follow from an
@@ -20,33 +23,21 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
+use super::auth;
 use super::error;
 use super::error::ErrorBody;
-use super::{auth, dms, health, messages, rooms, search, users};
 use crate::{chat::Chat, domain::model};
 
+/// The document's frame: its paths come from the routers (see [`document`]).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "chat-server API", description = "REST API of the chat service. WebSocket frames are documented in docs/protocol.md."),
-    paths(
-        auth::register, auth::login, auth::refresh, auth::logout,
-        users::get_me, users::update_me, users::change_password, users::delete_me,
-        users::list_users, users::get_user, users::update_user, users::delete_user,
-        rooms::create_room, rooms::list_rooms, rooms::get_room, rooms::join_or_create_room,
-        rooms::update_room, rooms::delete_room, rooms::join_room, rooms::leave_room,
-        rooms::list_members, rooms::invite_member, rooms::remove_member, rooms::mark_read,
-        dms::open_dm, dms::list_dms,
-        messages::list_messages, messages::create_message, messages::edit_message, messages::delete_message,
-        messages::add_reaction, messages::remove_reaction, search::search_messages,
-        health::healthz, health::readyz,
-    ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         model::User, model::PublicUser, model::UserRef, model::Room, model::Message, model::Member,
         model::Reaction, model::SearchHit,
         auth::Tokens, auth::RegisterResponse, auth::LoginResponse,
     )),
-    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "auth", description = "Registration, login, token refresh and logout"),
         (name = "users", description = "Profiles and administration"),
@@ -57,6 +48,20 @@ use crate::{chat::Chat, domain::model};
     )
 )]
 pub(crate) struct ApiDoc;
+
+/// The served document: [`ApiDoc`] with the paths the routers collected, the bearer scheme,
+/// and the [`CommonErrors`] of every operation.
+pub(crate) fn document(
+    collected: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for part in collected {
+        doc.merge(part);
+    }
+    BearerAuth.modify(&mut doc);
+    CommonErrors.modify(&mut doc);
+    doc
+}
 
 struct BearerAuth;
 
@@ -181,19 +186,35 @@ impl Modify for CommonErrors {
     }
 }
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", ApiDoc::openapi()))
+/// `/docs` and `/api/v1/openapi.json`, serving `openapi`.
+pub(crate) fn routes(openapi: utoipa::openapi::OpenApi) -> Router<Chat> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    /// The document is the API's and the probes' (whichever port serves the probes), and
+    /// nothing else: no `/metrics`, no WebSocket, no web client.
+    #[test]
+    fn the_document_describes_the_api_and_the_probes() {
+        let doc = crate::http::surface().openapi;
+        let paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        for probe in ["/healthz", "/readyz"] {
+            assert!(paths.contains(&probe), "{probe} missing: {paths:?}");
+        }
+        let stray: Vec<&&str> = paths
+            .iter()
+            .filter(|p| !p.starts_with("/api/v1/") && !["/healthz", "/readyz"].contains(p))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+        assert!(paths.contains(&"/api/v1/rooms/{name}/messages/{id}/reactions/{emoji}"));
+    }
 
     /// The rules `tests/openapi/run.sh` checks against the live server, checked here on the
     /// document alone so that a new annotation that forgets one fails `cargo test` at once.
     #[test]
     fn every_response_is_described_and_every_error_has_the_error_schema() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializable");
+        let doc = serde_json::to_value(crate::http::surface().openapi).expect("serializable");
         let mut problems = Vec::new();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().expect("path item") {

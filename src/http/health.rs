@@ -3,16 +3,19 @@
 //! (Prometheus text). With `INTERNAL_ADDR` set they are served on that port only.
 
 use axum::{
-    Extension, Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get,
+    Extension, Json, extract::State, http::StatusCode, response::IntoResponse, routing::get,
 };
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::chat::{Chat, ops::SchemaGate};
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+/// The probes, declared by their handlers' `#[utoipa::path]`, and `/metrics` (not an API
+/// operation: no document entry).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .route("/metrics", get(metrics))
 }
 

@@ -1,15 +1,10 @@
 //! `/api/v1/rooms/{name}/messages*` (docs/protocol.md#messages, §11): history and threads, send (and reply),
 //! edit, delete, reactions.
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{get, patch, put},
-};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
@@ -25,20 +20,12 @@ use crate::{
     telemetry::metrics,
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route(
-            "/rooms/{name}/messages",
-            get(list_messages).post(create_message),
-        )
-        .route(
-            "/rooms/{name}/messages/{id}",
-            patch(edit_message).delete(delete_message),
-        )
-        .route(
-            "/rooms/{name}/messages/{id}/reactions/{emoji}",
-            put(add_reaction).delete(remove_reaction),
-        )
+/// The routes, each declared by its handler's `#[utoipa::path]` (one `routes!` per path).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(list_messages, create_message))
+        .routes(routes!(edit_message, delete_message))
+        .routes(routes!(add_reaction, remove_reaction))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

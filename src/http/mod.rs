@@ -23,25 +23,46 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
 use crate::chat::{Chat, Error};
 
 /// Request bodies above this are refused with 413.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
-/// The `/api/v1` routes.
-pub(crate) fn api_routes() -> Router<Chat> {
-    Router::new()
+/// The HTTP surface, every route declared once, by its handler's `#[utoipa::path]`: the
+/// routers, and the OpenAPI document they collected.
+pub(crate) struct Surface {
+    /// The REST API: every path under `/api/v1`.
+    pub(crate) api: Router<Chat>,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub(crate) probes: Router<Chat>,
+    /// The document of both, served by [`docs::routes`] whether or not the probes are served
+    /// on the same port.
+    pub(crate) openapi: OpenApi,
+}
+
+/// The REST API and the probes, with their document.
+pub(crate) fn surface() -> Surface {
+    let (api, api_doc) = api_routes().split_for_parts();
+    let (probes, probes_doc) = health::routes().split_for_parts();
+    Surface {
+        api,
+        probes,
+        openapi: docs::document([api_doc, probes_doc]),
+    }
+}
+
+/// The `/api/v1` routes (their annotations carry the full path).
+fn api_routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
         .merge(auth::routes())
         .merge(users::routes())
         .merge(rooms::routes())
         .merge(dms::routes())
         .merge(messages::routes())
         .merge(search::routes())
-}
-
-/// Probes, metrics and API docs.
-pub(crate) fn ops_routes() -> Router<Chat> {
-    Router::new().merge(health::routes()).merge(docs::routes())
 }
 
 /// `GET /`: the web chat client, built into the binary.

@@ -1,15 +1,10 @@
 //! `/api/v1/rooms*` (docs/protocol.md#rooms): rooms, membership, invitations and kicks. Private rooms are
 //! invisible (404) to non-members.
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{delete, get, post},
-};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::{
@@ -24,29 +19,27 @@ use crate::{
         rooms::{NewRoom, Outcome, RoomChanges, RoomQuery},
     },
     domain::{
+        input,
         model::{Member, Page, Room},
         validate::Visibility,
     },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/rooms", post(create_room).get(list_rooms))
-        .route(
-            "/rooms/{name}",
-            get(get_room)
-                .put(join_or_create_room)
-                .patch(update_room)
-                .delete(delete_room),
-        )
-        .route("/rooms/{name}/join", post(join_room))
-        .route("/rooms/{name}/leave", post(leave_room))
-        .route("/rooms/{name}/read", post(mark_read))
-        .route(
-            "/rooms/{name}/members",
-            get(list_members).post(invite_member),
-        )
-        .route("/rooms/{name}/members/{user_id}", delete(remove_member))
+/// The routes, each declared by its handler's `#[utoipa::path]` (one `routes!` per path).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(create_room, list_rooms))
+        .routes(routes!(
+            get_room,
+            join_or_create_room,
+            update_room,
+            delete_room
+        ))
+        .routes(routes!(join_room))
+        .routes(routes!(leave_room))
+        .routes(routes!(mark_read))
+        .routes(routes!(list_members, invite_member))
+        .routes(routes!(remove_member))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -360,9 +353,7 @@ pub(crate) async fn mark_read(
     Path(name): Path<String>,
     Json(body): Json<ReadRequest>,
 ) -> Result<StatusCode, Error> {
-    let Some(seq) = body.seq else {
-        return Err(Error::invalid_field("seq", "is required"));
-    };
+    let seq = input::required("seq", body.seq).map_err(Error::validation)?;
     chat.dms().mark_read(&me, &name, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,9 @@
 //! `/api/v1/search/messages` (docs/protocol.md#conversations): full-text search in the rooms the caller may read.
 
-use axum::{Router, extract::State, routing::get};
+use axum::extract::State;
 use serde::Deserialize;
 use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
@@ -19,8 +20,9 @@ use crate::{
 /// Longest search query, in characters.
 const MAX_QUERY_CHARS: usize = 256;
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new().route("/search/messages", get(search_messages))
+/// The routes, each declared by its handler's `#[utoipa::path]`.
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new().routes(routes!(search_messages))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

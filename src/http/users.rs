@@ -1,49 +1,34 @@
 //! `/api/v1/users*` (docs/protocol.md#users): the caller's profile, the directory, and admin operations.
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    routing::{get, put},
-};
+use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
-use validator::Validate;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ErrorBody;
-use super::{
-    auth::validate_all,
-    extract::{ClientAddr, Json, Path, Query},
-};
+use super::extract::{ClientAddr, Json, Path, Query};
 use crate::chat::Error;
-use crate::domain::validate::FieldErrors;
 use crate::{
     chat::{Chat, accounts::ProfileChanges, auth::CurrentUser},
     domain::{
+        input,
         model::{Page, PublicUser, User},
-        validate,
     },
 };
 
-pub(crate) fn routes() -> Router<Chat> {
-    Router::new()
-        .route("/users/me", get(get_me).patch(update_me).delete(delete_me))
-        .route("/users/me/password", put(change_password))
-        .route("/users", get(list_users))
-        .route(
-            "/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
+/// The routes, each declared by its handler's `#[utoipa::path]` (one `routes!` per path).
+pub(crate) fn routes() -> OpenApiRouter<Chat> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, update_me, delete_me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_users))
+        .routes(routes!(get_user, update_user, delete_user))
 }
 
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+// Checked by `input::ProfileChanges::parse`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateMeRequest {
     #[schema(format = Email, max_length = 254)]
-    #[validate(
-        email(message = "is not a valid email address"),
-        length(max = 254, message = "is too long"),
-        custom(function = "super::auth::plain_text")
-    )]
     pub email: Option<String>,
     /// At most 100 characters; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -68,16 +53,12 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+// Checked by `input::PasswordChange::parse`.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ChangePasswordRequest {
     #[schema(value_type = String, required = true)]
-    #[validate(required(message = "is required"))]
     pub current_password: Option<String>,
     #[schema(value_type = String, required = true, min_length = 8, max_length = 128)]
-    #[validate(
-        required(message = "is required"),
-        length(min = 8, max = 128, message = "must be 8 to 128 characters")
-    )]
     pub new_password: Option<String>,
 }
 
@@ -137,26 +118,20 @@ pub(crate) async fn update_me(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<UpdateMeRequest>,
 ) -> Result<Json<User>, Error> {
-    let mut extra = FieldErrors::new();
-    for (name, value) in [
-        ("first_name", &body.first_name),
-        ("last_name", &body.last_name),
-    ] {
-        if let Some(Some(v)) = value {
-            if v.chars().count() > 100 {
-                extra.insert(name.into(), vec!["must be at most 100 characters".into()]);
-            } else if let Err(m) = validate::plain_text(v) {
-                extra.insert(name.into(), vec![m]);
-            }
-        }
-    }
-    validate_all(&body, extra)?;
+    let changes = input::ProfileChanges::parse(
+        body.email,
+        body.first_name,
+        body.last_name,
+        body.accept_dms,
+        body.send_receipts,
+    )
+    .map_err(Error::validation)?;
     let changes = ProfileChanges {
-        email: body.email,
-        first_name: body.first_name,
-        last_name: body.last_name,
-        accept_dms: body.accept_dms,
-        send_receipts: body.send_receipts,
+        email: changes.email,
+        first_name: changes.first_name,
+        last_name: changes.last_name,
+        accept_dms: changes.accept_dms,
+        send_receipts: changes.send_receipts,
     };
     Ok(Json(
         chat.accounts().update_profile(&me, ip, changes).await?,
@@ -176,10 +151,9 @@ pub(crate) async fn change_password(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, Error> {
-    validate_all(&body, FieldErrors::new())?;
-    let (Some(current), Some(new)) = (body.current_password, body.new_password) else {
-        return Err(Error::bad_request("missing fields")); // unreachable: `required` above
-    };
+    let input::PasswordChange { current, new } =
+        input::PasswordChange::parse(body.current_password, body.new_password)
+            .map_err(Error::validation)?;
     chat.accounts()
         .change_password(&me, ip, current, new)
         .await?;
@@ -199,9 +173,8 @@ pub(crate) async fn delete_me(
     ClientAddr(ip): ClientAddr,
     Json(body): Json<DeleteMeRequest>,
 ) -> Result<StatusCode, Error> {
-    let Some(password) = body.password.filter(|p| !p.is_empty()) else {
-        return Err(Error::invalid_field("password", "is required"));
-    };
+    let password = input::required("password", body.password.filter(|p| !p.is_empty()))
+        .map_err(Error::validation)?;
     chat.accounts().delete_account(&me, ip, password).await?;
     Ok(StatusCode::NO_CONTENT)
 }

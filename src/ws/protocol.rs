@@ -3,7 +3,10 @@
 //!
 //! Client frames are parsed by hand from a `serde_json::Value` so that every bad frame gets a
 //! precise `error` frame (`invalid_json`, `invalid_frame`, `unknown_type`, `validation_failed`)
-//! and the socket stays usable. Room events (messages, typing, presence…) have their wire form
+//! and the socket stays usable. Their fields follow the rules REST bodies follow
+//! ([`crate::domain::validate`]): `content`, `client_id`, message ids (`reply_to`, `id`) and
+//! sequence numbers (`seq`, `since_seq`) here; `emoji` and the room name in the use-cases
+//! that take them. Room events (messages, typing, presence…) have their wire form
 //! in [`crate::domain::event`]; the frames here (`ready`, `ack`, `pong`, `error`…) are each
 //! socket's own.
 
@@ -14,7 +17,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::{
     domain::{
         model::{Message, Room, UserRef},
-        validate,
+        validate::{self, IntRule},
     },
     fanout::socket::CloseReason,
 };
@@ -85,10 +88,9 @@ fn bad(code: &'static str, message: impl Into<String>) -> FrameError {
     }
 }
 
-fn opt_string(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<Option<String>, FrameError> {
+type Object = serde_json::Map<String, Value>;
+
+fn opt_string(obj: &Object, key: &str) -> Result<Option<String>, FrameError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -96,19 +98,26 @@ fn opt_string(
     }
 }
 
-/// An optional message id: a positive integer.
-fn opt_id(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<i64>, FrameError> {
+/// A present integer field under `rule`: an `invalid_frame` naming `key` otherwise.
+fn int(value: Option<&Value>, key: &str, rule: &IntRule) -> Result<i64, FrameError> {
+    rule.check(value.and_then(Value::as_i64))
+        .map_err(|m| bad("invalid_frame", format!("`{key}` {m}")))
+}
+
+/// An optional integer field under `rule` (`null` is absent).
+fn opt_int(obj: &Object, key: &str, rule: &IntRule) -> Result<Option<i64>, FrameError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or_else(|| bad("invalid_frame", format!("`{key}` must be a message id"))),
+        v => int(v, key, rule).map(Some),
     }
 }
 
-fn req_string(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, FrameError> {
+/// An optional message id: a positive integer.
+fn opt_id(obj: &Object, key: &str) -> Result<Option<i64>, FrameError> {
+    opt_int(obj, key, &validate::MESSAGE_ID)
+}
+
+fn req_string(obj: &Object, key: &str) -> Result<String, FrameError> {
     opt_string(obj, key)?.ok_or_else(|| bad("invalid_frame", format!("`{key}` is required")))
 }
 
@@ -161,8 +170,6 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-type Object = serde_json::Map<String, Value>;
-
 fn message(obj: &Object) -> Result<ClientFrame, FrameError> {
     let content = req_string(obj, "content")?;
     validate::content(&content).map_err(|m| bad("validation_failed", m))?;
@@ -193,24 +200,12 @@ fn react(obj: &Object) -> Result<ClientFrame, FrameError> {
 
 fn subscribe(obj: &Object) -> Result<ClientFrame, FrameError> {
     let room = req_string(obj, "room")?;
-    let since_seq = match obj.get("since_seq") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
-            bad(
-                "invalid_frame",
-                "`since_seq` must be a non-negative integer",
-            )
-        })?),
-    };
+    let since_seq = opt_int(obj, "since_seq", &validate::SEQ)?;
     Ok(ClientFrame::Subscribe { room, since_seq })
 }
 
 fn read(obj: &Object) -> Result<ClientFrame, FrameError> {
-    let seq = obj
-        .get("seq")
-        .and_then(Value::as_i64)
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| bad("invalid_frame", "`seq` must be a non-negative integer"))?;
+    let seq = int(obj.get("seq"), "seq", &validate::SEQ)?;
     Ok(ClientFrame::Read {
         room: opt_string(obj, "room")?,
         seq,
@@ -374,6 +369,43 @@ mod tests {
             Ok(ClientFrame::Subscribe {
                 room: "r".into(),
                 since_seq: Some(3)
+            })
+        );
+    }
+
+    /// Ids and sequence numbers follow the domain's rules, their message naming the field.
+    #[test]
+    fn integer_fields_name_the_rule_they_break() {
+        let message = |frame: &str| parse(frame).unwrap_err().message;
+        assert_eq!(
+            message(r#"{"type":"read","seq":-1}"#),
+            "`seq` must be a non-negative integer"
+        );
+        assert_eq!(
+            message(r#"{"type":"read","room":"r"}"#),
+            "`seq` must be a non-negative integer"
+        );
+        assert_eq!(
+            message(r#"{"type":"subscribe","room":"r","since_seq":1.5}"#),
+            "`since_seq` must be a non-negative integer"
+        );
+        assert_eq!(
+            message(r#"{"type":"message","content":"x","reply_to":"7"}"#),
+            "`reply_to` must be a message id"
+        );
+        assert_eq!(
+            message(r#"{"type":"react","id":0,"emoji":"x"}"#),
+            "`id` must be a message id"
+        );
+        assert_eq!(
+            message(r#"{"type":"react","emoji":"x"}"#),
+            "`id` is required"
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","room":"r","since_seq":0}"#),
+            Ok(ClientFrame::Subscribe {
+                room: "r".into(),
+                since_seq: Some(0)
             })
         );
     }
