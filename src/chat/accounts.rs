@@ -17,30 +17,8 @@ use crate::{
     store::{self, sessions::Rotation},
 };
 
-/// A new account, its fields validated by the transport.
-pub(crate) struct NewAccount {
-    pub(crate) username: String,
-    pub(crate) email: String,
-    pub(crate) password: String,
-    pub(crate) first_name: Option<String>,
-    pub(crate) last_name: Option<String>,
-}
-
-/// A login attempt: a username or an email, and a password.
-pub(crate) struct Credentials {
-    pub(crate) login: String,
-    pub(crate) password: String,
-}
-
-/// Changes to the caller's profile: `None` leaves a field as it is; for the names,
-/// `Some(None)` clears it.
-pub(crate) struct ProfileChanges {
-    pub(crate) email: Option<String>,
-    pub(crate) first_name: Option<Option<String>>,
-    pub(crate) last_name: Option<Option<String>>,
-    pub(crate) accept_dms: Option<bool>,
-    pub(crate) send_receipts: Option<bool>,
-}
+/// The inputs, parsed and validated by the transport with the domain's rules.
+pub(crate) use crate::domain::input::{Credentials, NewAccount, ProfileChanges};
 
 /// The tokens of a login session: a bearer access token and the refresh token of its family.
 pub(crate) struct Session {

@@ -187,13 +187,6 @@ impl RegisterRequest {
             self.first_name,
             self.last_name,
         )
-        .map(|a| NewAccount {
-            username: a.username,
-            email: a.email,
-            password: a.password,
-            first_name: a.first_name,
-            last_name: a.last_name,
-        })
         .map_err(Error::validation)
     }
 }
@@ -202,11 +195,6 @@ impl LoginRequest {
     /// The credentials: `login`, else `username`, else `email`; and `password`.
     fn into_credentials(self) -> Result<Credentials, Error> {
         let login = self.login.or(self.username).or(self.email);
-        input::Credentials::parse(login, self.password)
-            .map(|c| Credentials {
-                login: c.login,
-                password: c.password,
-            })
-            .map_err(Error::validation)
+        input::Credentials::parse(login, self.password).map_err(Error::validation)
     }
 }

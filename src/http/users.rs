@@ -9,7 +9,7 @@ use super::error::ErrorBody;
 use super::extract::{ClientAddr, Json, Path, Query};
 use crate::chat::Error;
 use crate::{
-    chat::{Chat, accounts::ProfileChanges, auth::CurrentUser},
+    chat::{Chat, auth::CurrentUser},
     domain::{
         input,
         model::{Page, PublicUser, User},
@@ -126,13 +126,6 @@ pub(crate) async fn update_me(
         body.send_receipts,
     )
     .map_err(Error::validation)?;
-    let changes = ProfileChanges {
-        email: changes.email,
-        first_name: changes.first_name,
-        last_name: changes.last_name,
-        accept_dms: changes.accept_dms,
-        send_receipts: changes.send_receipts,
-    };
     Ok(Json(
         chat.accounts().update_profile(&me, ip, changes).await?,
     ))
