@@ -44,15 +44,17 @@ impl Room {
     }
 
     /// What `ctl` (a live subscriber) received once the room task applied everything sent so
-    /// far: a `barrier` event goes through the inbox behind it, and everything up to the
-    /// barrier is returned (the barrier left out). No clock: it waits for `ctl`'s queue.
+    /// far: a `barrier` event goes through the inbox behind it, and what `ctl` has received
+    /// when the barrier reaches it is returned (the barrier left out, and anything queued
+    /// after it kept in: the clock is held, so only a broken room delivers anything then).
+    /// No clock: it waits for `ctl`'s queue.
     async fn through(&mut self, ctl: &SocketCtl) -> Vec<String> {
         self.send(event(self.channel.id, "barrier"));
         let mut got = Vec::new();
         loop {
             got.extend(taken(ctl));
-            if got.last().is_some_and(|l| l == "barrier") {
-                got.pop();
+            if let Some(at) = got.iter().position(|l| l == "barrier") {
+                got.remove(at);
                 return got;
             }
             assert!(
