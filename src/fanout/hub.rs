@@ -345,3 +345,7 @@ impl Inbound for Hub {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

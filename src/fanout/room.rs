@@ -490,3 +490,7 @@ pub(super) async fn run(channel: Arc<RoomChannel>, mut inbox: mpsc::UnboundedRec
         }
     }
 }
+
+#[cfg(test)]
+#[path = "room_tests.rs"]
+mod tests;

@@ -56,6 +56,24 @@ pub(crate) mod testing {
         db
     }
 
+    /// Keeps a paused clock from jumping while the runtime waits for something outside it
+    /// (SQLite's worker thread): as long as this lives, time moves only when the test calls
+    /// `tokio::time::advance`. Without it, a paused runtime that waits for a query skips
+    /// straight to its next timer, the pool's acquire timeout among them.
+    pub(crate) struct ClockHold {
+        _release: std::sync::mpsc::Sender<()>,
+    }
+
+    /// Hold the clock (see [`ClockHold`]); taken before the database is opened.
+    pub(crate) fn hold_clock() -> ClockHold {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        // Tokio does not auto-advance a paused clock while a blocking task runs.
+        tokio::task::spawn_blocking(move || {
+            let _ = held.recv();
+        });
+        ClockHold { _release: release }
+    }
+
     /// The URL of a fresh, empty database on the server of `TEST_DATABASE_URL`.
     pub(crate) async fn fresh_postgres_url() -> String {
         let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
