@@ -44,6 +44,8 @@ pub(crate) mod rooms;
 pub(crate) mod send;
 pub(crate) mod sockets;
 pub(crate) mod tasks;
+#[cfg(test)]
+pub(crate) mod testing;
 mod upkeep;
 
 use std::sync::Arc;

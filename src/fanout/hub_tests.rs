@@ -12,9 +12,9 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::{
+    bus::route,
     bus::{BusState, InboundSlot},
     domain::event::Event,
-    fanout::route,
     store::{
         commit::{self, NewMessage},
         testing,
@@ -70,10 +70,16 @@ impl Fixture {
         let clock = testing::hold_clock();
         let db = testing::sqlite().await;
         let owner = testing::user(&db, "owner").await;
-        let room = store::rooms::create(&db, "r", None, "public", owner.id)
-            .await
-            .expect("room")
-            .id;
+        let room = store::rooms::create(
+            &db,
+            "r",
+            None,
+            crate::domain::room::Visibility::Public,
+            owner.id,
+        )
+        .await
+        .expect("room")
+        .id;
         let bus = Arc::new(Recording::default());
         let tasks = TaskTracker::new();
         let hub = Hub::new(db.clone(), bus.clone(), 16, tasks.clone());

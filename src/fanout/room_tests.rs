@@ -123,9 +123,15 @@ async fn advance(by: Duration) {
 async fn room_with_messages(n: usize) -> (DatabaseConnection, i64, Vec<Message>) {
     let db = testing::sqlite().await;
     let author = testing::user(&db, "author").await;
-    let room = store::rooms::create(&db, "r", None, "public", author.id)
-        .await
-        .expect("room");
+    let room = store::rooms::create(
+        &db,
+        "r",
+        None,
+        crate::domain::room::Visibility::Public,
+        author.id,
+    )
+    .await
+    .expect("room");
     let texts: Vec<String> = (1..=n).map(|i| format!("text {i}")).collect();
     let batch: Vec<NewMessage<'_>> = texts
         .iter()

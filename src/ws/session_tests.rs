@@ -1,80 +1,14 @@
 //! The session as its client sees it: frames in, frames out, through [`run`] on two channels
 //! that stand in for the socket, over an in-memory database and the local bus. The clock is
-//! paused and held still (`store::testing::hold_clock`): no ping, expiry or linger deadline
+//! paused and held still (`chat::testing`): no ping, expiry or linger deadline
 //! ever fires; every wait is for a frame.
 
 use chrono::Utc;
 use futures::{SinkExt, StreamExt, channel::mpsc};
-use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::{Value, json};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::*;
-use crate::{
-    config::Config,
-    domain::model::{Message as Stored, UserRef},
-    store::{
-        commit::{self, NewMessage},
-        testing,
-    },
-};
-
-/// A chat with one public room `r`, its owner and a member.
-struct Fixture {
-    _clock: testing::ClockHold,
-    db: DatabaseConnection,
-    chat: Chat,
-    room: RoomRow,
-    owner: UserRef,
-    member: UserRef,
-}
-
-impl Fixture {
-    async fn new() -> Self {
-        let clock = testing::hold_clock();
-        let db = testing::sqlite().await;
-        let config = Config::for_tests("sqlite::memory:");
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        let chat = Chat::build(config, db.clone(), None, tasks, stop)
-            .await
-            .expect("chat");
-        let owner = testing::user(&db, "owner").await;
-        let member = testing::user(&db, "member").await;
-        let room = store::rooms::create(&db, "r", None, "public", owner.id)
-            .await
-            .expect("room");
-        store::rooms::add_member(&db, room.id, member.id)
-            .await
-            .expect("member");
-        Self {
-            _clock: clock,
-            db,
-            chat,
-            room,
-            owner,
-            member,
-        }
-    }
-
-    /// Commit `n` messages of the owner's, published nowhere.
-    async fn commit_quietly(&self, n: usize) -> Vec<Stored> {
-        let batch: Vec<NewMessage<'_>> = (0..n)
-            .map(|_| NewMessage {
-                room_id: self.room.id,
-                room: "r",
-                author: &self.owner,
-                content: "quiet",
-                client_id: None,
-                reply_to: None,
-            })
-            .collect();
-        let stored = commit::commit(&self.db, &batch).await.expect("commit");
-        stored
-            .into_iter()
-            .map(|s| s.expect("stored").message().clone())
-            .collect()
-    }
-}
+use crate::chat::{sockets::Entered, testing::TestChat};
 
 /// The client's end of one socket.
 struct Peer {
@@ -83,7 +17,7 @@ struct Peer {
 }
 
 /// The one place that starts a session: `user` on `room`'s socket, resuming after `since`.
-fn open(chat: &Chat, user: &UserRef, room: RoomRow, since: Option<i64>) -> Peer {
+fn open(chat: &Chat, user: &UserRef, room: Entered, since: Option<i64>) -> Peer {
     let (to_server, stream) = mpsc::unbounded();
     let (sink, from_server) = mpsc::unbounded();
     let sink = sink.sink_map_err(|_| tungstenite::Error::ConnectionClosed);
@@ -144,7 +78,11 @@ impl Peer {
 fn label(frame: &Value) -> String {
     match frame["type"].as_str().expect("typed") {
         "message" => format!("m{}", frame["seq"]),
-        "ack" => format!("ack {} {}", frame["client_id"].as_str().unwrap_or("-"), frame["seq"]),
+        "ack" => format!(
+            "ack {} {}",
+            frame["client_id"].as_str().unwrap_or("-"),
+            frame["seq"]
+        ),
         "error" => format!("error {}", frame["code"].as_str().unwrap_or("-")),
         other => other.to_owned(),
     }
@@ -155,10 +93,13 @@ fn labels(frames: &[Value]) -> Vec<String> {
 }
 
 /// Turns of the scheduler (no clock) until `user` has a socket in `room`'s channel.
-async fn joined(chat: &Chat, room: i64, user: i64) {
+async fn joined(fx: &TestChat, room: i64, user: i64) {
     for _ in 0..1000 {
-        let subs = chat.hub.subscriptions();
-        if subs.iter().any(|(r, users)| *r == room && users.contains(&user)) {
+        let subs = fx.hub().subscriptions();
+        if subs
+            .iter()
+            .any(|(r, users)| *r == room && users.contains(&user))
+        {
             return;
         }
         tokio::task::yield_now().await;
@@ -213,28 +154,32 @@ fn messages(labels: &[String]) -> Vec<&str> {
 /// stops at the room's `seq`, and the three arrive during it.
 #[tokio::test(start_paused = true)]
 async fn a_resuming_socket_gets_history_then_live_with_no_gap_and_no_copy() {
-    let fx = Fixture::new().await;
-    let room = fx.room.id;
+    let fx = TestChat::new().await;
+    let room = fx.room;
     fx.commit_quietly(10).await;
     // Another socket of this replica holds the room's channel, at `seq` 10.
-    let observer = fx.chat.hub.register_socket(fx.owner.id, false, "o".into());
-    assert_eq!(fx.chat.hub.join(room, &observer, None).await.ok(), Some(10));
-    assert_eq!(fx.chat.hub.resume(room, &observer, false), Ok(()));
+    let hub = fx.hub();
+    let observer = hub.register_socket(fx.owner.id, false, "o".into());
+    assert_eq!(hub.join(room, &observer, None).await.ok(), Some(10));
+    assert_eq!(hub.resume(room, &observer, false), Ok(()));
     let late = fx.commit_quietly(3).await;
+    let entered = fx.entered(&fx.member).await;
     // Holding the one connection stops the session at its first query after joining: the
     // socket is joined, paused, until the transaction ends.
-    let txn = fx.db.begin().await.expect("begin");
-    let mut peer = open(&fx.chat, &fx.member, fx.room.clone(), Some(2));
-    joined(&fx.chat, room, fx.member.id).await;
+    let txn = fx.hold_database().await;
+    let mut peer = open(&fx.chat, &fx.member, entered, Some(2));
+    joined(&fx, room, fx.member.id).await;
     for msg in &late {
-        let published = fx.chat.bus.publish(route::message(room, msg)).await;
-        assert!(published.is_ok());
+        fx.publish(msg).await;
     }
     delivered(&observer, 13).await;
     drop(txn);
 
     let ready = peer.next().await;
-    assert_eq!((label(&ready), ready["last_seq"].as_i64()), ("ready".into(), Some(10)));
+    assert_eq!(
+        (label(&ready), ready["last_seq"].as_i64()),
+        ("ready".into(), Some(10))
+    );
     peer.send(&json!({"type": "message", "content": "live", "client_id": "c14"}));
     let mut got = peer.until_seen(&["m14", "ack c14 14"]).await;
     got.extend(peer.before_pong().await);
@@ -246,11 +191,14 @@ async fn a_resuming_socket_gets_history_then_live_with_no_gap_and_no_copy() {
 /// what is new.
 #[tokio::test(start_paused = true)]
 async fn a_socket_without_since_seq_gets_no_history() {
-    let fx = Fixture::new().await;
+    let fx = TestChat::new().await;
     fx.commit_quietly(3).await;
-    let mut peer = open(&fx.chat, &fx.member, fx.room.clone(), None);
+    let mut peer = open(&fx.chat, &fx.member, fx.entered(&fx.member).await, None);
     let ready = peer.next().await;
-    assert_eq!((label(&ready), ready["last_seq"].as_i64()), ("ready".into(), Some(3)));
+    assert_eq!(
+        (label(&ready), ready["last_seq"].as_i64()),
+        ("ready".into(), Some(3))
+    );
     assert!(messages(&peer.before_pong().await).is_empty());
 }
 
@@ -258,8 +206,8 @@ async fn a_socket_without_since_seq_gets_no_history() {
 /// (`ack`) or not (`error`, `pong`); each message's echo comes once, in `seq` order.
 #[tokio::test(start_paused = true)]
 async fn answers_keep_the_order_of_their_frames() {
-    let fx = Fixture::new().await;
-    let mut peer = open(&fx.chat, &fx.member, fx.room.clone(), None);
+    let fx = TestChat::new().await;
+    let mut peer = open(&fx.chat, &fx.member, fx.entered(&fx.member).await, None);
     assert_eq!(label(&peer.next().await), "ready");
     let message = |id: &str| json!({"type": "message", "content": "hi", "client_id": id});
     for frame in [
