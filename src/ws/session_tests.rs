@@ -144,7 +144,11 @@ impl Peer {
 fn label(frame: &Value) -> String {
     match frame["type"].as_str().expect("typed") {
         "message" => format!("m{}", frame["seq"]),
-        "ack" => format!("ack {} {}", frame["client_id"].as_str().unwrap_or("-"), frame["seq"]),
+        "ack" => format!(
+            "ack {} {}",
+            frame["client_id"].as_str().unwrap_or("-"),
+            frame["seq"]
+        ),
         "error" => format!("error {}", frame["code"].as_str().unwrap_or("-")),
         other => other.to_owned(),
     }
@@ -158,7 +162,10 @@ fn labels(frames: &[Value]) -> Vec<String> {
 async fn joined(chat: &Chat, room: i64, user: i64) {
     for _ in 0..1000 {
         let subs = chat.hub.subscriptions();
-        if subs.iter().any(|(r, users)| *r == room && users.contains(&user)) {
+        if subs
+            .iter()
+            .any(|(r, users)| *r == room && users.contains(&user))
+        {
             return;
         }
         tokio::task::yield_now().await;
@@ -234,7 +241,10 @@ async fn a_resuming_socket_gets_history_then_live_with_no_gap_and_no_copy() {
     drop(txn);
 
     let ready = peer.next().await;
-    assert_eq!((label(&ready), ready["last_seq"].as_i64()), ("ready".into(), Some(10)));
+    assert_eq!(
+        (label(&ready), ready["last_seq"].as_i64()),
+        ("ready".into(), Some(10))
+    );
     peer.send(&json!({"type": "message", "content": "live", "client_id": "c14"}));
     let mut got = peer.until_seen(&["m14", "ack c14 14"]).await;
     got.extend(peer.before_pong().await);
@@ -250,7 +260,10 @@ async fn a_socket_without_since_seq_gets_no_history() {
     fx.commit_quietly(3).await;
     let mut peer = open(&fx.chat, &fx.member, fx.room.clone(), None);
     let ready = peer.next().await;
-    assert_eq!((label(&ready), ready["last_seq"].as_i64()), ("ready".into(), Some(3)));
+    assert_eq!(
+        (label(&ready), ready["last_seq"].as_i64()),
+        ("ready".into(), Some(3))
+    );
     assert!(messages(&peer.before_pong().await).is_empty());
 }
 
