@@ -157,6 +157,11 @@ struct RunArgs {
     /// per outage, with exponential backoff from 0.25 s to 4 s (5 ≈ 8 s in all).
     #[arg(long, default_value_t = 5)]
     max_reconnects: u32,
+    /// For a peer without acks, seqs or `ready` (a bare fan-out reference): a socket counts
+    /// as connected once upgraded, sends are not expected to be acked, and deliveries are
+    /// counted and timed but NOT checked for loss, duplicates or order.
+    #[arg(long)]
+    deliveries_only: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -340,7 +345,9 @@ async fn spawn_and_connect(
             } => {
                 st.ok += 1;
                 st.upgrade.saturating_record(upgrade_us.max(1));
-                st.ready.saturating_record(ready_us.max(1));
+                if let Some(r) = ready_us {
+                    st.ready.saturating_record(r.max(1));
+                }
             }
             ConnectEvent::Err(kind) => {
                 st.failed += 1;
@@ -403,8 +410,10 @@ fn window_report(
         rate_per_sender: rate,
         offered_per_s: rate * senders as f64,
         loss,
+        seq_checked: !shared.deliveries_only,
         ..Default::default()
     };
+    let mut expected = 0;
     let mut lat = new_histogram();
     let mut ack = new_histogram();
     for w in ws {
@@ -415,10 +424,12 @@ fn window_report(
         r.delivered += s.delivered.load(Relaxed);
         r.duplicates += s.duplicates.load(Relaxed);
         r.out_of_order += s.out_of_order.load(Relaxed);
+        expected += s.expected.load(Relaxed);
         r.unexpected_closes += s.closes.load(Relaxed);
         let _ = lat.add(WindowStats::merged(&s.latency));
         let _ = ack.add(WindowStats::merged(&s.ack_latency));
     }
+    r.expected_deliveries = shared.deliveries_only.then_some(expected);
     r.sent_per_s = per_s(r.sent, r.secs);
     r.acked_per_s = per_s(r.acked, r.secs);
     r.delivered_per_s = per_s(r.delivered, r.secs);
@@ -441,6 +452,7 @@ fn verdict_input(r: &WindowReport) -> StepVerdictInput {
         p99_ms: r.latency.p99_ms,
         loss: r.loss,
         duplicates: r.duplicates,
+        acks_expected: r.seq_checked,
     }
 }
 
@@ -588,6 +600,7 @@ async fn run(a: RunArgs) -> Result<()> {
         prefix: c.prefix.clone(),
         threads: c.threads,
         max_reconnects: a.max_reconnects,
+        deliveries_only: a.deliveries_only,
     };
     eprintln!(
         "chat-bench run {run_id}: {} rooms × {} clients = {sockets} sockets, {} senders/room at {:?} msg/s, {users} users, urls {}",
@@ -622,7 +635,7 @@ async fn run(a: RunArgs) -> Result<()> {
     st.memberships(&tokens, &pairs, &mut setup_report).await?;
 
     // --- sockets
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         run_id.clone(),
         plan.clone(),
         a.rooms,
@@ -630,7 +643,9 @@ async fn run(a: RunArgs) -> Result<()> {
         c.connect_timeout,
         a.max_reconnects,
         true,
-    ));
+    );
+    shared.deliveries_only = a.deliveries_only;
+    let shared = Arc::new(shared);
     let total_senders = a.rooms * a.senders;
     let mut specs = Vec::with_capacity(sockets);
     for j in 0..a.rooms {
@@ -702,8 +717,13 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         prelim.machine_busy_cores = machine_delta(&cpu_samples[w], &cpu_samples[w + 1]);
         eprintln!(
-            "{}   (live, loss counted at the end)",
-            report::table_row(&prelim)
+            "{}   (live{})",
+            report::table_row(&prelim),
+            if a.deliveries_only {
+                ""
+            } else {
+                ", loss counted at the end"
+            }
         );
         if a.ramp && w + 1 < windows && a.ramp_stop_after > 0 {
             // live: the acks of the step's last moments may still be on their way,

@@ -142,6 +142,8 @@ pub struct StepVerdictInput {
     pub p99_ms: f64,
     pub loss: u64,
     pub duplicates: u64,
+    /// false with `--deliveries-only`: the peer sends no acks, so none are required.
+    pub acks_expected: bool,
 }
 
 /// Fraction of a step's sends that must be acked (the rest: rejected, e.g.
@@ -153,7 +155,7 @@ pub fn step_passes(s: &StepVerdictInput, p99_limit_ms: f64) -> bool {
         && s.p99_ms < p99_limit_ms
         && s.loss == 0
         && s.duplicates == 0
-        && s.acked as f64 >= s.sent as f64 * MIN_ACKED_FRACTION
+        && (!s.acks_expected || s.acked as f64 >= s.sent as f64 * MIN_ACKED_FRACTION)
 }
 
 /// Index (into `steps`) of the highest-rate step that passes, if any.
@@ -297,6 +299,7 @@ mod tests {
             p99_ms: p99,
             loss,
             duplicates: dup,
+            acks_expected: true,
         };
         let steps = vec![
             s(10.0, 5.0, 0, 0),
@@ -329,5 +332,14 @@ mod tests {
         assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), r], 100.0), Some(0));
         r.acked = 9_990;
         assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), r], 100.0), Some(1));
+        // a peer that never acks (--deliveries-only): acks are not required
+        let mut n = s(4.0, 1.0, 0, 0);
+        n.acked = 0;
+        assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), n], 100.0), Some(0));
+        n.acks_expected = false;
+        assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), n], 100.0), Some(1));
+        // …but latency still decides
+        n.p99_ms = 100.0;
+        assert_eq!(sustained_step(&[s(1.0, 1.0, 0, 0), n], 100.0), Some(0));
     }
 }

@@ -68,6 +68,11 @@ impl SeqTracker {
         self.out_of_order
     }
 
+    /// Counts a message that carries no seq (`--deliveries-only`): received, not checked.
+    pub fn count_unsequenced(&mut self) {
+        self.received += 1;
+    }
+
     pub fn observe(&mut self, seq: u64) -> Observed {
         let base = match self.base {
             Some(b) => b,

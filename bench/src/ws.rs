@@ -1,7 +1,7 @@
-//! One task per WebSocket: connect, wait for `ready`, then read (and, for senders,
-//! send on a paced timer) until told to stop. Everything measured is written into
-//! [`Shared`] with atomics and a few briefly-held mutexes; nothing is allocated per
-//! received message apart from what tungstenite itself does.
+//! One task per WebSocket: connect, wait for `ready` (not with `--deliveries-only`), then
+//! read (and, for senders, send on a paced timer) until told to stop. Everything measured
+//! is written into [`Shared`] with atomics and a few briefly-held mutexes; nothing is
+//! allocated per received message apart from what tungstenite itself does.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -53,6 +53,9 @@ pub struct WindowStats {
     pub delivered: AtomicU64,
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
+    /// `--deliveries-only`: deliveries the window's sends should make (each send × the
+    /// sockets connected to the sender's room).
+    pub expected: AtomicU64,
     /// Unexpected closes that happened (by wall clock) during the window.
     pub closes: AtomicU64,
     pub latency: Vec<Mutex<Histogram<u64>>>,
@@ -67,6 +70,7 @@ impl WindowStats {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
             closes: AtomicU64::new(0),
             latency: (0..shards).map(|_| Mutex::new(new_histogram())).collect(),
             ack_latency: (0..shards).map(|_| Mutex::new(new_histogram())).collect(),
@@ -85,6 +89,8 @@ impl WindowStats {
 
 pub struct RoomShared {
     pub max_acked: AtomicU64,
+    /// Sockets of the room that connected (first connects only).
+    pub sockets: AtomicU64,
     /// (seq, window of the send) for every ack a sender matched.
     pub ack_log: Mutex<Vec<(u64, u16)>>,
 }
@@ -129,6 +135,10 @@ pub struct Shared {
     pub max_reconnects: u32,
     /// false in idle mode: frames are only counted.
     pub parse_frames: bool,
+    /// `run --deliveries-only`: a peer without `ready`, acks or seqs. A socket counts as
+    /// connected on the upgrade, sends are not expected to be acked, and deliveries are
+    /// counted (with their latency) but not checked for loss, duplicates or order.
+    pub deliveries_only: bool,
 }
 
 impl Shared {
@@ -153,6 +163,7 @@ impl Shared {
             rooms: (0..rooms)
                 .map(|_| RoomShared {
                     max_acked: AtomicU64::new(0),
+                    sockets: AtomicU64::new(0),
                     ack_log: Mutex::new(Vec::new()),
                 })
                 .collect(),
@@ -168,6 +179,7 @@ impl Shared {
             connect_timeout,
             max_reconnects,
             parse_frames,
+            deliveries_only: false,
         }
     }
 
@@ -221,7 +233,11 @@ pub struct SocketSpec {
 
 #[derive(Debug)]
 pub enum ConnectEvent {
-    Ok { upgrade_us: u64, ready_us: u64 },
+    /// `ready_us`: None when the `ready` frame is not waited for (`--deliveries-only`).
+    Ok {
+        upgrade_us: u64,
+        ready_us: Option<u64>,
+    },
     Err(String),
 }
 
@@ -322,8 +338,12 @@ fn close_reason(frame: &Option<tungstenite::protocol::CloseFrame>) -> String {
 }
 
 /// Connects and waits for the `ready` frame. Returns the socket, `ready.last_seq`,
-/// and the times to the HTTP upgrade and to `ready`, in µs.
-async fn connect(shared: &Shared, url: &str) -> Result<(Ws, Option<u64>, u64, u64), String> {
+/// and the times to the HTTP upgrade and to `ready`, in µs. With `deliveries_only` the
+/// socket is ready once upgraded (the peer may send no `ready` frame at all).
+async fn connect(
+    shared: &Shared,
+    url: &str,
+) -> Result<(Ws, Option<u64>, u64, Option<u64>), String> {
     let t0 = Instant::now();
     let fut = tokio_tungstenite::connect_async_with_config(url, Some(shared.config), true);
     let mut ws = match timeout(shared.connect_timeout, fut).await {
@@ -332,6 +352,9 @@ async fn connect(shared: &Shared, url: &str) -> Result<(Ws, Option<u64>, u64, u6
         Ok(Ok((ws, _resp))) => ws,
     };
     let upgrade_us = t0.elapsed().as_micros() as u64;
+    if shared.deliveries_only {
+        return Ok((ws, None, upgrade_us, None));
+    }
     let deadline = t0 + shared.connect_timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -346,7 +369,8 @@ async fn connect(shared: &Shared, url: &str) -> Result<(Ws, Option<u64>, u64, u6
                 return match f.kind.as_ref() {
                     "ready" => {
                         shared.frames.ready.fetch_add(1, Relaxed);
-                        Ok((ws, f.last_seq, upgrade_us, t0.elapsed().as_micros() as u64))
+                        let ready_us = t0.elapsed().as_micros() as u64;
+                        Ok((ws, f.last_seq, upgrade_us, Some(ready_us)))
                     }
                     "error" => Err(format!(
                         "error_frame_{}",
@@ -415,6 +439,7 @@ pub async fn socket_task(
     };
     let mut ws = match first {
         Ok((ws, last_seq, upgrade_us, ready_us)) => {
+            shared.rooms[spec.room].sockets.fetch_add(1, Relaxed);
             let _ = events.send(ConnectEvent::Ok {
                 upgrade_us,
                 ready_us,
@@ -667,7 +692,13 @@ async fn send_due(
         pacer.sent += 1;
         st.sent += 1;
         stats.sent.fetch_add(1, Relaxed);
-        st.pending.push_back((counter, send_ns, w as u16));
+        if shared.deliveries_only {
+            // no acks will come: nothing to match, only the deliveries to expect
+            let receivers = shared.rooms[spec.room].sockets.load(Relaxed);
+            stats.expected.fetch_add(receivers, Relaxed);
+        } else {
+            st.pending.push_back((counter, send_ns, w as u16));
+        }
         ws.send(Message::text(s)).await?;
     }
     Ok(())
@@ -692,11 +723,17 @@ fn on_text(text: &str, room: usize, shared: &Shared, st: &mut SockState) {
     match f.kind.as_ref() {
         "message" => {
             fc.message.fetch_add(1, Relaxed);
-            let Some(seq) = f.seq else {
-                fc.unparsable.fetch_add(1, Relaxed);
-                return;
+            let obs = if shared.deliveries_only {
+                // no seq to check: every delivery counts once
+                st.tracker.count_unsequenced();
+                Observed::New
+            } else {
+                let Some(seq) = f.seq else {
+                    fc.unparsable.fetch_add(1, Relaxed);
+                    return;
+                };
+                st.tracker.observe(seq)
             };
-            let obs = st.tracker.observe(seq);
             let now_ns = unix_ns();
             let ours = f
                 .content

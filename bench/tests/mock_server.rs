@@ -1,7 +1,8 @@
 //! End-to-end test of the `chat-bench` binary against a tiny in-process mock of the
 //! chat server (REST set-up + `/ws/rooms/{name}`), with optional fault injection:
 //! dropped deliveries, duplicated deliveries, and a slow-consumer close (4429) that the
-//! bench must resume from with `since_seq`.
+//! bench must resume from with `since_seq`. In `bare` mode it speaks like a bare fan-out
+//! reference instead: no `ready` frame, no `ack`, no `seq` (for `run --deliveries-only`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ struct Room {
 #[derive(Default)]
 struct Mock {
     faults: Faults,
+    /// No `ready`, no `ack`, no `seq`/`id` in message frames.
+    bare: bool,
     users: Mutex<HashMap<String, u64>>,
     rooms: Mutex<HashMap<String, Room>>,
     dropped: AtomicU64,
@@ -59,12 +62,17 @@ struct Mock {
 }
 
 async fn start(faults: Faults) -> (SocketAddr, Arc<Mock>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let mock = Arc::new(Mock {
+    start_mock(Mock {
         faults,
         ..Default::default()
-    });
+    })
+    .await
+}
+
+async fn start_mock(mock: Mock) -> (SocketAddr, Arc<Mock>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mock = Arc::new(mock);
     let m = mock.clone();
     tokio::spawn(async move {
         loop {
@@ -236,11 +244,13 @@ async fn ws(s: TcpStream, m: Arc<Mock>) {
         let room = rooms.entry(room_name.clone()).or_default();
         let n = room.joined;
         room.joined += 1;
-        let _ = tx.send(Out::Text(
-            json!({"type": "ready", "room": {"name": room_name, "last_seq": room.last_seq},
+        if !m.bare {
+            let _ = tx.send(Out::Text(
+                json!({"type": "ready", "room": {"name": room_name, "last_seq": room.last_seq},
                    "user": {"username": user}, "online": [], "last_seq": room.last_seq})
-            .to_string(),
-        ));
+                .to_string(),
+            ));
+        }
         if let Some(since) = since {
             for f in room.history.iter().skip(since as usize) {
                 let _ = tx.send(Out::Text(f.clone()));
@@ -287,6 +297,16 @@ fn broadcast(m: &Mock, room_name: &str, user: &str, v: &Value, me: &mpsc::Unboun
     room.last_seq += 1;
     let seq = room.last_seq;
     m.stored.fetch_add(1, Relaxed);
+    if m.bare {
+        let frame =
+            json!({"type": "message", "room": room_name, "user": user, "content": v["content"]})
+                .to_string();
+        room.subs.retain(|sub| {
+            let _ = sub.tx.send(Out::Text(frame.clone()));
+            !sub.tx.is_closed()
+        });
+        return;
+    }
     let frame = json!({"type": "message", "id": seq, "room": room_name, "seq": seq,
         "user": {"id": 1, "username": user}, "content": v["content"], "client_id": v["client_id"],
         "created_at": "2026-11-21T15:54:00.123Z", "edited_at": null})
@@ -463,6 +483,52 @@ async fn slow_consumer_close_is_resumed_without_loss() {
     assert_eq!(u(&v, "/totals/sockets_alive_at_end"), 6);
     let stored = mock.stored.load(Relaxed);
     assert_eq!(u(&v, "/totals/received_total"), stored * 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_only_drives_a_peer_without_ready_acks_or_seqs() {
+    let (addr, mock) = start_mock(Mock {
+        bare: true,
+        ..Default::default()
+    })
+    .await;
+    let v = run_bench(
+        addr,
+        "bare",
+        &["--deliveries-only", "--rate", "20", "--duration", "1s"],
+    )
+    .await;
+    let stored = mock.stored.load(Relaxed);
+    assert!(stored > 20, "only {stored} messages");
+    assert_eq!(v["scenario"]["deliveries_only"], true);
+    // connected on upgrade: no `ready` awaited
+    assert_eq!(u(&v, "/connect/connected"), 6);
+    assert_eq!(u(&v, "/connect/ready/count"), 0);
+    assert_eq!(u(&v, "/totals/sent_total"), stored);
+    // no acks, and none expected
+    assert_eq!(u(&v, "/measured/acked"), 0);
+    assert_eq!(u(&v, "/totals/unacked"), 0);
+    assert_eq!(u(&v, "/totals/unmatched_acks"), 0);
+    // every message reaches the 3 sockets of its room, counted without a seq
+    assert_eq!(u(&v, "/totals/received_total"), stored * 3);
+    let windows = v["windows"].as_array().unwrap();
+    let delivered: u64 = windows
+        .iter()
+        .map(|w| w["delivered"].as_u64().unwrap())
+        .sum();
+    let expected: u64 = windows
+        .iter()
+        .map(|w| w["expected_deliveries"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, stored * 3);
+    assert_eq!(expected, stored * 3);
+    assert!(u(&v, "/measured/latency/count") > 0);
+    assert_eq!(v["measured"]["seq_checked"], false);
+    assert_eq!(
+        v["measured"]["pass"], true,
+        "no acks must not fail the step"
+    );
+    assert_eq!(v["totals"]["frames"].get("unparsable"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
