@@ -63,6 +63,7 @@ impl AppState {
         let schema = SchemaGate::default();
         let current = check_schema(&db, &schema, true).await;
         let commit_db = connect_commit_db(&config, &db).await?;
+        telemetry::load::start_probe(shutdown.clone());
         let chat = Chat::build(config, db.clone(), commit_db, TaskTracker::new(), shutdown).await?;
         let state = Self { chat, db, schema };
         if current {

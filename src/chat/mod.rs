@@ -163,7 +163,10 @@ impl Chat {
             commit_db.clone().unwrap_or_else(|| shared.db.clone()),
             mode.bus,
             tasks.clone(),
-        );
+        )
+        .coalescing(std::time::Duration::from_millis(
+            config.commit_coalesce_max_ms,
+        ));
         let parts = Parts {
             auth: Auth::new(keys.clone(), shared.revocation.clone(), shared.db.clone()),
             accounts: Accounts::new(&shared, keys, hasher(&config), &config),

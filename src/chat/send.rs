@@ -90,6 +90,9 @@ struct Inner {
     /// The drain runs here, so that shutdown waits for the batch in flight.
     tasks: TaskTracker,
     queue: Mutex<Queue>,
+    /// The longest a batch waits to grow while the replica is short of CPU
+    /// (`COMMIT_COALESCE_MAX_MS`).
+    coalesce_max: std::time::Duration,
 }
 
 impl Sender {
@@ -100,8 +103,19 @@ impl Sender {
                 bus,
                 tasks,
                 queue: Mutex::default(),
+                coalesce_max: std::time::Duration::ZERO,
             }),
         }
+    }
+
+    /// Let batches wait up to `max` to grow while the replica is short of CPU
+    /// ([`telemetry::load::coalesce_wait`]).
+    #[must_use]
+    pub(crate) fn coalescing(mut self, max: std::time::Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.coalesce_max = max;
+        }
+        self
     }
 
     /// Queue `draft` for `room` now and return the future of its outcome. The caller has
@@ -193,9 +207,19 @@ impl Inner {
     /// yield is one turn of the run queue: a few microseconds on an idle replica, longer
     /// under load. It yields again while a turn added drafts, up to [`GATHER_TURNS`]: the
     /// batches grow with the load, and the database spends less per message (a commit's cost
-    /// is mostly per statement: plan start-up, the commit record, its flush).
+    /// is mostly per statement: plan start-up, the commit record, its flush). While the
+    /// replica is short of CPU, a batch first waits a little longer (see the body).
     async fn gather(&self) {
         let mut queued = self.queue.lock().pending.len();
+        // Short of CPU: the database's cost is mostly per transaction, and every draft already
+        // waits longer than this in the run queue; one wait, then the readiness turns.
+        if queued > 0
+            && queued < MAX_BATCH
+            && let Some(wait) = telemetry::load::coalesce_wait(self.coalesce_max)
+        {
+            tokio::time::sleep(wait).await;
+            queued = self.queue.lock().pending.len();
+        }
         for _ in 0..GATHER_TURNS {
             tokio::task::yield_now().await;
             let now = self.queue.lock().pending.len();

@@ -27,6 +27,7 @@ pub const BUILD_INFO: &str = "chat_build_info";
 pub const BUS_LIVE: &str = "chat_bus_live";
 pub const READY: &str = "chat_ready";
 pub const SCHEMA_CURRENT: &str = "chat_schema_current";
+pub const QUEUEING_DELAY: &str = "chat_runtime_queueing_delay_seconds";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
@@ -194,6 +195,11 @@ pub fn delivered(n: u64, published_at_micros: i64) {
     #[allow(clippy::cast_precision_loss)]
     let secs = (super::now_micros() - published_at_micros).max(0) as f64 / 1e6;
     histogram!(FANOUT_LATENCY).record(secs);
+}
+
+/// The runtime's average queueing delay (`telemetry::load`).
+pub fn queueing_delay(delay: std::time::Duration) {
+    gauge!(QUEUEING_DELAY).set(delay.as_secs_f64());
 }
 
 /// A write system call on a WebSocket wrote (part of) its queued bytes.

@@ -10,6 +10,7 @@
 //!
 //! At the bottom of the crate: imports nothing of it; anyone may import it.
 
+pub mod load;
 pub mod metrics;
 
 use std::{collections::HashMap, time::Duration};

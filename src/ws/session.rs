@@ -112,8 +112,11 @@ pub(crate) fn run<W: WsSink + 'static, R: WsStream>(
         ..
     } = user;
     let ctl = chat.sockets().open(id, mux, sid);
-    let flush = Duration::from_millis(chat.config().ws_flush_interval_ms);
-    let writer = chat.tasks().spawn(writer::run(sink, ctl.clone(), flush));
+    let policy = writer::WritePolicy::new(
+        Duration::from_millis(chat.config().ws_flush_interval_ms),
+        Duration::from_millis(chat.config().ws_coalesce_max_ms),
+    );
+    let writer = chat.tasks().spawn(writer::run(sink, ctl.clone(), policy));
     let mut session = Session {
         token_expires: deadline(expires_at),
         user: UserRef { id, username },

@@ -6,10 +6,15 @@
 //! Writes are coalesced by readiness, not by a clock: woken, the writer takes everything
 //! queued and writes it with one flush (one system call). What arrives while a write is in
 //! flight goes out with the next one. The fan-out queues a whole bus batch before it wakes the
-//! writer, so a batch is one write. A busy socket (it wrote less than [`BUSY_WITHIN`] ago)
+//! writer, so a batch is one write. A socket that just wrote (less than [`YIELD_WITHIN`] ago)
 //! first yields once to the scheduler: the wait is one turn of the run queue — nothing on an
 //! idle server, longer the more tasks are runnable — so the write gathers what the other
 //! tasks are about to queue, and the batching grows with the load.
+//!
+//! Only when the replica is short of CPU ([`load::coalesce_wait`]: its runtime's queueing
+//! delay is above half a millisecond) does a busy socket wait on a clock: a few times that
+//! delay, at most `WS_COALESCE_MAX_MS`, so that one write carries several frames. Every frame
+//! already waits that long in the run queue then, and the system calls saved shorten it.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -30,6 +35,7 @@ use super::protocol;
 use crate::{
     domain::event::Frame,
     fanout::socket::{CloseReason, Side, SocketCtl},
+    telemetry::load,
 };
 
 /// How often an idle socket is pinged.
@@ -46,8 +52,33 @@ const SLOW_CLOSE_FLUSH: Duration = Duration::from_secs(60);
 pub(crate) trait WsSink: Sink<Message, Error = tungstenite::Error> + Unpin + Send {}
 impl<T: Sink<Message, Error = tungstenite::Error> + Unpin + Send> WsSink for T {}
 
-/// A socket that wrote less than this long ago is busy: it yields once before it writes.
-const BUSY_WITHIN: Duration = Duration::from_millis(5);
+/// A socket that wrote less than this long ago yields once before it writes.
+const YIELD_WITHIN: Duration = Duration::from_millis(5);
+/// A socket that wrote less than this long ago is busy: on a replica short of CPU it gathers
+/// frames before it writes ([`load::coalesce_wait`]).
+const BUSY_WITHIN: Duration = Duration::from_millis(100);
+
+/// How a socket's writer spaces its writes (`WS_FLUSH_INTERVAL_MS`, `WS_COALESCE_MAX_MS`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WritePolicy {
+    /// Above zero: the opt-in pacer.
+    pub(super) flush_interval: Duration,
+    /// The longest a busy socket waits to gather frames while the replica is short of CPU.
+    pub(super) coalesce_max: Duration,
+    /// How long to gather now, at most the given maximum ([`load::coalesce_wait`]; a fixed
+    /// answer in tests).
+    pub(super) coalesce_wait: fn(Duration) -> Option<Duration>,
+}
+
+impl WritePolicy {
+    pub(super) fn new(flush_interval: Duration, coalesce_max: Duration) -> Self {
+        Self {
+            flush_interval,
+            coalesce_max,
+            coalesce_wait: load::coalesce_wait,
+        }
+    }
+}
 
 /// Opt-in (`WS_FLUSH_INTERVAL_MS` > 0; the default 0 coalesces by readiness only), for
 /// machines where a system call is so expensive that a fixed latency is worth paying for
@@ -134,7 +165,8 @@ async fn feed_fragments<W: WsSink>(sink: &mut W, frame: Frame) -> Result<(), tun
 }
 
 /// Drains the queue into the socket; sends the close frame when the socket is closed.
-pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_interval: Duration) {
+pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, policy: WritePolicy) {
+    let flush_interval = policy.flush_interval;
     // One timer for both: the next ping, or the moment the peer will have been silent for
     // `DEAD_AFTER` (whichever comes first), so a silent peer goes at 60 s, not at the next
     // ping after that.
@@ -158,9 +190,24 @@ pub(super) async fn run<W: WsSink>(mut sink: W, ctl: Arc<SocketCtl>, flush_inter
                 // A long queue is written at once: waiting would only make it longer.
                 let short = ctl.outbox.len() < COALESCED_ENOUGH;
                 if flush_interval.is_zero() {
-                    // Readiness: a busy socket lets the tasks already runnable (the other
-                    // rooms' fan-out, its own session's acks) queue theirs first.
-                    if short && last_write.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
+                    let recent = last_write.map(|at| at.elapsed());
+                    if short && let Some(wait) = recent
+                        .filter(|e| *e < BUSY_WITHIN)
+                        .and_then(|_| (policy.coalesce_wait)(policy.coalesce_max))
+                    {
+                        // The replica is short of CPU and this socket is busy: gather for a
+                        // little (a few times the queueing delay every frame suffers anyway),
+                        // so that one write carries several frames.
+                        tokio::select! {
+                            biased;
+                            () = &mut cancelled => break,
+                            // Boxed: a timer inline would enlarge every writer task.
+                            () = Box::pin(tokio::time::sleep(wait)) => {}
+                            () = std::future::poll_fn(|cx| ctl.outbox.poll_at_least(COALESCED_ENOUGH, cx)) => {}
+                        }
+                    } else if short && recent.is_some_and(|e| e < YIELD_WITHIN) {
+                        // Readiness: a socket that just wrote lets the tasks already runnable
+                        // (the other rooms' fan-out, its own session's acks) queue theirs first.
                         tokio::task::yield_now().await;
                     }
                 } else if short && let Some(at) = pacer.take() {
@@ -274,6 +321,15 @@ mod tests {
 
     use super::*;
 
+    /// A replica with CPU to spare: the writer never waits on a clock.
+    fn policy(flush_interval: Duration) -> WritePolicy {
+        WritePolicy {
+            flush_interval,
+            coalesce_max: Duration::from_millis(20),
+            coalesce_wait: |_| None,
+        }
+    }
+
     /// A writer on a channel instead of a socket, for a socket that never hears from its peer
     /// (or, with `answer`, that the reader marks as heard from).
     async fn start(
@@ -286,7 +342,7 @@ mod tests {
         let ctl = Arc::new(SocketCtl::new(1, 1, false, 16, "sid".into()));
         let (tx, rx) = mpsc::unbounded();
         let sink = tx.sink_map_err(|_| tungstenite::Error::ConnectionClosed);
-        let task = tokio::spawn(run(sink, ctl.clone(), flush));
+        let task = tokio::spawn(run(sink, ctl.clone(), policy(flush)));
         // Let the writer start (and set its timers) at t = 0.
         advance(0).await;
         (ctl, rx, task)
@@ -392,7 +448,7 @@ mod tests {
     async fn writes_by_readiness_one_flush_per_batch() {
         let ctl = Arc::new(SocketCtl::new(1, 1, false, 16, "sid".into()));
         let rec = Recorder::default();
-        let task = tokio::spawn(run(rec.clone(), ctl.clone(), Duration::ZERO));
+        let task = tokio::spawn(run(rec.clone(), ctl.clone(), policy(Duration::ZERO)));
         let settle = || async {
             for _ in 0..10 {
                 tokio::task::yield_now().await;
@@ -417,6 +473,52 @@ mod tests {
         ctl.outbox.try_push(Frame::from_static("e")).unwrap();
         settle().await;
         assert_eq!(rec.0.lock()[6..], [text("e"), Ev::Flush]);
+        ctl.close(CloseReason::Restart);
+        task.await.unwrap();
+    }
+
+    /// Short of CPU: a busy socket waits (here the 20 ms cap) and writes what gathered
+    /// meanwhile with one flush; a socket that has not written lately does not wait.
+    #[tokio::test(start_paused = true)]
+    async fn short_of_cpu_a_busy_socket_gathers_frames() {
+        let ctl = Arc::new(SocketCtl::new(1, 1, false, 64, "sid".into()));
+        let rec = Recorder::default();
+        let short = WritePolicy {
+            flush_interval: Duration::ZERO,
+            coalesce_max: Duration::from_millis(20),
+            coalesce_wait: Some,
+        };
+        let task = tokio::spawn(run(rec.clone(), ctl.clone(), short));
+        let settle = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        // The first frame: the socket has not written yet, so it goes out at once.
+        ctl.outbox.try_push(Frame::from_static("a")).unwrap();
+        settle().await;
+        assert_eq!(*rec.0.lock(), [text("a"), Ev::Flush]);
+        // Busy now: the next frame waits for company.
+        ctl.outbox.try_push(Frame::from_static("b")).unwrap();
+        settle().await;
+        assert_eq!(
+            rec.0.lock().len(),
+            2,
+            "waits while the replica is short of CPU"
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        ctl.outbox.try_push(Frame::from_static("c")).unwrap();
+        settle().await;
+        assert_eq!(rec.0.lock().len(), 2, "still gathering");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        settle().await;
+        assert_eq!(rec.0.lock()[2..], [text("b"), text("c"), Ev::Flush]);
+        // Quiet for longer than `BUSY_WITHIN`: written at once again.
+        tokio::time::advance(BUSY_WITHIN).await;
+        ctl.outbox.try_push(Frame::from_static("d")).unwrap();
+        settle().await;
+        assert_eq!(rec.0.lock()[5..], [text("d"), Ev::Flush]);
         ctl.close(CloseReason::Restart);
         task.await.unwrap();
     }
