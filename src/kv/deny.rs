@@ -10,7 +10,7 @@ use super::keys;
 /// The deny-list's keys.
 #[derive(Clone)]
 pub(crate) struct DenyStore {
-    pool: deadpool_redis::Pool,
+    pool: super::Pool,
 }
 
 /// Seconds from now until `until`, at least one (`EX` refuses 0).
@@ -19,7 +19,7 @@ fn ttl_secs(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 }
 
 impl DenyStore {
-    pub(crate) fn new(pool: deadpool_redis::Pool) -> Self {
+    pub(crate) fn new(pool: super::Pool) -> Self {
         Self { pool }
     }
 

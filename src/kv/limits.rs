@@ -74,13 +74,13 @@ fn millis(d: Duration) -> u64 {
 /// The cluster-wide buckets and socket sets, as one replica sees them.
 #[derive(Clone)]
 pub(crate) struct LimitStore {
-    pool: deadpool_redis::Pool,
+    pool: super::Pool,
     /// This replica's id (its sockets' entries carry it).
     replica: u64,
 }
 
 impl LimitStore {
-    pub(crate) fn new(pool: deadpool_redis::Pool, replica: u64) -> Self {
+    pub(crate) fn new(pool: super::Pool, replica: u64) -> Self {
         Self { pool, replica }
     }
 

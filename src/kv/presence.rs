@@ -18,7 +18,7 @@ fn millis(d: Duration) -> i64 {
 
 /// The presence entries of one replica.
 pub(crate) struct PresenceStore {
-    pool: deadpool_redis::Pool,
+    pool: super::Pool,
     replica: String,
     /// (room, user) pairs this replica holds, refreshed by [`PresenceStore::heartbeat`].
     local: Mutex<HashSet<(i64, i64)>>,
@@ -77,7 +77,7 @@ return out
 ";
 
 impl PresenceStore {
-    pub(crate) fn new(pool: deadpool_redis::Pool, replica: u64) -> Self {
+    pub(crate) fn new(pool: super::Pool, replica: u64) -> Self {
         Self {
             pool,
             replica: replica.to_string(),

@@ -77,12 +77,12 @@ const REPLICA_ENV: &[(&str, &str)] = &[
 const PG_STATEMENTS_PER_MESSAGE: f64 = 1.5 + 10.0 / MESSAGES as f64;
 /// 1 row per commit, 1 per thread-root lookup, 4 per reaction: 1.4, plus 10 one-off rows.
 const PG_ROWS_PER_MESSAGE: f64 = 1.4 + 10.0 / MESSAGES as f64;
-/// Measured 7.50 with the rate limit's pool checkout (PING, UNWATCH), script call and the
-/// script's TIME, GET and SET per message and per reaction (6 × 1.05), the room publish
-/// (1.05), and the publish of a mention on `chat:control` (1 in 7): 7.49. The margin (+0.1)
-/// holds the pool checkouts of the periodic tasks (PING, UNWATCH: ~1.2/s), which `MONITOR`
-/// cannot tell apart: a phase up to ~150 s long.
-const REDIS_COMMANDS_PER_MESSAGE: f64 = 7.6;
+/// Measured 5.39: the rate limit's script call and the script's TIME, GET and SET per
+/// message and per reaction (4 × 1.05), the room publish (1.05), and the publish of a mention
+/// on `chat:control` (1 in 7): 5.39. A pooled connection in use is handed out without a check
+/// (no PING, no UNWATCH: `kv::Manager`). The margin (+0.1) holds the periodic tasks' checks of
+/// connections idle for 5 s, which `MONITOR` cannot tell apart.
+const REDIS_COMMANDS_PER_MESSAGE: f64 = 5.5;
 /// Exact: 20 members get each message, the sender its ack, the 20 members each reaction
 /// (1 in 20 messages): 22.
 const FRAMES_PER_MESSAGE: f64 = 22.0;
