@@ -23,6 +23,7 @@ use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveRequestHeadersLayer,
+    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -76,6 +77,11 @@ pub(super) fn router(chat: Chat, schema: SchemaGate, with_probes: bool) -> Route
                         .on_response(telemetry::on_response),
                 )
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                // No response is to be read as another type than it says.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
                 .layer(middleware::from_fn(telemetry::metrics::track_http))
                 .layer(Extension(schema.clone()))
                 .layer(middleware::from_fn_with_state(schema, require_schema))

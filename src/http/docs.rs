@@ -12,6 +12,7 @@
 //! `openapi-spec-validator`, a generated client and schemathesis (`tests/openapi/`).
 
 use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{
     Modify, OpenApi,
     openapi::{
@@ -188,7 +189,16 @@ impl Modify for CommonErrors {
 
 /// `/docs` and `/api/v1/openapi.json`, serving `openapi`.
 pub(crate) fn routes(openapi: utoipa::openapi::OpenApi) -> Router<Chat> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(super::DOCS_CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            axum::http::header::X_FRAME_OPTIONS,
+            axum::http::HeaderValue::from_static("DENY"),
+        ))
 }
 
 #[cfg(test)]

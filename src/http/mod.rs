@@ -65,10 +65,62 @@ fn api_routes() -> OpenApiRouter<Chat> {
         .merge(search::routes())
 }
 
-/// `GET /`: the web chat client, built into the binary.
-pub(crate) async fn index() -> Html<&'static str> {
-    Html(include_str!("../web/index.html"))
+/// The web client, built into the binary.
+const WEB_CLIENT: &str = include_str!("../web/index.html");
+
+/// `GET /`: the web chat client, with a Content-Security-Policy that lets run only its own
+/// script and style (by their hashes), talk only to this origin, and never be framed.
+pub(crate) async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, web_client_csp()),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(WEB_CLIENT),
+    )
+        .into_response()
 }
+
+/// The policy of `/`: the client's one inline `<script>` and `<style>` by their SHA-256,
+/// computed once from the page as built.
+fn web_client_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; img-src 'self' data:; \
+             connect-src 'self'; manifest-src 'self'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'",
+            inline_hash(WEB_CLIENT, "<script>", "</script>"),
+            inline_hash(WEB_CLIENT, "<style>", "</style>"),
+        )
+    })
+}
+
+/// `'sha256-…'` of the text between the first `open` and the next `close` in `page`
+/// (`'none'` if there is none).
+fn inline_hash(page: &str, open: &str, close: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let Some(body) = page
+        .split_once(open)
+        .and_then(|(_, rest)| rest.split_once(close))
+        .map(|(body, _)| body)
+    else {
+        return "'none'".to_owned();
+    };
+    let digest = Sha256::digest(body.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+/// The policy of `/docs` (Swagger UI: its scripts are files of this origin; it sets inline
+/// styles and uses `data:` images).
+pub(crate) const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub(crate) async fn method_not_allowed() -> Response {
     let mut res = Error::bad_request("method not allowed on this path").into_response();

@@ -698,3 +698,77 @@ async fn one_refused_draft_fails_alone_and_its_batch_commits() {
     assert_eq!(stored.len(), 10, "{stored:?}");
     assert!(!stored.iter().any(|c| c == "poison"));
 }
+
+/// The inline element `tag` of `page`, as a browser hashes it for a Content-Security-Policy.
+fn csp_hash(page: &str, tag: &str) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let body = page
+        .split_once(&format!("<{tag}>"))
+        .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+        .map(|(body, _)| body)
+        .unwrap_or_else(|| panic!("no <{tag}> in the page"));
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body.as_bytes()))
+    )
+}
+
+/// The web client runs only its own script and style (no `unsafe-inline`), `/` and `/docs`
+/// can never be framed, and no response may be sniffed as another type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_a_content_security_policy_and_nothing_is_sniffed() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let res = app
+        .http
+        .get(format!("{}/", app.base))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(res.status(), 200);
+    let headers = res.headers().clone();
+    let page = res.text().await.expect("page");
+    let csp = headers["content-security-policy"].to_str().expect("ascii");
+    assert!(
+        csp.contains(&format!("script-src {};", csp_hash(&page, "script"))),
+        "{csp}"
+    );
+    assert!(
+        csp.contains(&format!("style-src {};", csp_hash(&page, "style"))),
+        "{csp}"
+    );
+    for rule in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(rule), "{rule} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+
+    let res = app
+        .http
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .expect("GET /docs/");
+    assert_eq!(res.status(), 200);
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+
+    // An API answer, an error included.
+    let res = app
+        .http
+        .get(format!("{}/api/v1/rooms", app.base))
+        .send()
+        .await
+        .expect("GET /api/v1/rooms");
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+}
