@@ -115,6 +115,13 @@ pub struct Config {
     /// Burst of such frames per user.
     #[arg(long, env = "FRAME_RATE_BURST", default_value_t = 20)]
     pub frame_rate_burst: u32,
+    /// Reads that cost a query per page (history and thread pages, search) per second per
+    /// user.
+    #[arg(long, env = "READ_RATE_PER_SEC", default_value_t = 50)]
+    pub read_rate_per_sec: u32,
+    /// Burst of such reads per user.
+    #[arg(long, env = "READ_RATE_BURST", default_value_t = 200)]
+    pub read_rate_burst: u32,
     /// Credential checks (register, login, refresh, password change, account deletion, email
     /// change) per minute per client address.
     #[arg(long, env = "AUTH_RATE_PER_MIN", default_value_t = 30)]
@@ -229,6 +236,8 @@ impl Config {
             || self.message_rate_burst == 0
             || self.frame_rate_per_sec == 0
             || self.frame_rate_burst == 0
+            || self.read_rate_per_sec == 0
+            || self.read_rate_burst == 0
             || self.auth_rate_per_min == 0
             || self.account_rate_per_min == 0
             || self.rooms_per_hour == 0
@@ -254,6 +263,8 @@ impl Config {
         config.message_rate_burst = 100_000;
         config.frame_rate_per_sec = 100_000;
         config.frame_rate_burst = 100_000;
+        config.read_rate_per_sec = 100_000;
+        config.read_rate_burst = 100_000;
         config.rooms_per_hour = 100_000;
         config.ws_max_sockets_per_user = 0;
         config.ws_max_sockets_per_address = 0;

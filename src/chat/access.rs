@@ -2,6 +2,11 @@
 //! by REST, by both socket endpoints and by the send path. Direct messages (docs/protocol.md#conversations) are
 //! private rooms nobody can join, be invited into or manage; opening one with someone who
 //! refuses DMs is forbidden.
+//!
+//! A room the caller may not see (a private room or a DM they are not in) is, on every path,
+//! a room that does not exist: the same [`no_such_room`] answer, never a 403 that would tell
+//! it apart. A DM's name is derived from its members' public ids, so anything else would let
+//! a stranger learn who talks to whom.
 
 use super::Error;
 use sea_orm::DatabaseConnection;
@@ -16,25 +21,9 @@ use crate::{
     store,
 };
 
-/// What a non-member is told when a private room refuses them. Both are deliberate: a
-/// private room is invisible (404) where merely naming it should reveal nothing, and an
-/// explicit join attempt on a room the caller already sees says why (403).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Refusal {
-    NotFound,
-    NeedsInvitation,
-}
-
-impl Refusal {
-    fn error(self, room: &RoomInfo) -> Error {
-        match self {
-            Self::NotFound => Error::NotFound("room"),
-            Self::NeedsInvitation if room.is_dm() => {
-                Error::Forbidden("nobody can join a direct message")
-            }
-            Self::NeedsInvitation => Error::Forbidden("this private room needs an invitation"),
-        }
-    }
+/// The answer for a name that is no room, and so for a room the caller may not see.
+pub(crate) fn no_such_room() -> Error {
+    Error::NotFound("room")
 }
 
 /// How a caller enters a room.
@@ -121,7 +110,7 @@ impl Access {
         let room = self.room_named(name).await?;
         let role = store::rooms::role_of(&self.db, room.id, me.id).await?;
         if !may_read(room.visibility, role.is_some(), me.is_admin()) {
-            return Err(Error::NotFound("room"));
+            return Err(no_such_room());
         }
         Ok((room, role))
     }
@@ -154,17 +143,19 @@ impl Access {
     }
 
     /// Enter `room` to read and write it: a member goes in; anyone joins a public room (and
-    /// becomes a member); a private one needs an invitation.
+    /// becomes a member); a private one needs an invitation. `admin`: the caller is an admin
+    /// (who sees every room, but enters a private one only when invited).
     ///
     /// # Errors
-    /// `refusal` for a private room; 503 if the database is down.
+    /// 404 ([`no_such_room`]) for a room the caller may not see; 403 for an admin outside a
+    /// private room or a DM; 503 if the database is down.
     pub(crate) async fn enter_room(
         &self,
         room: RoomInfo,
         user_id: i64,
-        refusal: Refusal,
+        admin: bool,
     ) -> Result<RoomInfo, Error> {
-        let entry = self.may_enter(&room, user_id, refusal).await?;
+        let entry = self.may_enter(&room, user_id, admin).await?;
         self.complete_entry(&room, user_id, entry).await?;
         Ok(room)
     }
@@ -178,7 +169,7 @@ impl Access {
         &self,
         room: &RoomInfo,
         user_id: i64,
-        refusal: Refusal,
+        admin: bool,
     ) -> Result<Entry, Error> {
         if store::rooms::role_of(&self.db, room.id, user_id)
             .await?
@@ -186,8 +177,14 @@ impl Access {
         {
             return Ok(Entry::Member);
         }
-        if room.is_dm() || room.visibility != Visibility::Public {
-            return Err(refusal.error(room));
+        if !may_read(room.visibility, false, admin) {
+            return Err(no_such_room());
+        }
+        if room.is_dm() {
+            return Err(Error::Forbidden("nobody can join a direct message"));
+        }
+        if room.visibility != Visibility::Public {
+            return Err(Error::Forbidden("this private room needs an invitation"));
         }
         Ok(Entry::Joins)
     }
@@ -216,10 +213,10 @@ impl Access {
         &self,
         name: &str,
         user_id: i64,
-        refusal: Refusal,
+        admin: bool,
     ) -> Result<RoomInfo, Error> {
         let room = self.room_named(name).await?;
-        self.enter_room(room, user_id, refusal).await
+        self.enter_room(room, user_id, admin).await
     }
 
     /// The room called `name`.
@@ -229,10 +226,10 @@ impl Access {
     pub(crate) async fn room_named(&self, name: &str) -> Result<RoomInfo, Error> {
         // A name no room can have is not looked up (the database would refuse some, NUL).
         if validate::room_name(name).is_err() {
-            return Err(Error::NotFound("room"));
+            return Err(no_such_room());
         }
         store::rooms::find_by_name(&self.db, name)
             .await?
-            .ok_or(Error::NotFound("room"))
+            .ok_or_else(no_such_room)
     }
 }

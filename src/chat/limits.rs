@@ -1,7 +1,8 @@
 //! Every abuse limit of docs/protocol.md#limits, each written once and called by every path it covers:
 //!
-//! * rates ([`RateLimit`]): messages per user, other socket frames per user, credential checks
-//!   per client address and per account, rooms created per user per hour;
+//! * rates ([`RateLimit`]): messages per user (edits and deletions count as messages), other
+//!   frames per user (reactions among them), reads that cost a query per page per user,
+//!   credential checks per client address and per account, rooms created per user per hour;
 //! * concurrency ([`SocketQuota`]): open sockets per user and per client address; rooms per
 //!   multiplexed socket is a plain count in the socket's session.
 //!
@@ -424,6 +425,8 @@ struct LimitSet {
     msg: RateLimit<i64>,
     /// Other client frames that fan out or cost a query, per user.
     frame: RateLimit<i64>,
+    /// Reads that cost a query per page (history, search), per user.
+    read: RateLimit<i64>,
     /// Credential checks per client address (IPv6: per /64).
     auth: RateLimit<IpAddr>,
     /// Credential checks and account probes per account.
@@ -452,6 +455,7 @@ impl Limits {
         };
         let (msg_rate, msg_burst) = (config.message_rate_per_sec, config.message_rate_burst);
         let (frame_rate, frame_burst) = (config.frame_rate_per_sec, config.frame_rate_burst);
+        let (read_rate, read_burst) = (config.read_rate_per_sec, config.read_rate_burst);
         let per_min = config.account_rate_per_min;
         let auth_quota =
             RateLimit::<IpAddr>::quota(config.auth_rate_per_min, minute, config.auth_rate_per_min);
@@ -459,6 +463,7 @@ impl Limits {
             // On the message path: cluster-wide cells are leased, not asked for one by one.
             msg: limit("msg", msg_rate, second, msg_burst).leased(),
             frame: limit("frame", frame_rate, second, frame_burst).leased(),
+            read: limit("read", read_rate, second, read_burst).leased(),
             account: limit("account", per_min, minute, per_min),
             rooms: limit(
                 "rooms",
@@ -478,7 +483,8 @@ impl Limits {
         }))
     }
 
-    /// The per-user message rate limit, for every path that sends.
+    /// The per-user message rate limit, for every path that sends, edits or deletes a message
+    /// (each is a write to the room's log that goes to every socket in the room).
     ///
     /// # Errors
     /// 429 with the seconds to wait.
@@ -487,12 +493,21 @@ impl Limits {
     }
 
     /// The per-user limit on the other client frames that fan out or cost a query (typing,
-    /// subscribe, unsubscribe, auth).
+    /// subscribe, unsubscribe, auth, read; reactions on either transport).
     ///
     /// # Errors
     /// 429 with the seconds to wait.
     pub(crate) async fn admit_frame(&self, user_id: i64) -> Result<(), Error> {
         self.0.frame.check(&user_id, self.0.events.state()).await
+    }
+
+    /// The per-user limit on reads that cost a query per page: history (and thread) pages,
+    /// search.
+    ///
+    /// # Errors
+    /// 429 with the seconds to wait.
+    pub(crate) async fn admit_read(&self, user_id: i64) -> Result<(), Error> {
+        self.0.read.check(&user_id, self.0.events.state()).await
     }
 
     /// The limits on credential checks and account probes (register, login, refresh,
@@ -523,11 +538,26 @@ impl Limits {
         self.0.rooms.check(&user_id, self.0.events.state()).await
     }
 
+    /// Admit a WebSocket upgrade of `user` from `ip`: first a place among the user's and the
+    /// address's open sockets, then a cell of the replica's upgrade rate. Only an upgrade that
+    /// every other check has let through takes from the shared rate, so the refused upgrades of
+    /// one user (past their socket limit) cannot use it up for everyone else; a permit taken
+    /// for an upgrade the rate then defers is given back.
+    ///
+    /// # Errors
+    /// 429 when the user or the address has too many open sockets; 503 with `Retry-After: 1`
+    /// above the replica's upgrade rate.
+    pub(crate) async fn admit_upgrade(&self, user: i64, ip: IpAddr) -> Result<SocketPermit, Error> {
+        let permit = self.admit_socket(user, ip).await?;
+        self.take_upgrade_cell()?;
+        Ok(permit)
+    }
+
     /// The per-replica rate of WebSocket upgrades (reconnect storms).
     ///
     /// # Errors
     /// 503 with `Retry-After: 1` above the rate.
-    pub(crate) fn admit_upgrade(&self) -> Result<(), Error> {
+    fn take_upgrade_cell(&self) -> Result<(), Error> {
         match &self.0.upgrades {
             Some(limiter) if limiter.check().is_err() => {
                 metrics::counter!("chat_ws_upgrades_deferred_total").increment(1);
@@ -541,7 +571,7 @@ impl Limits {
     ///
     /// # Errors
     /// 429 when the user or the address has too many open sockets.
-    pub(crate) async fn admit_socket(&self, user: i64, ip: IpAddr) -> Result<SocketPermit, Error> {
+    async fn admit_socket(&self, user: i64, ip: IpAddr) -> Result<SocketPermit, Error> {
         self.0
             .sockets
             .acquire(user, ip, self.0.events.state())
@@ -554,6 +584,7 @@ impl Limits {
         let set = &self.0;
         set.msg.retain_recent();
         set.frame.retain_recent();
+        set.read.retain_recent();
         set.auth.retain_recent();
         set.account.retain_recent();
         set.rooms.retain_recent();

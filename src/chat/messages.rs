@@ -76,16 +76,18 @@ impl Messages {
         }
     }
 
-    /// A page of room `name`'s history (or of one of its threads).
+    /// A page of room `name`'s history (or of one of its threads), under the read limit.
     ///
     /// # Errors
-    /// `not_found` for a room the caller may not see, or no such `thread` root in it.
+    /// `rate_limited`; `not_found` for a room the caller may not see, or no such `thread`
+    /// root in it.
     pub(crate) async fn history(
         &self,
         me: &CurrentUser,
         name: &str,
         page: HistoryPage,
     ) -> Result<History, Error> {
+        self.limits.admit_read(me.id).await?;
         let (room, _) = self.access.visible_room(name, me).await?;
         if let Some(root) = page.thread
             && !store::messages::exists(&self.db, room.id, root).await?
@@ -163,11 +165,12 @@ impl Messages {
         Ok(self.sender.submit(room_id, room, draft))
     }
 
-    /// Edit message `id` of room `name`: the author only; broadcasts `message_edited`.
+    /// Edit message `id` of room `name`: the author only; broadcasts `message_edited`. An
+    /// edit counts as a message (the message rate limit): it goes to every socket in the room.
     ///
     /// # Errors
-    /// `not_found` for the room or the message; `forbidden` for anyone but the author;
-    /// `validation_failed` for the content.
+    /// `rate_limited`; `not_found` for the room or the message; `forbidden` for anyone but
+    /// the author; `validation_failed` for the content.
     pub(crate) async fn edit_message(
         &self,
         me: &CurrentUser,
@@ -175,6 +178,7 @@ impl Messages {
         id: i64,
         content: Option<String>,
     ) -> Result<Message, Error> {
+        self.limits.admit(me.id).await?;
         let (room, _) = self.access.visible_room(name, me).await?;
         let row = store::messages::find(&self.db, room.id, id)
             .await?
@@ -200,16 +204,17 @@ impl Messages {
     }
 
     /// Delete message `id` of room `name`: its author, the room's owner or an admin;
-    /// broadcasts `message_deleted`.
+    /// broadcasts `message_deleted`. A deletion counts as a message (the message rate limit).
     ///
     /// # Errors
-    /// `not_found` for the room or the message; `forbidden` for anyone else.
+    /// `rate_limited`; `not_found` for the room or the message; `forbidden` for anyone else.
     pub(crate) async fn delete_message(
         &self,
         me: &CurrentUser,
         name: &str,
         id: i64,
     ) -> Result<(), Error> {
+        self.limits.admit(me.id).await?;
         let (room, _) = self.access.visible_room(name, me).await?;
         let row = store::messages::find(&self.db, room.id, id)
             .await?
@@ -311,10 +316,11 @@ impl Messages {
     }
 
     /// Full-text search in the rooms the caller may read now (all of them, or the one named),
-    /// newest first.
+    /// newest first, under the read limit.
     ///
     /// # Errors
-    /// 404 for a `room` the caller may not see; 503 if the database is down.
+    /// 429 past the read limit; 404 for a `room` the caller may not see; 503 if the database
+    /// is down.
     pub(crate) async fn search(
         &self,
         me: &CurrentUser,
@@ -323,6 +329,7 @@ impl Messages {
         before: Option<i64>,
         limit: u64,
     ) -> Result<(Vec<SearchHit>, Option<i64>), Error> {
+        self.limits.admit_read(me.id).await?;
         let room_id = match room {
             Some(name) => Some(self.access.visible_room(name, me).await?.0.id),
             None => None,

@@ -7,7 +7,7 @@ use super::Error;
 use sea_orm::DatabaseConnection;
 
 use super::{
-    access::{Access, Refusal, may_invite, may_manage},
+    access::{Access, may_invite, may_manage, no_such_room},
     auth::CurrentUser,
     dms,
     events::Events,
@@ -62,6 +62,39 @@ pub(crate) enum Outcome {
 /// Generated direct-message names start so; no room may take one first.
 const DM_PREFIX: &str = "dm-";
 
+/// The name and settings of a new room, checked: the name (`None`: missing), not taking the
+/// reserved `dm-` prefix, the topic and the visibility.
+///
+/// # Errors
+/// `validation_failed` naming every field at fault.
+fn check_new_room<'a>(name: Option<&'a str>, settings: &NewRoom) -> Result<&'a str, Error> {
+    let mut fields = FieldErrors::new();
+    match name.map(validate::room_name) {
+        None => {
+            fields.insert("name".into(), vec!["is required".into()]);
+        }
+        Some(Err(m)) => {
+            fields.insert("name".into(), vec![m]);
+        }
+        Some(Ok(())) if name.is_some_and(|n| n.starts_with(DM_PREFIX)) => {
+            fields.insert(
+                "name".into(),
+                vec!["must not start with `dm-` (reserved for direct messages)".into()],
+            );
+        }
+        Some(Ok(())) => {}
+    }
+    validate::room_settings(
+        &mut fields,
+        settings.topic.as_deref(),
+        settings.visibility.as_deref(),
+    );
+    match name.filter(|_| fields.is_empty()) {
+        Some(name) => Ok(name),
+        None => Err(Error::validation(fields)),
+    }
+}
+
 /// The rooms use-cases.
 pub(crate) struct Rooms {
     db: DatabaseConnection,
@@ -110,30 +143,7 @@ impl Rooms {
         name: Option<&str>,
         settings: NewRoom,
     ) -> Result<RoomInfo, Error> {
-        let mut fields = FieldErrors::new();
-        match name.map(validate::room_name) {
-            None => {
-                fields.insert("name".into(), vec!["is required".into()]);
-            }
-            Some(Err(m)) => {
-                fields.insert("name".into(), vec![m]);
-            }
-            Some(Ok(())) if name.is_some_and(|n| n.starts_with(DM_PREFIX)) => {
-                fields.insert(
-                    "name".into(),
-                    vec!["must not start with `dm-` (reserved for direct messages)".into()],
-                );
-            }
-            Some(Ok(())) => {}
-        }
-        validate::room_settings(
-            &mut fields,
-            settings.topic.as_deref(),
-            settings.visibility.as_deref(),
-        );
-        let Some(name) = name.filter(|_| fields.is_empty()) else {
-            return Err(Error::validation(fields));
-        };
+        let name = check_new_room(name, &settings)?;
         self.limits.admit_room_creation(me.id).await?;
         // Validated above: an unknown value was refused.
         let visibility = settings
@@ -196,11 +206,17 @@ impl Rooms {
         settings: NewRoom,
     ) -> Result<(Room, Outcome), Error> {
         if let Some(room) = self.existing_room(name).await? {
-            let room = self
-                .access
-                .enter_room(room, me.id, Refusal::NotFound)
-                .await?;
-            return Ok((self.online.room_wire(room).await?, Outcome::Joined));
+            return match self.access.enter_room(room, me.id, me.is_admin()).await {
+                Ok(room) => Ok((self.online.room_wire(room).await?, Outcome::Joined)),
+                // A room the caller may not see is no room to them: answered as a name that is
+                // no room would be, as far as a name that is taken allows (a `dm-` name is
+                // refused as reserved either way; a private room's name cannot be created).
+                Err(Error::NotFound(_)) => {
+                    check_new_room(Some(name), &settings)?;
+                    Err(no_such_room())
+                }
+                Err(e) => Err(e),
+            };
         }
         match self.insert_room(me, Some(name), settings).await {
             Ok(row) => Ok((self.online.room_wire(row).await?, Outcome::Created)),
@@ -208,7 +224,7 @@ impl Rooms {
             Err(Error::Conflict { .. }) => {
                 let room = self
                     .access
-                    .enter_room_named(name, me.id, Refusal::NotFound)
+                    .enter_room_named(name, me.id, me.is_admin())
                     .await?;
                 Ok((self.online.room_wire(room).await?, Outcome::Joined))
             }
@@ -228,12 +244,12 @@ impl Rooms {
     /// Join public room `name` (or stay a member).
     ///
     /// # Errors
-    /// `not_found` if there is no such room; `forbidden` for a private one (it needs an
-    /// invitation).
+    /// `not_found` if there is no such room, and for a private one the caller may not see;
+    /// `forbidden` for an admin outside a private room (it needs an invitation).
     pub(crate) async fn join(&self, me: &CurrentUser, name: &str) -> Result<Room, Error> {
         let room = self
             .access
-            .enter_room_named(name, me.id, Refusal::NeedsInvitation)
+            .enter_room_named(name, me.id, me.is_admin())
             .await?;
         self.online.room_wire(room).await
     }

@@ -13,7 +13,7 @@ use super::Error;
 use sea_orm::DatabaseConnection;
 
 use super::{
-    access::{Access, Entry, Refusal},
+    access::{Access, Entry},
     auth::CurrentUser,
     limits::{Limits, SocketPermit},
     presence::Online,
@@ -95,7 +95,8 @@ impl Sockets {
     /// May `user` open a socket on room `name`? Changes nothing.
     ///
     /// # Errors
-    /// `not_found` for no such room; `forbidden` for a private room without an invitation.
+    /// `not_found` for no such room, and for a private room (or a DM) the user may not see;
+    /// `forbidden` for an admin outside a private room (it needs an invitation).
     pub(crate) async fn check_room_socket(
         &self,
         user: &CurrentUser,
@@ -104,17 +105,18 @@ impl Sockets {
         let room = self.access.room_named(name).await?;
         let entry = self
             .access
-            .may_enter(&room, user.id, Refusal::NeedsInvitation)
+            .may_enter(&room, user.id, user.is_admin())
             .await?;
         Ok(RoomPass { room, entry })
     }
 
-    /// Admit a socket on the room of `pass`: the replica's upgrade rate, the user's and the
-    /// address's socket limits; a newcomer to a public room joins it only then, once nothing
-    /// else can refuse the request.
+    /// Admit a socket on the room of `pass`: the user's and the address's socket limits, then
+    /// the replica's upgrade rate ([`Limits::admit_upgrade`]: a refused upgrade spends none of
+    /// it); a newcomer to a public room joins it only then, once nothing else can refuse the
+    /// request.
     ///
     /// # Errors
-    /// `service_unavailable` past the upgrade rate; `rate_limited` past a socket limit.
+    /// `rate_limited` past a socket limit; `service_unavailable` past the upgrade rate.
     pub(crate) async fn admit_room_socket(
         &self,
         user: &CurrentUser,
@@ -137,20 +139,16 @@ impl Sockets {
         user: &CurrentUser,
         ip: IpAddr,
     ) -> Result<SocketPermit, Error> {
-        self.limits.admit_upgrade()?;
-        self.limits.admit_socket(user.id, ip).await
+        self.limits.admit_upgrade(user.id, ip).await
     }
 
     /// A `subscribe` on the multiplexed socket: enter room `name` (a public room makes the
-    /// user a member).
+    /// user a member). The socket keeps no roles: an admin is told what anyone is.
     ///
     /// # Errors
     /// `not_found` for no such room, and for a private room the user is not in.
     pub(crate) async fn subscribe(&self, user_id: i64, name: &str) -> Result<Entered, Error> {
-        let room = self
-            .access
-            .enter_room_named(name, user_id, Refusal::NotFound)
-            .await?;
+        let room = self.access.enter_room_named(name, user_id, false).await?;
         Ok(Entered { room })
     }
 

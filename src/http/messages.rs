@@ -70,7 +70,7 @@ pub(crate) struct EditRequest {
 
 /// `GET /api/v1/rooms/{name}/messages?before_seq=&after_seq=&limit=&thread=`
 #[utoipa::path(get, path = "/api/v1/rooms/{name}/messages", tag = "messages", security(("bearer" = [])), params(HistoryQuery),
-    responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in, or no such `thread` root in the room (`not_found`)", body = ErrorBody)))]
+    responses((status = 200, description = "Messages in ascending `seq`", body = HistoryResponse), (status = 404, description = "No such room, or a private room the caller is not in, or no such `thread` root in the room (`not_found`)", body = ErrorBody), (status = 429, description = "Reading too fast (`rate_limited`)", body = ErrorBody)))]
 pub(crate) async fn list_messages(
     State(chat): State<Chat>,
     me: CurrentUser,
@@ -124,6 +124,7 @@ pub(crate) async fn create_message(
         (status = 403, description = "The caller is not the author (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
         (status = 422, description = "Invalid `content` (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Sending (or editing, or deleting) too fast (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn edit_message(
     State(chat): State<Chat>,
@@ -144,6 +145,7 @@ pub(crate) async fn edit_message(
         (status = 204, description = "Deleted; `message_deleted` is broadcast"),
         (status = 403, description = "The caller is not the author, the room owner or an admin (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such room (or a private room the caller is not in), or no such message (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Sending (or editing, or deleting) too fast (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn delete_message(
     State(chat): State<Chat>,

@@ -190,8 +190,9 @@ pub(crate) async fn get_room(
     responses(
         (status = 200, description = "Joined an existing public room (or already a member)", body = Room),
         (status = 201, description = "Created; the caller is its owner", body = Room),
-        (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
-        (status = 422, description = "Invalid name, topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
+        (status = 403, description = "An admin outside a private room, which needs an invitation, or a DM (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "A private room the caller is not in (`not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid name (a `dm-` name included, whether or not it is a DM the caller may not see), topic or visibility (`validation_failed`, with `fields`)", body = ErrorBody),
         (status = 429, description = "The caller created too many rooms in the last hour (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn join_or_create_room(
@@ -209,11 +210,12 @@ pub(crate) async fn join_or_create_room(
     Ok((status, Json(room)))
 }
 
-/// `POST /api/v1/rooms/{name}/join`: public rooms; private ones need an invitation (403).
+/// `POST /api/v1/rooms/{name}/join`: public rooms; a private room the caller may not see is no
+/// room (404).
 #[utoipa::path(post, path = "/api/v1/rooms/{name}/join", tag = "rooms", security(("bearer" = [])),
     responses(
         (status = 200, description = "Joined (or already a member)", body = Room),
-        (status = 403, description = "A private room that needs an invitation (`forbidden`)", body = ErrorBody),
+        (status = 403, description = "An admin outside a private room, which needs an invitation, or a DM (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such room, or a private room the caller is not in (`not_found`)", body = ErrorBody),
     ))]
 pub(crate) async fn join_room(

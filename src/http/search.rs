@@ -45,6 +45,7 @@ pub(crate) struct SearchQuery {
         (status = 200, description = "A page of matches, newest first, from the rooms the caller may read now; `highlight` is HTML (text escaped, matches in `<mark>`)", body = Page<SearchHit>),
         (status = 404, description = "`room` does not exist or is a private room the caller is not in (`not_found`)", body = ErrorBody),
         (status = 422, description = "`q` missing, blank or too long, or `cursor` not one this server issued (`validation_failed`)", body = ErrorBody),
+        (status = 429, description = "Reading too fast (`rate_limited`)", body = ErrorBody),
     ))]
 pub(crate) async fn search_messages(
     State(chat): State<Chat>,

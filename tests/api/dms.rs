@@ -112,7 +112,7 @@ dual_test!(a_dm_is_the_one_room_of_its_people, |b| async move {
         assert_eq!(status, 422, "{body}: {err}");
         assert!(err["error"]["fields"]["user_ids"].is_array(), "{err}");
     }
-    // Nobody joins or is invited; outsiders do not see it.
+    // Nobody joins or is invited; outsiders do not see it (to them it is no room at all).
     let (status, _) = app
         .post(
             &format!("/api/v1/rooms/{name}/join"),
@@ -120,7 +120,7 @@ dual_test!(a_dm_is_the_one_room_of_its_people, |b| async move {
             json!({}),
         )
         .await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 404);
     let (status, _) = app
         .get(&format!("/api/v1/rooms/{name}"), Some(&cid.access))
         .await;

@@ -772,3 +772,319 @@ async fn pages_carry_a_content_security_policy_and_nothing_is_sniffed() {
     assert_eq!(res.status(), 401);
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
 }
+
+/// The refusal of a socket upgrade: its status and error body (`101` and `null` if admitted).
+async fn upgrade_answer(url: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => (101, Value::Null),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            let body = res
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (res.status().as_u16(), body)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// Every answer `user` gets about room `name`, on every path that names a room: each REST
+/// operation on it (status and body), the socket upgrade (status and body), and a `subscribe`
+/// frame on `/ws` (its answer, without the echoed `room`). `msg` is a message id used on the
+/// message paths; `other` a user id for invitations and removals; `put`: `PUT /rooms/{name}`
+/// too (it would create a free name).
+async fn answers_about(
+    app: &TestApp,
+    user: &User,
+    name: &str,
+    (msg, other): (i64, i64),
+    put: bool,
+) -> Vec<(String, u16, Value)> {
+    use reqwest::Method;
+    let room = format!("/api/v1/rooms/{name}");
+    let react = format!("{room}/messages/{msg}/reactions/%F0%9F%91%8D");
+    let mut calls: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, room.clone(), None),
+        (Method::POST, format!("{room}/join"), Some(json!({}))),
+        (Method::POST, format!("{room}/leave"), Some(json!({}))),
+        (Method::GET, format!("{room}/members"), None),
+        (
+            Method::POST,
+            format!("{room}/members"),
+            Some(json!({"user_id": other})),
+        ),
+        (Method::DELETE, format!("{room}/members/{other}"), None),
+        (Method::PATCH, room.clone(), Some(json!({"topic": "mine"}))),
+        (Method::DELETE, room.clone(), None),
+        (Method::GET, format!("{room}/messages"), None),
+        (Method::GET, format!("{room}/messages?thread={msg}"), None),
+        (
+            Method::POST,
+            format!("{room}/messages"),
+            Some(json!({"content": "anyone here?"})),
+        ),
+        (
+            Method::PATCH,
+            format!("{room}/messages/{msg}"),
+            Some(json!({"content": "edited"})),
+        ),
+        (Method::DELETE, format!("{room}/messages/{msg}"), None),
+        (Method::PUT, react.clone(), None),
+        (Method::DELETE, react, None),
+        (
+            Method::POST,
+            format!("{room}/read"),
+            Some(json!({"seq": 1})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/search/messages?q=hello&room={name}"),
+            None,
+        ),
+    ];
+    if put {
+        calls.push((Method::PUT, room.clone(), None));
+    }
+    let mut answers = Vec::new();
+    for (method, path, body) in calls {
+        let label = format!("{method} {}", path.replace(name, "{name}"));
+        let (status, body) = app.send(method, &path, Some(&user.access), body).await;
+        answers.push((label, status, body));
+    }
+    let url = format!("{}/ws/rooms/{name}?token={}", app.ws_url(""), user.access);
+    let (status, body) = upgrade_answer(&url).await;
+    answers.push(("upgrade /ws/rooms/{name}".into(), status, body));
+    let mut ws = mux(app, user, &[]).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "room": name})).await;
+    let mut answer = next_json(&mut ws, 5).await.expect("an answer to subscribe");
+    assert_eq!(answer["room"], name, "{answer}");
+    answer.as_object_mut().expect("object").remove("room");
+    answers.push(("subscribe frame".into(), 0, answer));
+    answers
+}
+
+/// `hidden` and `absent` answer alike, path by path.
+fn assert_same_answers(hidden: &[(String, u16, Value)], absent: &[(String, u16, Value)]) {
+    assert_eq!(hidden.len(), absent.len());
+    for (h, a) in hidden.iter().zip(absent) {
+        assert_eq!(h, a, "{}: the hidden room answers unlike no room", h.0);
+    }
+}
+
+// A DM's name is derived from its members' ids: had a stranger been answered otherwise for it
+// than for a name that is no room (403 to a join or an upgrade, 404 to `PUT` where a free
+// `dm-` name gets 422), anyone could tell whether two users share a DM. A private room is
+// no room to a non-member either, on every path but creation (its name is taken).
+dual_test!(
+    a_room_the_caller_may_not_see_answers_as_no_room_on_every_path,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let ann = app.register("hide_ann").await;
+        let ben = app.register("hide_ben").await;
+        let eve = app.register("hide_eve").await;
+        let (status, dm) = app
+            .post(
+                "/api/v1/dms",
+                Some(&ann.access),
+                json!({"user_ids": [ben.id]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{dm}");
+        let dm = dm["name"].as_str().expect("name").to_owned();
+        let in_dm = app.post_message(&ann, &dm, "hello ben").await["id"]
+            .as_i64()
+            .expect("id");
+        let no_dm = format!("dm-{}", "0".repeat(24));
+        assert_ne!(dm, no_dm);
+
+        let hidden = answers_about(&app, &eve, &dm, (in_dm, ann.id), true).await;
+        let absent = answers_about(&app, &eve, &no_dm, (in_dm, ann.id), true).await;
+        assert_same_answers(&hidden, &absent);
+        for (path, status, body) in &hidden {
+            let want = match path.as_str() {
+                "PUT /api/v1/rooms/{name}" => 422,
+                "subscribe frame" => 0,
+                _ => 404,
+            };
+            assert_eq!(*status, want, "{path}: {body}");
+        }
+
+        app.create_room(&ann, "hide-private", "private").await;
+        let in_private = app.post_message(&ann, "hide-private", "hello").await["id"]
+            .as_i64()
+            .expect("id");
+        let ids = (in_private, ann.id);
+        let hidden = answers_about(&app, &eve, "hide-private", ids, false).await;
+        let absent = answers_about(&app, &eve, "hide-nothing", ids, false).await;
+        assert_same_answers(&hidden, &absent);
+
+        // Nothing the stranger tried changed anything.
+        for (room, members) in [(&dm, 2), (&"hide-private".to_owned(), 1)] {
+            let (status, page) = app
+                .get(&format!("/api/v1/rooms/{room}/messages"), Some(&ann.access))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let items = page["items"].as_array().expect("items");
+            assert_eq!(items.len(), 1, "{page}");
+            assert_eq!(items[0]["edited_at"], Value::Null, "{page}");
+            assert_eq!(items[0]["reactions"], json!([]), "{page}");
+            let (_, list) = app
+                .get(&format!("/api/v1/rooms/{room}/members"), Some(&ann.access))
+                .await;
+            assert_eq!(list["items"].as_array().map(Vec::len), Some(members));
+        }
+    }
+);
+
+/// A request: method, path, JSON body.
+type Call = (reqwest::Method, String, Option<Value>);
+/// The request of each attempt, by its number.
+type CallFor<'a> = Box<dyn Fn(usize) -> Call + 'a>;
+
+/// Send `call` until it is refused (at most `tries` times): how many passed first, and the
+/// refusal (status, `Retry-After`, body). `call` gets the attempt's number.
+async fn until_refused(
+    app: &TestApp,
+    user: &User,
+    tries: usize,
+    call: impl Fn(usize) -> Call,
+) -> (usize, Option<(u16, Option<u64>, Value)>) {
+    for n in 0..tries {
+        let (method, path, body) = call(n);
+        let mut req = app
+            .http
+            .request(method, app.url(&path))
+            .bearer_auth(&user.access);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("response");
+        let status = res.status().as_u16();
+        if status == 429 {
+            let retry = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = res.json().await.unwrap_or(Value::Null);
+            return (n, Some((status, retry, body)));
+        }
+        assert!(status < 300 || status == 404, "{path}: {status}");
+    }
+    (tries, None)
+}
+
+// An account could edit (and delete, and read history) as fast as it liked: 258 edits/s, each
+// a message-sized frame to every socket in the room. Edits and deletions count as messages,
+// reactions (REST and socket) as frames, history pages and searches as reads; past each the
+// answer is 429 with `Retry-After` (a `rate_limited` error frame on a socket).
+dual_test!(
+    edits_deletes_reactions_and_reads_are_rate_limited,
+    |b| async move {
+        use reqwest::Method;
+        const BURST: u32 = 5;
+        let db = fresh_database(b).await;
+        let mut config = chat_server::Config::for_tests(&db);
+        // The slowest refill there is: the burst, not the machine's speed, bounds what passes.
+        config.message_rate_per_sec = 1;
+        config.message_rate_burst = BURST;
+        config.frame_rate_per_sec = 1;
+        config.frame_rate_burst = BURST;
+        config.read_rate_per_sec = 1;
+        config.read_rate_burst = BURST;
+        let app = spawn_with(config).await;
+        let room = "rl-room";
+        let mut users = Vec::new();
+        for name in [
+            "rl_editor",
+            "rl_deleter",
+            "rl_reactor",
+            "rl_reader",
+            "rl_seeker",
+        ] {
+            users.push(app.register(name).await);
+        }
+        app.create_room(&users[0], room, "public").await;
+        for user in &users[1..] {
+            app.join_room(user, room).await;
+        }
+        let base = format!("/api/v1/rooms/{room}/messages");
+        // One message each for the editor and the deleter (a cell of their message limit).
+        let edited = app.post_message(&users[0], room, "draft").await["id"].clone();
+        let doomed = app.post_message(&users[1], room, "oops").await["id"].clone();
+        let react = format!("{base}/{edited}/reactions/%F0%9F%91%8D");
+        let checks: Vec<(&str, &User, CallFor<'_>)> = vec![
+            (
+                "edit",
+                &users[0],
+                Box::new(|n| {
+                    (
+                        Method::PATCH,
+                        format!("{base}/{edited}"),
+                        Some(json!({"content": format!("take {n}")})),
+                    )
+                }),
+            ),
+            // The first deletes; the next ones find nothing (404), each counted all the same.
+            (
+                "delete",
+                &users[1],
+                Box::new(|_| (Method::DELETE, format!("{base}/{doomed}"), None)),
+            ),
+            (
+                "reaction",
+                &users[2],
+                Box::new(|n| {
+                    let method = if n % 2 == 0 {
+                        Method::PUT
+                    } else {
+                        Method::DELETE
+                    };
+                    (method, react.clone(), None)
+                }),
+            ),
+            (
+                "history",
+                &users[3],
+                Box::new(|_| (Method::GET, format!("{base}?limit=200"), None)),
+            ),
+            (
+                "search",
+                &users[4],
+                Box::new(|_| {
+                    (
+                        Method::GET,
+                        format!("/api/v1/search/messages?q=draft&room={room}"),
+                        None,
+                    )
+                }),
+            ),
+        ];
+        for (what, user, call) in checks {
+            let (passed, refusal) = until_refused(&app, user, 50, call).await;
+            let (status, retry, body) =
+                refusal.unwrap_or_else(|| panic!("{what}: 50 in a row, none refused"));
+            assert_eq!(status, 429, "{what}");
+            assert!(
+                retry.is_some_and(|s| s >= 1),
+                "{what}: Retry-After {retry:?}"
+            );
+            assert_eq!(body["error"]["code"], "rate_limited", "{what}: {body}");
+            // The burst (a refill or two on a slow machine) passes, not more.
+            assert!(passed <= BURST as usize + 2, "{what}: {passed} passed");
+        }
+
+        // On a socket, reactions are frames: past the limit, `rate_limited` error frames.
+        let reactor = app.register("rl_socket").await;
+        app.join_room(&reactor, room).await;
+        let mut ws = ws_connect(&app.ws_url(""), room, &reactor.access, None).await;
+        expect_ready(&mut ws).await;
+        for n in 0..12 {
+            let frame = json!({"type": "react", "id": edited, "emoji": "🎉", "on": n % 2 == 0});
+            ws_send(&mut ws, frame).await;
+        }
+        let refused = next_of(&mut ws, "error", 10).await.expect("an error frame");
+        assert_eq!(refused["code"], "rate_limited", "{refused}");
+    }
+);

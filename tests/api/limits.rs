@@ -519,3 +519,80 @@ async fn socket_counts_come_back_after_a_redis_restart() {
     upgrade_until(&url(&apps[1]), 429).await;
     drop(held);
 }
+
+// A replica admits upgrades at a shared rate; one user's upgrades refused by their own socket
+// limit must not spend it, or that user alone keeps everyone else from connecting. Here one
+// user who holds their one socket keeps asking for more, from four tasks at once, on both
+// endpoints: every answer is their own limit (429), never the replica's rate (503), and
+// meanwhile another user connects.
+dual_test!(
+    refused_upgrades_do_not_spend_the_replicas_upgrade_rate,
+    |b| async move {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        };
+        let app = app_with(b, |c| {
+            c.ws_max_sockets_per_user = 1;
+            c.ws_upgrades_per_sec = 2;
+        })
+        .await;
+        let ann = app.register("greedy_ann").await;
+        let bea = app.register("patient_bea").await;
+        app.create_room(&ann, "greedy-room", "public").await;
+        let mux_url = |u: &User| format!("{}/ws?token={}", app.ws_url(""), u.access);
+        let room_url =
+            |u: &User| format!("{}/ws/rooms/greedy-room?token={}", app.ws_url(""), u.access);
+        let (mut held, _) = tokio_tungstenite::connect_async(mux_url(&ann))
+            .await
+            .expect("ann's one socket");
+        next_of(&mut held, "ready", 5).await.expect("ready");
+
+        let (tries, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let hammers: Vec<_> = (0..4)
+            .map(|i| {
+                let url = if i % 2 == 0 {
+                    mux_url(&ann)
+                } else {
+                    room_url(&ann)
+                };
+                let (tries, stop) = (tries.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+                    // Bounded: stopped once the other user is in, or after 500 tries.
+                    for _ in 0..500 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        *answers.entry(ws_refused(&url).await).or_default() += 1;
+                        tries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        // Long enough for the refused upgrades to have spent the whole rate, were they to.
+        wait_until("ann's refused upgrades", async || {
+            tries.load(Ordering::Relaxed) >= 40
+        })
+        .await;
+        let bea_got = ws_refused(&mux_url(&bea)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+        for hammer in hammers {
+            for (status, n) in hammer.await.expect("hammer") {
+                *answers.entry(status).or_default() += n;
+            }
+        }
+        assert_eq!(bea_got, 101, "bea connects while ann hammers: {answers:?}");
+        assert_eq!(
+            answers.keys().copied().collect::<Vec<_>>(),
+            vec![429],
+            "ann is refused by her own limit only: {answers:?}"
+        );
+        drop(held);
+    }
+);

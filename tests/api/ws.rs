@@ -222,7 +222,8 @@ dual_test!(handshake_refusals_are_plain_http, |b| async move {
             users[1].access
         ))
         .await,
-        403
+        404,
+        "a private room is no room to a non-member"
     );
     // A plain GET (no upgrade) with a good token: 400 in the error format, no session opened
     // (that it joins no room is `a_refused_upgrade_joins_no_room`).
