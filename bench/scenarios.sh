@@ -133,7 +133,7 @@ bare_down() {
 
 cleanup() { cluster_down; bare_down; rm -rf "$work"; }
 trap cleanup EXIT
-common=(--env MESSAGE_RATE_PER_SEC=1000000 --env MESSAGE_RATE_BURST=1000000 --env AUTH_RATE_PER_MIN=1000000
+common=(--env MESSAGE_RATE_PER_SEC=1000000 --env MESSAGE_RATE_BURST=1000000 --env READ_RATE_PER_SEC=1000000 --env READ_RATE_BURST=1000000 --env AUTH_RATE_PER_MIN=1000000
   --env ACCOUNT_RATE_PER_MIN=1000000 --env ROOMS_PER_HOUR=1000000 --env WS_MAX_SOCKETS_PER_USER=0
   --env WS_MAX_SOCKETS_PER_ADDRESS=0 --env WS_UPGRADES_PER_SEC=0 --env "RUST_LOG=${RUST_LOG:-warn}"
   --server-bin "$server" --inherit-env)

@@ -23,6 +23,8 @@ pub async fn start(args: &SoakArgs, server: &Path, dir: &Path) -> Result<Cluster
         ("ACCESS_TOKEN_TTL_SECS", "86400".into()),
         ("MESSAGE_RATE_PER_SEC", "1000000".into()),
         ("MESSAGE_RATE_BURST", "1000000".into()),
+        ("READ_RATE_PER_SEC", "1000000".into()),
+        ("READ_RATE_BURST", "1000000".into()),
         ("AUTH_RATE_PER_MIN", "1000000".into()),
         ("ACCOUNT_RATE_PER_MIN", "1000000".into()),
         ("ROOMS_PER_HOUR", "1000000".into()),

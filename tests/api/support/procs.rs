@@ -86,6 +86,8 @@ impl ServerProc {
             ("SHUTDOWN_GRACE_SECS", "5"),
             ("MESSAGE_RATE_PER_SEC", "100000"),
             ("MESSAGE_RATE_BURST", "100000"),
+            ("READ_RATE_PER_SEC", "100000"),
+            ("READ_RATE_BURST", "100000"),
             ("AUTH_RATE_PER_MIN", "100000"),
             ("ROOMS_PER_HOUR", "100000"),
             ("WS_MAX_SOCKETS_PER_USER", "0"),
