@@ -162,14 +162,14 @@ pub struct Config {
     /// up to that much latency to every message of a busy room.
     #[arg(long, env = "WS_FLUSH_INTERVAL_MS", default_value_t = 0)]
     pub ws_flush_interval_ms: u64,
-    /// Longest a socket's writer may wait to gather frames into one write while the replica
-    /// is short of CPU (its runtime's queueing delay is above 0.5 ms; the wait is a few times
-    /// that delay, up to this). Never at low load. 0: never wait.
-    #[arg(long, env = "WS_COALESCE_MAX_MS", default_value_t = 20)]
+    /// Longest a busy socket's writer may wait to gather frames into one write while the
+    /// replica is short of CPU (its runtime's queueing delay is above 0.5 ms; the wait is 4×
+    /// that delay, up to this). Never at low load. 0 (the default): never wait.
+    #[arg(long, env = "WS_COALESCE_MAX_MS", default_value_t = 0)]
     pub ws_coalesce_max_ms: u64,
     /// Longest the group commit may wait to gather more messages into one transaction while
-    /// the replica is short of CPU (as `WS_COALESCE_MAX_MS`). 0: never wait.
-    #[arg(long, env = "COMMIT_COALESCE_MAX_MS", default_value_t = 10)]
+    /// the replica is short of CPU (as `WS_COALESCE_MAX_MS`). 0 (the default): never wait.
+    #[arg(long, env = "COMMIT_COALESCE_MAX_MS", default_value_t = 0)]
     pub commit_coalesce_max_ms: u64,
     /// Concurrent argon2 hashes (each uses ~19 MiB); default: number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]

@@ -7,7 +7,8 @@
 //! the same cores) it is milliseconds. The average is exported as
 //! `chat_runtime_queueing_delay_seconds`.
 //!
-//! The send path may trade a wait for fewer system calls and fewer transactions **only** when
+//! The send path may (opt-in: `WS_COALESCE_MAX_MS`, `COMMIT_COALESCE_MAX_MS`) trade a wait
+//! for fewer system calls and fewer transactions **only** when
 //! the replica is short of CPU ([`coalesce_wait`]): a socket's writer then gathers frames for
 //! a little before it writes, and the group commit gathers drafts for a little before it
 //! commits. The wait is never longer than a few times the queueing delay that every message

@@ -11,10 +11,11 @@
 //! idle server, longer the more tasks are runnable — so the write gathers what the other
 //! tasks are about to queue, and the batching grows with the load.
 //!
-//! Only when the replica is short of CPU ([`load::coalesce_wait`]: its runtime's queueing
-//! delay is above half a millisecond) does a busy socket wait on a clock: a few times that
-//! delay, at most `WS_COALESCE_MAX_MS`, so that one write carries several frames. Every frame
-//! already waits that long in the run queue then, and the system calls saved shorten it.
+//! Opt-in (`WS_COALESCE_MAX_MS` > 0), and only when the replica is short of CPU
+//! ([`load::coalesce_wait`]: its runtime's queueing delay is above half a millisecond), a
+//! busy socket waits on a clock: a few times that delay, at most `WS_COALESCE_MAX_MS`, so that
+//! one write carries several frames. Every frame already waits that long in the run queue
+//! then, and the system calls saved shorten it.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
